@@ -1,0 +1,76 @@
+"""The judge-backend protocol: the one contract every judge (local VLM, HTTP server, pixel judge) implements.
+
+A backend answers two kinds of *semantic* questions, in batches:
+- `judge_pairs`: which of two images (in the order shown) better satisfies a rubric, with a probability;
+- `judge_criteria`: does one rubric criterion hold for one image, with a probability.
+`RubricJudge` (arr/judge.py) owns swapping, aggregation and caching; backends own how a question is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from arr.rubric import Criterion, Rubric
+
+
+@dataclass
+class PairQuery:
+    """Compare `images[0]` ("Image 1") with `images[1]` ("Image 2") for `prompt` under `rubric`."""
+
+    prompt: str
+    images: tuple[Image.Image, Image.Image]
+    rubric: Rubric
+    source: Image.Image | None = None  # editing: the source image ("Image BASE")
+
+
+@dataclass
+class PairVerdict:
+    """A backend's answer for one `PairQuery`, in the order the images were shown.
+
+    `prob_first` is P(Image 1 is better); `None` when the backend failed (see `error`). A tie is 0.5.
+    """
+
+    prob_first: float | None
+    reason: str = ""
+    raw: str = ""
+    error: str | None = None
+
+
+@dataclass
+class CriterionQuery:
+    """Does `criterion` (one item of `rubric`) hold for `image`?"""
+
+    prompt: str
+    image: Image.Image
+    rubric: Rubric
+    criterion: Criterion
+    source: Image.Image | None = None
+
+
+@dataclass
+class CriterionVerdict:
+    """`prob_yes` is P(criterion holds); `None` when the backend failed (see `error`)."""
+
+    prob_yes: float | None
+    reason: str = ""
+    raw: str = ""
+    error: str | None = None
+
+
+@runtime_checkable
+class JudgeBackend(Protocol):
+    """What `RubricJudge` needs from a backend."""
+
+    name: str
+
+    def fingerprint(self) -> str:
+        """A stable string that changes whenever answers could change (model, revision, decoding settings)."""
+        ...
+
+    def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]: ...
+
+    def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]: ...

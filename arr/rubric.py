@@ -1,0 +1,110 @@
+"""The rubric data model: what a judge is asked to check, and how VLM answers become rubrics.
+
+A `Rubric` holds the prompt it was written for, a list of binary `Criterion` items and, optionally, a guide of
+"Theme + Tips" categories (the ARR rubric guide, used as the judge's system prompt). Criteria carry natural-language
+text for VLM judges and an optional machine-checkable `check` (a small JSON dict) for the pixel judge.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RubricParseError(ValueError):
+    """A VLM answer or a rubric file could not be turned into a valid rubric; the message says why."""
+
+
+@dataclass
+class Criterion:
+    """One binary rubric item ("the image shows exactly two blue squares").
+
+    `weight` may be negative for penalties; `check` is an optional machine-checkable form used by the pixel judge.
+    """
+
+    id: str
+    text: str
+    weight: float = 1.0
+    category: str | None = None
+    check: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+@dataclass
+class GuideCategory:
+    """One "Theme + Tips" category of an ARR rubric guide."""
+
+    theme: str
+    tips: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"theme": self.theme, "tips": list(self.tips)}
+
+
+@dataclass
+class Rubric:
+    """The criteria a judge checks for one prompt (or one editing instruction)."""
+
+    prompt: str
+    criteria: list[Criterion]
+    guide: list[GuideCategory] = field(default_factory=list)
+    task: str = "t2i"  # "t2i" (text-to-image) or "edit" (the prompt is an editing instruction)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("t2i", "edit"):
+            raise RubricParseError(f"rubric task must be 't2i' or 'edit', got {self.task!r}")
+        seen: set[str] = set()
+        for c in self.criteria:
+            if c.id in seen:
+                raise RubricParseError(f"duplicate criterion id {c.id!r} in rubric for prompt {self.prompt[:60]!r}")
+            seen.add(c.id)
+
+    @property
+    def total_weight(self) -> float:
+        return sum(c.weight for c in self.criteria if c.weight > 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "prompt": self.prompt,
+            "task": self.task,
+            "criteria": [c.to_dict() for c in self.criteria],
+        }
+        if self.guide:
+            data["guide"] = [g.to_dict() for g in self.guide]
+        return data
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, sort_keys=indent is None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rubric:
+        from arr.rubric_parse import rubric_from_obj
+
+        return rubric_from_obj(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, prompt: str | None = None) -> Rubric:
+        """Parse a rubric from JSON or from a VLM's free-form answer (repaired where possible)."""
+        from arr.rubric_parse import parse_rubric
+
+        return parse_rubric(text, prompt=prompt)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Rubric:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise RubricParseError(f"cannot read rubric file {path}: {e.strerror}") from None
+        try:
+            return cls.from_json(raw)
+        except RubricParseError as e:
+            raise RubricParseError(f"{path}: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
