@@ -61,7 +61,9 @@ class Rubric:
         seen: set[str] = set()
         for c in self.criteria:
             if c.id in seen:
-                raise RubricParseError(f"duplicate criterion id {c.id!r} in rubric for prompt {self.prompt[:60]!r}")
+                raise RubricParseError(
+                    f"duplicate criterion id {c.id!r} in rubric for prompt {self.prompt[:60]!r}"
+                )
             seen.add(c.id)
 
     @property

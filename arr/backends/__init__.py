@@ -25,7 +25,9 @@ def load_backend(name: str, **kwargs: Any) -> JudgeBackend:
     """Create a judge backend by registry name or dotted path ("package.module:Class")."""
     target = BACKENDS.get(name, name)
     if ":" not in target:
-        raise ValueError(f"unknown judge backend {name!r}; expected one of {sorted(BACKENDS)} or 'module:Class'")
+        raise ValueError(
+            f"unknown judge backend {name!r}; expected one of {sorted(BACKENDS)} or 'module:Class'"
+        )
     module_name, cls_name = target.split(":", 1)
     try:
         module = importlib.import_module(module_name)

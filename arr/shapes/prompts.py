@@ -72,10 +72,15 @@ def all_prompts(category: str) -> list[PromptSpec]:
         return [PromptSpec(category, (ObjectSpec(s, c),)) for c in COLORS for s in SHAPES]
     if category == "counting":
         return [
-            PromptSpec(category, (ObjectSpec(s, c, n),)) for n in (2, 3, 4) for s in SHAPES for c in (None, *COLORS)
+            PromptSpec(category, (ObjectSpec(s, c, n),))
+            for n in (2, 3, 4)
+            for s in SHAPES
+            for c in (None, *COLORS)
         ]
     if category == "two_object":
-        return [PromptSpec(category, (ObjectSpec(a), ObjectSpec(b))) for a in SHAPES for b in SHAPES if a != b]
+        return [
+            PromptSpec(category, (ObjectSpec(a), ObjectSpec(b))) for a in SHAPES for b in SHAPES if a != b
+        ]
     if category == "position":
         return [
             PromptSpec(category, (ObjectSpec(a), ObjectSpec(b)), rel)

@@ -1,0 +1,320 @@
+"""RubricJudge: pairwise, pointwise and listwise rubric judgments on top of any judge backend.
+
+The judge owns what makes rubric rewards trustworthy rather than how a model is asked: it asks pairwise questions in
+both image orders (position bias flips about a third of a plain VLM judge's verdicts), turns per-criterion
+probabilities into a score, caches every answer, and counts calls and seconds so training can report judge cost.
+Backends (arr/backends/) only answer single questions in the order given.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from arr.backends.base import CriterionQuery, CriterionVerdict, JudgeBackend, PairQuery, PairVerdict
+from arr.rubric import Rubric
+
+
+@dataclass
+class PairJudgment:
+    """The verdict on (image_a, image_b).
+
+    `preferred` is 0 (image_a), 1 (image_b) or None (a tie, an order-inconsistent verdict, or a failure: see
+    `error`). `prob_a` is P(image_a is better), averaged over the orders asked.
+    """
+
+    preferred: int | None
+    prob_a: float | None
+    consistent: bool
+    reasons: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScoreJudgment:
+    """A pointwise judgment: `score` in [0, 1] and, per criterion id, the probability that it holds.
+
+    `score` is None when any criterion could not be judged (see `errors`): a partial score would silently
+    change the rubric's meaning.
+    """
+
+    score: float | None
+    criteria: dict[str, float | None]
+    reasons: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.score is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class JudgeStats:
+    """Cost counters: backend questions asked, answers served from cache, failures, and seconds in the backend."""
+
+    calls: int = 0
+    cached: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PairItem:
+    """One comparison for `compare_many`."""
+
+    prompt: str
+    image_a: Image.Image
+    image_b: Image.Image
+    rubric: Rubric
+    source: Image.Image | None = None
+
+
+@dataclass
+class ScoreItem:
+    """One pointwise judgment for `score_many`."""
+
+    prompt: str
+    image: Image.Image
+    rubric: Rubric
+    source: Image.Image | None = None
+
+
+def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float:
+    """Weighted rubric score in [0, 1]: positive weights earn, negative weights (penalties) subtract.
+
+    Normalised by the total positive weight so that a rubric of penalties alone still has a defined score.
+    """
+    total = rubric.total_weight
+    if total <= 0:
+        total = 1.0
+    gained = sum(c.weight * probs[c.id] for c in rubric.criteria)
+    return min(1.0, max(0.0, gained / total))
+
+
+class RubricJudge:
+    """Judge images against rubrics with any `JudgeBackend`.
+
+    Args:
+        backend: a backend instance, e.g. `arr.load_backend("pixel")`.
+        cache: a `JudgmentCache`, a path to one (created if missing), or None for no caching.
+        swap: ask pairwise questions in both orders; an order-inconsistent verdict becomes a tie.
+    """
+
+    def __init__(self, backend: JudgeBackend, cache: Any = None, swap: bool = True) -> None:
+        if not isinstance(backend, JudgeBackend):
+            raise TypeError(
+                f"RubricJudge needs a JudgeBackend (name, fingerprint(), judge_pairs(), judge_criteria()), "
+                f"got {type(backend).__name__}"
+            )
+        self.backend = backend
+        if isinstance(cache, (str, Path)):
+            from arr.cache import JudgmentCache
+
+            cache = JudgmentCache(cache)
+        self.cache = cache
+        self.swap = swap
+        self.stats = JudgeStats()
+
+    # ---- pairwise -------------------------------------------------------------------------------------------
+
+    def compare(
+        self,
+        prompt: str,
+        image_a: Image.Image,
+        image_b: Image.Image,
+        rubric: Rubric,
+        source: Image.Image | None = None,
+    ) -> PairJudgment:
+        return self.compare_many([PairItem(prompt, image_a, image_b, rubric, source)])[0]
+
+    def compare_many(self, items: Sequence[PairItem]) -> list[PairJudgment]:
+        """Judge many pairs with one batched backend call (two questions per pair when swapping)."""
+        queries: list[PairQuery] = []
+        for it in items:
+            queries.append(PairQuery(it.prompt, (it.image_a, it.image_b), it.rubric, it.source))
+            if self.swap:
+                queries.append(PairQuery(it.prompt, (it.image_b, it.image_a), it.rubric, it.source))
+        verdicts = self._cached(
+            queries,
+            kind="pair",
+            key_of=lambda q: self._key("pair", q.prompt, q.rubric, list(q.images), q.source),
+            ask=self.backend.judge_pairs,
+            encode=lambda v: {"prob_first": v.prob_first, "reason": v.reason, "raw": v.raw},
+            decode=lambda d: PairVerdict(d["prob_first"], d.get("reason", ""), d.get("raw", "")),
+            failed=lambda v: v.prob_first is None,
+        )
+        per_item = 2 if self.swap else 1
+        return [self._combine(verdicts[i * per_item : (i + 1) * per_item]) for i in range(len(items))]
+
+    @staticmethod
+    def _combine(verdicts: list[PairVerdict]) -> PairJudgment:
+        reasons = [v.reason for v in verdicts]
+        raw = [v.raw for v in verdicts]
+        errors = [v.error or "backend gave no probability" for v in verdicts if v.prob_first is None]
+        if errors:
+            return PairJudgment(None, None, False, reasons, raw, error="; ".join(errors))
+        # Express every verdict as P(image_a is better): in the swapped order image_a was shown second.
+        probs_a = [verdicts[0].prob_first]
+        if len(verdicts) == 2:
+            probs_a.append(1.0 - verdicts[1].prob_first)
+        picks = {_pick(p) for p in probs_a}
+        consistent = len(picks) == 1
+        preferred = picks.pop() if consistent else None
+        return PairJudgment(preferred, sum(probs_a) / len(probs_a), consistent, reasons, raw)
+
+    # ---- pointwise ------------------------------------------------------------------------------------------
+
+    def score(
+        self, prompt: str, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
+    ) -> ScoreJudgment:
+        return self.score_many([ScoreItem(prompt, image, rubric, source)])[0]
+
+    def score_many(self, items: Sequence[ScoreItem]) -> list[ScoreJudgment]:
+        """Judge every criterion of every item with one batched backend call."""
+        queries = [
+            CriterionQuery(it.prompt, it.image, it.rubric, c, it.source)
+            for it in items
+            for c in it.rubric.criteria
+        ]
+        verdicts = self._cached(
+            queries,
+            kind="criterion",
+            key_of=lambda q: self._key("criterion", q.prompt, q.rubric, [q.image], q.source, q.criterion.id),
+            ask=self.backend.judge_criteria,
+            encode=lambda v: {"prob_yes": v.prob_yes, "reason": v.reason, "raw": v.raw},
+            decode=lambda d: CriterionVerdict(d["prob_yes"], d.get("reason", ""), d.get("raw", "")),
+            failed=lambda v: v.prob_yes is None,
+        )
+        out: list[ScoreJudgment] = []
+        pos = 0
+        for it in items:
+            mine = verdicts[pos : pos + len(it.rubric.criteria)]
+            pos += len(it.rubric.criteria)
+            probs: dict[str, float | None] = {}
+            reasons: dict[str, str] = {}
+            errors: dict[str, str] = {}
+            for c, v in zip(it.rubric.criteria, mine, strict=True):
+                probs[c.id] = v.prob_yes
+                if v.reason:
+                    reasons[c.id] = v.reason
+                if v.prob_yes is None:
+                    errors[c.id] = v.error or "backend gave no probability"
+            if not it.rubric.criteria:
+                errors["rubric"] = f"rubric for {it.prompt[:60]!r} has no criteria"
+            score = None if errors else rubric_score(it.rubric, probs)
+            out.append(ScoreJudgment(score, probs, reasons, errors))
+        return out
+
+    # ---- listwise -------------------------------------------------------------------------------------------
+
+    def rank(
+        self, prompt: str, images: Sequence[Image.Image], rubric: Rubric, source: Image.Image | None = None
+    ) -> list[float | None]:
+        """Listwise judgment as a round robin: each image's win rate over all others (ties count half).
+
+        Every pair is judged (in both orders when swapping), so the result does not depend on list order.
+        """
+        n = len(images)
+        pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        judgments = self.compare_many(
+            [PairItem(prompt, images[i], images[j], rubric, source) for i, j in pairs]
+        )
+        wins = [0.0] * n
+        games = [0] * n
+        for (i, j), jd in zip(pairs, judgments, strict=True):
+            if not jd.ok:
+                continue
+            games[i] += 1
+            games[j] += 1
+            if jd.preferred is None:
+                wins[i] += 0.5
+                wins[j] += 0.5
+            else:
+                wins[i if jd.preferred == 0 else j] += 1.0
+        return [wins[k] / games[k] if games[k] else None for k in range(n)]
+
+    # ---- caching --------------------------------------------------------------------------------------------
+
+    def _key(
+        self,
+        kind: str,
+        prompt: str,
+        rubric: Rubric,
+        images: list[Image.Image],
+        source: Image.Image | None,
+        criterion_id: str | None = None,
+    ) -> str:
+        from arr.cache import judgment_key
+
+        return judgment_key(
+            kind=kind,
+            backend_fingerprint=self.backend.fingerprint(),
+            rubric=rubric,
+            prompt=prompt,
+            images=images,
+            source=source,
+            criterion_id=criterion_id,
+        )
+
+    def _cached(self, queries, *, kind, key_of, ask, encode, decode, failed):
+        """Serve what the cache holds, ask the backend for the rest in one batch, store the successes."""
+        results: list[Any] = [None] * len(queries)
+        todo = list(range(len(queries)))
+        keys: list[str] = []
+        if self.cache is not None and queries:
+            keys = [key_of(q) for q in queries]
+            hits = self.cache.get_many(keys)
+            todo = []
+            for i, k in enumerate(keys):
+                if k in hits:
+                    results[i] = decode(hits[k])
+                else:
+                    todo.append(i)
+            self.stats.cached += len(queries) - len(todo)
+        if todo:
+            start = time.perf_counter()
+            answers = ask([queries[i] for i in todo])
+            self.stats.seconds += time.perf_counter() - start
+            self.stats.calls += len(todo)
+            if len(answers) != len(todo):
+                raise RuntimeError(
+                    f"backend {self.backend.name!r} returned {len(answers)} {kind} verdicts for {len(todo)} queries"
+                )
+            store = []
+            for i, v in zip(todo, answers, strict=True):
+                results[i] = v
+                if failed(v):
+                    self.stats.failures += 1
+                elif self.cache is not None:
+                    store.append((keys[i], encode(v)))
+            if store:
+                self.cache.put_many(store)
+        return results
+
+
+def _pick(prob_a: float) -> int | None:
+    """0 if image_a wins, 1 if image_b wins, None for an exact tie."""
+    if prob_a > 0.5:
+        return 0
+    if prob_a < 0.5:
+        return 1
+    return None
