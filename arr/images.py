@@ -49,7 +49,9 @@ def load_image(path: str | Path) -> Image.Image:
                 return to_rgb(im)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(f"not a readable image: {path} ({e.__class__.__name__})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"image {path} is too large to open safely ({e}); resize it first") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"not a readable image: {path} (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError(f"corrupt or truncated image: {path} ({e})") from None
