@@ -66,14 +66,18 @@ def test_transparent_pixels_become_white(tmp_path):
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "arr", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "arr", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for name in SUBCOMMANDS:
         assert name in out
 
 
 def test_rubric_show_and_bad_input(tmp_path, capsys):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"prompt": "a red circle", "criteria": [{"id": "c1", "text": "A red circle."}]}))
+    path.write_text(
+        json.dumps({"prompt": "a red circle", "criteria": [{"id": "c1", "text": "A red circle."}]})
+    )
     assert main(["rubric", "show", str(path)]) == 0
     assert "A red circle." in capsys.readouterr().out
     path.write_text("nothing like a rubric")

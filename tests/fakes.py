@@ -1,0 +1,54 @@
+"""Scripted judge backends for tests: predictable, position-biased and failing judges."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from arr.backends.base import CriterionVerdict, PairVerdict
+
+
+def grey(level: int) -> Image.Image:
+    return Image.new("RGB", (8, 8), (level, level, level))
+
+
+class BrightnessBackend:
+    """Prefers the brighter image; a criterion holds with probability brightness / 255."""
+
+    name = "brightness"
+
+    def __init__(self) -> None:
+        self.pair_calls: list[tuple[int, int]] = []
+        self.criterion_calls = 0
+
+    def fingerprint(self) -> str:
+        return "brightness/v1"
+
+    def judge_pairs(self, queries):
+        out = []
+        for q in queries:
+            a, b = (im.getpixel((0, 0))[0] for im in q.images)
+            self.pair_calls.append((a, b))
+            out.append(PairVerdict(1.0 if a > b else 0.0 if a < b else 0.5, reason=f"{a} vs {b}"))
+        return out
+
+    def judge_criteria(self, queries):
+        self.criterion_calls += len(queries)
+        return [CriterionVerdict(q.image.getpixel((0, 0))[0] / 255) for q in queries]
+
+
+class FirstPositionBackend(BrightnessBackend):
+    """A judge with pure position bias: it always prefers whatever is shown first."""
+
+    def judge_pairs(self, queries):
+        super().judge_pairs(queries)
+        return [PairVerdict(0.9) for _ in queries]
+
+
+class FailingBackend(BrightnessBackend):
+    def judge_pairs(self, queries):
+        return [PairVerdict(None, error="HTTP 503 after 4 retries") for _ in queries]
+
+    def judge_criteria(self, queries):
+        return [
+            CriterionVerdict(None if q.criterion.id == "c2" else 1.0, error="unparseable") for q in queries
+        ]
