@@ -342,10 +342,11 @@ def _from_obj(obj: Any, prompt: str | None, task: str | None, unwrap: int) -> Ru
 class _Syntax(Exception):
     """Internal: the text at `pos` is not JSON-like; never escapes this module."""
 
-    def __init__(self, pos: int, message: str) -> None:
+    def __init__(self, pos: int, message: str, deep: bool = False) -> None:
         super().__init__(message)
         self.pos = pos
         self.message = message
+        self.deep = deep  # the nesting limit was hit
 
 
 # Unrolled-loop string patterns: linear, no nested ambiguity.
@@ -410,7 +411,7 @@ class _Reader:
     def value(self, pos: int, depth: int) -> tuple[Any, int, bool]:
         """(value, end, complete) of the value starting at `pos` (after whitespace)."""
         if depth > _MAX_DEPTH:
-            raise _Syntax(pos, f"nested deeper than {_MAX_DEPTH} levels")
+            raise _Syntax(pos, f"nested deeper than {_MAX_DEPTH} levels", deep=True)
         s = self.s
         c = s[pos]
         if c == "{":
@@ -640,6 +641,11 @@ def parse_rubric(text: str | bytes, prompt: str | None = None) -> Rubric:
                 obj, end, complete = _Reader(s).value(start, 0)
             except _Syntax as err:
                 budget -= err.pos - start
+                if err.deep:
+                    # Every later start inside this run of brackets is the same garbage: stop here.
+                    raise RubricParseError(
+                        f"invalid rubric JSON at {_line_col(s, err.pos)}: {err.message}"
+                    ) from None
                 if syntax is None or err.pos - start > syntax[0]:
                     syntax = (err.pos - start, err)
                 continue
