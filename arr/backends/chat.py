@@ -1,0 +1,385 @@
+"""Shared logic for chat VLM judges: prompt rendering, answer parsing and choice-token probabilities.
+
+`hf` and `openai` differ only in how a chat request travels (a local forward pass or an HTTP call); everything that
+decides what the judge is asked and how its answer becomes a probability lives here, so both backends ask the same
+question and read answers the same way. Subclasses of `ChatBackend` implement `_chat` (transport) and
+`fingerprint`.
+
+Prompts come from `arr/templates/*.txt` (version `TEMPLATE_VERSION`, part of every backend fingerprint, so changing
+a template invalidates cached judgments). User-supplied text (the prompt or editing instruction, the rubric criteria
+and the guide) is quoted as data inside delimited fields (<prompt>...</prompt>) after escaping `&`, `<` and `>`, so
+a hostile prompt can neither close its field nor smuggle in chat-control tokens such as `<|im_end|>`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from string import Template
+from typing import Any, Literal
+
+from PIL import Image
+
+from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
+from arr.rubric import Criterion, GuideCategory
+
+TEMPLATE_VERSION = "v1"
+
+# Choice tokens read from the judge's answer: the rank of Image 1 in `{"rank": [r1, r2]}`, and yes/no.
+PAIR_CHOICES: tuple[str, str] = ("1", "2")
+CRITERION_CHOICES: tuple[str, str] = ("yes", "no")
+# The answer is teacher-forced up to the choice token when a backend can score it (hf mode="probs").
+PAIR_ANSWER_PREFIX = '{"rank": ['
+CRITERION_ANSWER_PREFIX = ""
+
+_IMAGE_MARKER = re.compile(r"\[\[image:(base|1|2)\]\]")
+
+
+class JudgeUnavailableError(RuntimeError):
+    """Every request of a batch failed to reach the judge (connection refused, timeouts): the server is down.
+
+    Raised instead of returning a batch of failed verdicts, so that training can stop or wait rather than mask
+    every sample. Individual failures inside an otherwise working batch are returned as verdicts with `error`.
+    """
+
+
+# ---- templates --------------------------------------------------------------------------------------------------
+
+
+@cache
+def load_template(name: str) -> str:
+    """The text of `arr/templates/<name>.txt`."""
+    path = resources.files("arr").joinpath("templates", f"{name}.txt")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"no judge prompt template {name!r} (expected arr/templates/{name}.txt)") from None
+
+
+def escape_field(text: str) -> str:
+    """Escape text quoted inside a <field>...</field> so it cannot close the field or form special tokens."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def format_criteria(criteria: Iterable[Criterion]) -> str:
+    """One line per criterion, `- [id] text`; negative weights are marked as penalties."""
+    lines = []
+    for c in criteria:
+        mark = " (penalty)" if c.weight < 0 else ""
+        lines.append(f"- [{escape_field(c.id)}]{mark} {escape_field(c.text)}")
+    return "\n".join(lines) if lines else "- (no criteria: judge by the prompt alone)"
+
+
+def format_guide(guide: Sequence[GuideCategory]) -> str:
+    """The guide block for the system prompt, or "" when the rubric has no guide."""
+    if not guide:
+        return ""
+    lines = []
+    for i, cat in enumerate(guide, 1):
+        lines.append(f"{i}. Theme: {escape_field(cat.theme)}")
+        lines.extend(f"   - Tip: {escape_field(tip)}" for tip in cat.tips)
+    return Template(load_template("guide")).substitute(guide="\n".join(lines))
+
+
+def _system_message(kind: str, guide: Sequence[GuideCategory]) -> dict[str, Any]:
+    text = Template(load_template(f"system_{kind}")).substitute(guide=format_guide(guide))
+    return {"role": "system", "content": [{"type": "text", "text": text.strip()}]}
+
+
+def _user_message(
+    template: str, images: Mapping[str, Image.Image], fields: Mapping[str, str]
+) -> dict[str, Any]:
+    """Split the template at its image markers *before* substituting, so user text can never add an image."""
+    content: list[dict[str, Any]] = []
+    pieces = _IMAGE_MARKER.split(template)
+    # re.split with one group alternates text, marker name, text, ...
+    for i, piece in enumerate(pieces):
+        if i % 2 == 1:
+            content.append({"type": "image", "image": images[piece]})
+        else:
+            text = Template(piece).substitute(fields)
+            if text:
+                content.append({"type": "text", "text": text})
+    if content and content[-1]["type"] == "text":
+        content[-1]["text"] = content[-1]["text"].rstrip("\n")
+    return {"role": "user", "content": content}
+
+
+@dataclass
+class ChatRequest:
+    """One judge question as chat messages (OpenAI-style parts; images are PIL images in `{"type": "image"}`).
+
+    `choices` are the two answer tokens whose probabilities decide the verdict (first = Image 1 wins / yes);
+    `answer_prefix` is the start of the answer a backend may teacher-force before reading them.
+    """
+
+    kind: Literal["pair", "criterion"]
+    messages: list[dict[str, Any]]
+    choices: tuple[str, str]
+    answer_prefix: str
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [p["image"] for m in self.messages for p in m["content"] if p["type"] == "image"]
+
+
+@dataclass
+class ChatResult:
+    """A transport's answer: the text, and/or unnormalised probabilities of `choices`, or an error.
+
+    `unreachable` marks transport failures (connection refused, timeouts): when all results of a batch carry it,
+    `ChatBackend` raises `JudgeUnavailableError`.
+    """
+
+    text: str | None = None
+    choice_probs: tuple[float, float] | None = None
+    error: str | None = None
+    unreachable: bool = False
+
+
+def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
+    if source is not None:
+        return True
+    if rubric_task == "edit":
+        raise ValueError(
+            f"editing rubric for instruction {prompt[:60]!r} needs the source image; pass `source=`"
+        )
+    return False
+
+
+def render_pair(q: PairQuery) -> ChatRequest:
+    """The pairwise question: Image BASE (editing), Image 1, Image 2, the prompt and the criteria as data."""
+    edit = _is_edit(q.prompt, q.rubric.task, q.source)
+    images = {"1": q.images[0], "2": q.images[1]}
+    if edit:
+        images["base"] = q.source
+    fields = {"prompt": escape_field(q.prompt), "criteria": format_criteria(q.rubric.criteria)}
+    template = load_template("user_pair_edit" if edit else "user_pair_t2i")
+    messages = [_system_message("pair", q.rubric.guide), _user_message(template, images, fields)]
+    return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
+
+
+def render_criterion(q: CriterionQuery) -> ChatRequest:
+    """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data."""
+    edit = _is_edit(q.prompt, q.rubric.task, q.source)
+    images = {"1": q.image}
+    if edit:
+        images["base"] = q.source
+    fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
+    messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
+    return ChatRequest("criterion", messages, CRITERION_CHOICES, CRITERION_ANSWER_PREFIX)
+
+
+# ---- answer parsing ---------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
+_RANK_RE = re.compile(
+    r"""["']?rank["']?\s*[:=]\s*\[\s*["']?(-?\d+(?:\.\d+)?)["']?\s*,\s*["']?(-?\d+(?:\.\d+)?)"""
+)
+_REASON_RE = re.compile(r"""["']?reason["']?\s*:\s*"((?:[^"\\]|\\.)*)""", re.DOTALL)
+_YES_NO = re.compile(r"^[\s\W]*(?:answer\s*[:=-]?\s*[\W]*)?(yes|no)\b[\s\W]*", re.IGNORECASE)
+
+
+def _json_objects(text: str) -> Iterable[dict[str, Any]]:
+    """Every JSON object that starts at a `{` in `text`, in order (tolerates prose and code fences around it)."""
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = decoder.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
+def _rank_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _prob_from_ranks(r1: float, r2: float) -> float:
+    # A lower rank is better; equal ranks are a tie.
+    return 1.0 if r1 < r2 else 0.0 if r1 > r2 else 0.5
+
+
+def parse_pair_answer(text: str) -> PairVerdict:
+    """Turn a `{"rank": [r1, r2], "reason": ...}` answer into a verdict; unparseable -> prob None with `error`.
+
+    Tolerant of code fences, prose around the JSON, string ranks and answers cut off after the rank.
+    """
+    cleaned = _FENCE.sub("", text)
+    for obj in _json_objects(cleaned):
+        rank = obj.get("rank")
+        if rank is None:
+            continue
+        reason = obj.get("reason")
+        reason = reason if isinstance(reason, str) else ""
+        if isinstance(rank, list) and len(rank) == 2:
+            r1, r2 = (_rank_number(r) for r in rank)
+            if r1 is not None and r2 is not None:
+                return PairVerdict(_prob_from_ranks(r1, r2), reason=reason, raw=text)
+        return PairVerdict(
+            None, reason=reason, raw=text, error=f"judge answer has rank {rank!r}; expected [r1, r2] numbers"
+        )
+    m = _RANK_RE.search(cleaned)
+    if m:
+        r = _REASON_RE.search(cleaned, m.end())
+        reason = r.group(1).replace('\\"', '"') if r else ""
+        return PairVerdict(_prob_from_ranks(float(m.group(1)), float(m.group(2))), reason=reason, raw=text)
+    return PairVerdict(
+        None, raw=text, error=f'unparseable judge answer (expected {{"rank": [r1, r2], ...}}): {text[:120]!r}'
+    )
+
+
+def parse_criterion_answer(text: str) -> CriterionVerdict:
+    """Turn a "yes: reason" / "no: reason" answer into a verdict; unparseable -> prob None with `error`."""
+    cleaned = _FENCE.sub("", text).strip()
+    for obj in _json_objects(cleaned):
+        for key in ("answer", "holds", "verdict", "result"):
+            value = obj.get(key)
+            if isinstance(value, bool):
+                value = "yes" if value else "no"
+            if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+                reason = obj.get("reason")
+                return CriterionVerdict(
+                    1.0 if value.strip().lower() == "yes" else 0.0,
+                    reason=reason if isinstance(reason, str) else "",
+                    raw=text,
+                )
+    m = _YES_NO.match(cleaned)
+    if m:
+        return CriterionVerdict(
+            1.0 if m.group(1).lower() == "yes" else 0.0, reason=cleaned[m.end() :], raw=text
+        )
+    return CriterionVerdict(
+        None, raw=text, error=f'unparseable judge answer (expected "yes" or "no" first): {text[:120]!r}'
+    )
+
+
+# ---- choice-token probabilities ---------------------------------------------------------------------------------
+
+
+def choice_variants(choice: str) -> list[str]:
+    """Spellings of one answer token that count as that answer: case variants, with and without a leading space."""
+    cased = dict.fromkeys([choice, choice.lower(), choice.capitalize(), choice.upper()])
+    return list(cased) + [" " + c for c in cased]
+
+
+def normalize_token(token: str) -> str:
+    """How a sampled token string is compared with a choice: without surrounding whitespace, lower case."""
+    return token.strip().lower()
+
+
+def sum_choice_probs(
+    token_probs: Iterable[tuple[str, float]], choices: tuple[str, str]
+) -> tuple[float, float]:
+    """Sum the probabilities of every token string that spells each choice (e.g. "yes", " Yes", "YES")."""
+    targets = [c.lower() for c in choices]
+    total = [0.0, 0.0]
+    for token, prob in token_probs:
+        norm = normalize_token(token)
+        for k, t in enumerate(targets):
+            if norm == t:
+                total[k] += prob
+    return total[0], total[1]
+
+
+def prob_of_first(choice_probs: tuple[float, float]) -> float | None:
+    """P(first choice | one of the two choices), or None when the judge put no mass on either."""
+    p1, p2 = choice_probs
+    total = p1 + p2
+    if not math.isfinite(total) or total <= 0.0:
+        return None
+    return p1 / total
+
+
+def _probs_raw(choices: tuple[str, str], choice_probs: tuple[float, float]) -> str:
+    return json.dumps({choices[0]: choice_probs[0], choices[1]: choice_probs[1]})
+
+
+def pair_verdict(result: ChatResult, choices: tuple[str, str] = PAIR_CHOICES) -> PairVerdict:
+    """A pair verdict from choice probabilities when present (reason from the text), else from the text."""
+    parsed = parse_pair_answer(result.text) if result.text is not None else None
+    if result.choice_probs is not None:
+        p = prob_of_first(result.choice_probs)
+        if p is not None:
+            reason = parsed.reason if parsed is not None else ""
+            raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
+            return PairVerdict(p, reason=reason, raw=raw)
+    if parsed is not None:
+        return parsed
+    return PairVerdict(None, error=result.error or "judge returned neither text nor choice probabilities")
+
+
+def criterion_verdict(result: ChatResult, choices: tuple[str, str] = CRITERION_CHOICES) -> CriterionVerdict:
+    """A criterion verdict from choice probabilities when present (reason from the text), else from the text."""
+    parsed = parse_criterion_answer(result.text) if result.text is not None else None
+    if result.choice_probs is not None:
+        p = prob_of_first(result.choice_probs)
+        if p is not None:
+            reason = parsed.reason if parsed is not None else ""
+            raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
+            return CriterionVerdict(p, reason=reason, raw=raw)
+    if parsed is not None:
+        return parsed
+    return CriterionVerdict(
+        None, error=result.error or "judge returned neither text nor choice probabilities"
+    )
+
+
+# ---- the base class ---------------------------------------------------------------------------------------------
+
+
+class ChatBackend(ABC):
+    """A judge backend for chat VLMs: renders queries, calls `_chat` once per batch, reads the answers.
+
+    Subclasses implement `_chat(requests) -> results` (same length and order) and `fingerprint()`.
+    """
+
+    name: str = "chat"
+
+    @abstractmethod
+    def fingerprint(self) -> str: ...
+
+    @abstractmethod
+    def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Answer every request, in order; failures are results with `error`, not exceptions."""
+
+    def _ask(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        if not requests:
+            return []
+        results = self._chat(requests)
+        if len(results) != len(requests):
+            raise RuntimeError(
+                f"{type(self).__name__}._chat returned {len(results)} results for {len(requests)} requests"
+            )
+        if all(r.unreachable for r in results):
+            raise JudgeUnavailableError(
+                f"judge backend {self.name!r} unreachable: all {len(results)} requests failed ({results[0].error})"
+            )
+        return results
+
+    def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
+        requests = [render_pair(q) for q in queries]
+        return [pair_verdict(r, req.choices) for r, req in zip(self._ask(requests), requests, strict=True)]
+
+    def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
+        requests = [render_criterion(q) for q in queries]
+        return [
+            criterion_verdict(r, req.choices) for r, req in zip(self._ask(requests), requests, strict=True)
+        ]

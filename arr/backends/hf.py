@@ -1,0 +1,279 @@
+"""Local VLM judge through transformers: `load_backend("hf", model="Qwen/Qwen2.5-VL-7B-Instruct")`.
+
+Two ways to answer, chosen by `mode`:
+- "probs" (default): one forward pass per question, batched with left padding. The answer is teacher-forced up to
+  the choice token (`{"rank": [` for pairs, nothing for yes/no) after the chat template's generation prompt, and
+  the verdict is the probability of the first choice token against the second, read from the last position's
+  logits. Fast (no decoding) and a calibrated probability rather than a 0/1 vote; gives no reason text.
+- "generate": greedy `generate()` of up to `max_new_tokens`, parsed as text; slower, but with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from arr.backends.chat import TEMPLATE_VERSION, ChatBackend, ChatRequest, ChatResult, choice_variants
+
+_MODES = ("probs", "generate")
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _resolve_dtype(dtype: Any, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        # bf16 where it is fast and safe (CUDA with bf16 support), float32 elsewhere: CPU bf16 matmuls are slow
+        # and half precision changes the choice probabilities enough to matter for near-ties.
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(
+        f"HFBackend dtype must be 'auto', a torch dtype or its name (e.g. 'bfloat16'), got {dtype!r}"
+    )
+
+
+def _weights_stamp(path: str) -> str:
+    """For a local model folder: a short hash of the weight files' names, sizes and modification times.
+
+    A judge re-saved to the same folder (e.g. after fine-tuning) must not reuse cached judgments of the old weights;
+    hashing the bytes of multi-GB files on every start would be too slow, so size + mtime stand in for them.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:12]
+
+
+class HFBackend(ChatBackend):
+    """A transformers VLM (any `AutoModelForImageTextToText` with a chat template) as a judge.
+
+    Args:
+        model: a Hub id or local folder, or an already loaded `PreTrainedModel` (then `processor` is required).
+        processor: the model's processor; loaded from `model` when None.
+        dtype: "auto" (bf16 on CUDA, float32 on CPU), a torch dtype or its name.
+        device: "auto", "cpu", "cuda", "cuda:1", ... (ignored for an already loaded model).
+        batch_size: questions per forward pass.
+        mode: "probs" (one forward pass, choice-token probabilities) or "generate" (greedy text, with reasons).
+        max_new_tokens: generation budget in "generate" mode.
+        trust_remote_code: allow custom code from the model folder; off unless the model needs it.
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any = None,
+        dtype: Any = "auto",
+        device: str = "auto",
+        batch_size: int = 8,
+        mode: str = "probs",
+        max_new_tokens: int = 128,
+        trust_remote_code: bool = False,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+
+        if mode not in _MODES:
+            raise ValueError(f"HFBackend mode must be one of {_MODES}, got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"HFBackend batch_size must be >= 1, got {batch_size}")
+        if max_new_tokens < 1:
+            raise ValueError(f"HFBackend max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.mode = mode
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+
+        if isinstance(model, PreTrainedModel):
+            if processor is None:
+                raise ValueError(
+                    f"HFBackend got a loaded {type(model).__name__} but no processor; pass processor= as well"
+                )
+            self.model = model
+            self.model_name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+            self.device = str(model.device)
+            self.dtype = model.dtype
+        elif isinstance(model, (str, Path)):
+            self.model_name = str(model)
+            self.device = _resolve_device(device)
+            self.dtype = _resolve_dtype(dtype, self.device)
+            try:
+                self.model = AutoModelForImageTextToText.from_pretrained(
+                    self.model_name,
+                    dtype=self.dtype,
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                )
+            except OSError as e:
+                raise ValueError(
+                    f"HFBackend could not load judge model {self.model_name!r} (a Hub id or a folder with "
+                    f"config.json and *.safetensors was expected): {e}"
+                ) from None
+            self.model.to(self.device)
+        else:
+            raise TypeError(
+                f"HFBackend model must be a name, a path or a PreTrainedModel, got {type(model).__name__}"
+            )
+        self.model.eval()
+
+        if processor is None:
+            try:
+                processor = AutoProcessor.from_pretrained(
+                    self.model_name, trust_remote_code=trust_remote_code
+                )
+            except OSError as e:
+                raise ValueError(
+                    f"HFBackend could not load the processor of {self.model_name!r}: {e}"
+                ) from None
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        # Left padding keeps every sequence's last real token at position -1, where the choice logits are read
+        # and where generation continues.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._stamp = _weights_stamp(self.model_name)
+        self._choice_ids: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        self._torch = torch
+
+    def __repr__(self) -> str:
+        return f"HFBackend(model={self.model_name!r}, mode={self.mode!r}, dtype={self.dtype}, device={self.device!r})"
+
+    def fingerprint(self) -> str:
+        parts = [
+            "hf",
+            self.model_name,
+            f"weights={self._stamp or getattr(self.model.config, '_commit_hash', None) or '-'}",
+            f"dtype={str(self.dtype).removeprefix('torch.')}",
+            f"mode={self.mode}",
+            f"template={TEMPLATE_VERSION}",
+        ]
+        if self.mode == "generate":
+            parts.append(f"max_new_tokens={self.max_new_tokens}")
+        return "|".join(parts)
+
+    # ---- transport ----------------------------------------------------------------------------------------------
+
+    def choice_token_ids(self, choices: tuple[str, str]) -> tuple[list[int], list[int]]:
+        """Token ids that spell each choice as one token (case and leading-space variants), cached."""
+        if choices not in self._choice_ids:
+            found: list[list[int]] = []
+            for choice in choices:
+                ids = []
+                for variant in choice_variants(choice):
+                    enc = self.tokenizer.encode(variant, add_special_tokens=False)
+                    if len(enc) == 1 and enc[0] not in ids:
+                        ids.append(enc[0])
+                if not ids:
+                    raise ValueError(
+                        f"judge model {self.model_name!r}: answer {choice!r} is not a single token in its "
+                        f"vocabulary, so mode='probs' cannot score it; use mode='generate'"
+                    )
+                found.append(ids)
+            self._choice_ids[choices] = (found[0], found[1])
+        return self._choice_ids[choices]
+
+    def _encode(self, requests: Sequence[ChatRequest]) -> Any:
+        texts = []
+        for req in requests:
+            text = self.processor.apply_chat_template(
+                req.messages, add_generation_prompt=True, tokenize=False
+            )
+            if self.mode == "probs":
+                text += req.answer_prefix
+            texts.append(text)
+        images = [req.images for req in requests]
+        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        return inputs.to(self.device)
+
+    def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        results: list[ChatResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            if self.mode == "probs":
+                results.extend(self._probs(chunk))
+            else:
+                results.extend(self._generate(chunk))
+        return results
+
+    def _probs(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        torch = self._torch
+        inputs = self._encode(requests)
+        with torch.inference_mode():
+            logits = self.model(**inputs, logits_to_keep=1).logits[:, -1, :]
+        # Softmax in float32: bf16 logits would round small choice probabilities to zero.
+        probs = torch.softmax(logits.float(), dim=-1)
+        out = []
+        for row, req in zip(probs, requests, strict=True):
+            first_ids, second_ids = self.choice_token_ids(req.choices)
+            p1 = float(row[first_ids].sum())
+            p2 = float(row[second_ids].sum())
+            out.append(ChatResult(choice_probs=(p1, p2)))
+        return out
+
+    def _generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        torch = self._torch
+        inputs = self._encode(requests)
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [ChatResult(text=t.strip()) for t in texts]
+
+    # ---- features for the alignment diagnostic --------------------------------------------------------------------
+
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Mean-pooled vision features of each image, `[N, D]` float32 (the vision tower's output, projected).
+
+        Used by the representation-alignment diagnostic to compare the judge's view of images with the policy's.
+        """
+        torch = self._torch
+        rows: list[np.ndarray] = []
+        image_processor = getattr(self.processor, "image_processor", None)
+        if image_processor is None or not hasattr(self.model, "get_image_features"):
+            raise TypeError(f"judge model {self.model_name!r} has no image processor / get_image_features()")
+        for start in range(0, len(images), self.batch_size):
+            chunk = [im.convert("RGB") for im in images[start : start + self.batch_size]]
+            pixel_inputs = image_processor(images=chunk, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                out = self.model.get_image_features(**pixel_inputs)
+            per_image = getattr(out, "pooler_output", out)
+            if isinstance(per_image, torch.Tensor) and per_image.dim() == 3:
+                pooled = per_image.float().mean(dim=1)
+            elif isinstance(per_image, (list, tuple)) and len(per_image) == len(chunk):
+                pooled = torch.stack([t.float().reshape(-1, t.shape[-1]).mean(dim=0) for t in per_image])
+            else:
+                raise TypeError(
+                    f"judge model {self.model_name!r}: get_image_features() returned {type(per_image).__name__} "
+                    f"that is not per-image features for {len(chunk)} images"
+                )
+            rows.append(pooled.cpu().numpy().astype(np.float32))
+        if not rows:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(rows, axis=0)

@@ -1,0 +1,1 @@
+"""Tiny models built in code, shared by tests and benchmarks (no downloads)."""

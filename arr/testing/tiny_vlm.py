@@ -1,0 +1,157 @@
+"""A tiny random-init Qwen2-VL judge built in code, for tests and benchmarks (no Hub access needed).
+
+`build_tiny_qwen2vl(out_dir)` writes a complete model folder (safetensors weights, byte-level BPE tokenizer with
+Qwen's special tokens, a Qwen-style chat template, a PIL image processor giving 4 tokens per image) that
+`AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained(..., trust_remote_code=True)`
+load offline, and that `transformers serve` can serve. Its answers are random but deterministic, which is all
+the backend tests need: they check plumbing (probabilities, batching, parsing), not judgment quality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Qwen2-VL's special tokens, in the roles the model and processor look them up by.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Merges that make the judge's answer words single tokens (with and without a leading space, "Ġ" in
+# byte-level BPE), so the token-probability paths see real single-token choices; digits are bytes already.
+_MERGES = [
+    ("y", "e"),
+    ("ye", "s"),
+    ("Y", "e"),
+    ("Ye", "s"),
+    ("n", "o"),
+    ("N", "o"),
+    ("Ġ", "yes"),
+    ("Ġ", "Yes"),
+    ("Ġ", "no"),
+    ("Ġ", "No"),
+]
+
+# The Qwen chat format: <|im_start|>role\n...<|im_end|>\n, one vision block per image part.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or part['type'] == 'image_url' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Vision patches of 4 px merged 2x2: one image token per 8x8 pixels; images are resized to at most 16x16 pixels,
+# so every image costs 4 tokens.
+_PATCH = 4
+_MERGE = 2
+_MAX_PIXELS = 16 * 16
+_MIN_PIXELS = 8 * 8
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (any text encodes) with Qwen's special tokens and single-token yes/no."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for a, b in _MERGES:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(_MERGES)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+
+
+def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0.2) -> Path:
+    """Build, save and return the folder of a ~200k-parameter random Qwen2-VL with its processor.
+
+    `init_range` is larger than Qwen's 0.02 so that the random model's choice probabilities spread away from 0.5
+    and tests can tell answers apart.
+    """
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from arr.testing.tiny_qwen2vl_processor import TinyQwen2VLProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer()
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = len(tokenizer)
+
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "initializer_range": init_range,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+            "patch_size": _PATCH,
+            "spatial_merge_size": _MERGE,
+            "temporal_patch_size": 2,
+            "initializer_range": init_range,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.do_sample = False
+    model.save_pretrained(out)
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=_PATCH,
+        merge_size=_MERGE,
+        temporal_patch_size=2,
+        min_pixels=_MIN_PIXELS,
+        max_pixels=_MAX_PIXELS,
+    )
+    processor = TinyQwen2VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    TinyQwen2VLProcessor.register_for_auto_class("AutoProcessor")
+    processor.save_pretrained(out)
+    return out
