@@ -1,0 +1,195 @@
+"""The pixel judge: a weight-free, exact, deterministic judge for the built-in shapes world.
+
+It reads objects back from the image (arr/shapes/detect.py) and evaluates each criterion's machine-checkable
+`check` (arr/shapes/rubrics.py). Criteria without a check cannot be judged here: their verdict carries an error
+instead of a guess. Scores follow the rubric's weights; editing rubrics combine instruction following and
+preservation as sqrt(instruction * preservation), like GEdit-Bench's overall score.
+
+    from arr import load_backend
+    judge = load_backend("pixel")              # or PixelBackend(strict=True)
+    judge.score_image(image, rubric)           # 0..1
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
+from arr.rubric import Criterion, Rubric
+from arr.shapes.detect import COLOR_CLASSES, DETECTOR_VERSION, UNKNOWN, DetectionReport, analyze
+from arr.shapes.rubrics import CheckError, evaluate_check
+from arr.shapes.scene import GRID, IMAGE_SIZE, SHAPES
+
+PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
+_FEATURE_SHAPES: tuple[str, ...] = (*SHAPES, UNKNOWN)
+
+
+def _feature_names() -> list[str]:
+    names = []
+    for r in range(GRID):
+        for c in range(GRID):
+            names += [f"cell{r}{c}/shape={s}" for s in _FEATURE_SHAPES]
+            names += [f"cell{r}{c}/color={k}" for k in COLOR_CLASSES]
+    names += [f"count/{s}/{k}" for s in _FEATURE_SHAPES for k in COLOR_CLASSES]
+    names += ["fragments", "speck_pixels", "objects", "foreground_fraction"]
+    return names
+
+
+FEATURE_NAMES: tuple[str, ...] = tuple(_feature_names())
+
+
+class PixelBackend:
+    """Judge backend for the shapes world. `strict=True` fails set checks on stray fragments and excess specks."""
+
+    name = "pixel"
+
+    def __init__(self, strict: bool = True) -> None:
+        self.strict = bool(strict)
+
+    def fingerprint(self) -> str:
+        return f"pixel/v{DETECTOR_VERSION}/{'strict' if self.strict else 'lenient'}"
+
+    # -- single-image scoring ---------------------------------------------------------------------------------
+
+    def _check(
+        self, criterion: Criterion, report: DetectionReport, source: DetectionReport | None
+    ) -> tuple[bool | None, str]:
+        if criterion.check is None:
+            return None, "the pixel judge needs a machine-checkable 'check' on every criterion it judges"
+        try:
+            result = evaluate_check(criterion.check, report, strict=self.strict, source=source)
+        except CheckError as e:
+            return None, f"criterion {criterion.id!r}: {e}"
+        return result.holds, result.reason
+
+    @staticmethod
+    def _weighted(results: list[tuple[Criterion, bool]]) -> float | None:
+        """Weighted fraction of positive criteria that hold, minus penalties (negative weights) that hold."""
+        positive = sum(c.weight for c, _ in results if c.weight > 0)
+        if positive <= 0:
+            return None
+        gained = sum(c.weight for c, ok in results if ok and c.weight > 0)
+        penalty = sum(-c.weight for c, ok in results if ok and c.weight < 0)
+        return min(1.0, max(0.0, (gained - penalty) / positive))
+
+    def score_details(
+        self, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
+    ) -> dict[str, Any]:
+        """Per-criterion results, detections and the score (plus instruction/preservation for editing)."""
+        report = analyze(image)
+        source_report = analyze(source) if source is not None else None
+        return self._details(report, rubric, source_report)
+
+    def _details(
+        self, report: DetectionReport, rubric: Rubric, source: DetectionReport | None
+    ) -> dict[str, Any]:
+        per_criterion = []
+        judged: list[tuple[Criterion, bool]] = []
+        for c in rubric.criteria:
+            holds, reason = self._check(c, report, source)
+            per_criterion.append({"id": c.id, "holds": holds, "weight": c.weight, "reason": reason})
+            if holds is not None:
+                judged.append((c, holds))
+        if not judged:
+            raise CheckError(
+                f"rubric for {rubric.prompt[:60]!r} has no criterion the pixel judge can evaluate: "
+                "add machine-checkable 'check' dicts (see arr/shapes/rubrics.py) or use a VLM backend"
+            )
+        details: dict[str, Any] = {
+            "criteria": per_criterion,
+            "detections": [asdict(d) for d in report.detections],
+            "n_specks": report.n_specks,
+            "speck_pixels": report.speck_pixels,
+        }
+        if rubric.task == "edit":
+            instruction = self._weighted([(c, ok) for c, ok in judged if c.category != PRESERVATION])
+            preservation = self._weighted([(c, ok) for c, ok in judged if c.category == PRESERVATION])
+            instruction = 0.0 if instruction is None else instruction
+            details["instruction"] = instruction
+            details["preservation"] = preservation
+            details["score"] = instruction if preservation is None else math.sqrt(instruction * preservation)
+        else:
+            score = self._weighted(judged)
+            details["score"] = 0.0 if score is None else score
+        return details
+
+    def score_image(self, image: Image.Image, rubric: Rubric, source: Image.Image | None = None) -> float:
+        """Pointwise score in [0, 1]: weighted fraction of criteria that hold (sqrt(I*P) for editing rubrics)."""
+        return float(self.score_details(image, rubric, source)["score"])
+
+    # -- JudgeBackend protocol ------------------------------------------------------------------------------------
+
+    def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
+        reports: dict[int, DetectionReport] = {}  # one detection pass per distinct image object in the batch
+
+        def read(image: Image.Image) -> DetectionReport:
+            key = id(image)
+            if key not in reports:
+                reports[key] = analyze(image)
+            return reports[key]
+
+        out = []
+        for q in queries:
+            source = read(q.source) if q.source is not None else None
+            holds, reason = self._check(q.criterion, read(q.image), source)
+            if holds is None:
+                out.append(CriterionVerdict(prob_yes=None, reason=reason, error=reason))
+            else:
+                out.append(
+                    CriterionVerdict(prob_yes=1.0 if holds else 0.0, reason=reason, raw=str(holds).lower())
+                )
+        return out
+
+    def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
+        out = []
+        for q in queries:
+            try:
+                source = analyze(q.source) if q.source is not None else None
+                d1 = self._details(analyze(q.images[0]), q.rubric, source)
+                d2 = self._details(analyze(q.images[1]), q.rubric, source)
+            except CheckError as e:
+                out.append(PairVerdict(prob_first=None, error=str(e)))
+                continue
+            s1, s2 = d1["score"], d2["score"]
+            prob = 1.0 if s1 > s2 else 0.0 if s2 > s1 else 0.5
+            failed1 = [c["id"] for c in d1["criteria"] if c["holds"] is False]
+            failed2 = [c["id"] for c in d2["criteria"] if c["holds"] is False]
+            reason = (
+                f"Image 1 scores {s1:.3f} (failed: {', '.join(failed1) or 'none'}); "
+                f"Image 2 scores {s2:.3f} (failed: {', '.join(failed2) or 'none'})"
+            )
+            rank = [1, 2] if prob >= 0.5 else [2, 1]
+            out.append(PairVerdict(prob_first=prob, reason=reason, raw=f'{{"rank": {rank}}}'))
+        return out
+
+    # -- features for the alignment diagnostic --------------------------------------------------------------------
+
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """[N, len(FEATURE_NAMES)] float32: per-cell shape/colour counts, global counts, debris, coverage."""
+        n_shapes, n_colors = len(_FEATURE_SHAPES), len(COLOR_CLASSES)
+        per_cell = n_shapes + n_colors
+        out = np.zeros((len(images), len(FEATURE_NAMES)), dtype=np.float32)
+        counts_at = GRID * GRID * per_cell
+        tail = counts_at + n_shapes * n_colors
+        for i, image in enumerate(images):
+            report = analyze(image)
+            for d in report.objects:
+                s, k = _FEATURE_SHAPES.index(d.shape), COLOR_CLASSES.index(d.color)
+                base = (d.cell[0] * GRID + d.cell[1]) * per_cell
+                out[i, base + s] += 1
+                out[i, base + n_shapes + k] += 1
+                out[i, counts_at + s * n_colors + k] += 1
+            out[i, tail] = len(report.fragments)
+            out[i, tail + 1] = report.speck_pixels
+            out[i, tail + 2] = len(report.objects)
+            out[i, tail + 3] = report.foreground_pixels / (IMAGE_SIZE * IMAGE_SIZE)
+        return out
+
+
+__all__ = ["FEATURE_NAMES", "PRESERVATION", "PixelBackend"]
