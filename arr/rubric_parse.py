@@ -71,7 +71,10 @@ class _NoCriteria(RubricParseError):
 
 def _short(value: Any, limit: int = 60) -> str:
     """A one-line repr of a bad value for an error message."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a value nested thousands of levels deep
+        return f"<{_type_name(value)} nested too deeply to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -354,6 +357,7 @@ _DQ = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"', re.S)
 _SQ = re.compile(r"'([^'\\]*(?:\\.[^'\\]*)*)'", re.S)
 _SMART = {"\u201c": "\u201d\u201c", "\u201d": "\u201d\u201c", "\u201e": "\u201d\u201c", "\u2018": "\u2019"}
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_PARTIAL_NUMBER = re.compile(r"[-+]?\d*\.?\d*(?:[eE][-+]?\d*)?")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _WS = re.compile(r"\s*")
 _COMMAS = re.compile(r"[\s,]*")
@@ -420,10 +424,14 @@ class _Reader:
             return self.arr(pos + 1, depth)
         if c in _STRING_OPENERS:
             return self.string(pos)
+        if c in "+-.0123456789" and _PARTIAL_NUMBER.match(s, pos).end() >= self.n:
+            return (
+                None,
+                self.n,
+                False,
+            )  # "weight": 1 (or "-", "1e") at the cut may have been 10 (or "-2", "1e3")
         m = _NUMBER.match(s, pos)
         if m is not None:
-            if m.end() >= self.n:
-                return None, self.n, False  # "weight": 1 at the cut may have been 10
             text = m.group()
             if any(ch in text for ch in ".eE"):
                 return float(text), m.end(), True
