@@ -1,0 +1,549 @@
+"""The FlowPolicy protocol, Trajectory and Conditioning, and the sampling/transition loop shared by all families.
+
+A policy samples with the flow SDE (arr.policies.sde), records every latent and the log-probability of every
+stochastic transition, and can recompute any stored transition under its current weights (gradients flowing)
+or under the reference (the same network with its LoRA disabled). The loop lives here once; a family adapter
+(sd3.py, flux.py, qwen_image.py, ...) supplies only what differs: text encoding, latent layout, how the
+transformer is called, and decoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from arr.policies.sde import DEFAULT_REDUCTION, Reduction, ode_step, sde_step
+
+# Attention projections of the joint-attention blocks shared by SD3, FLUX and Qwen-Image (image and text
+# streams); the LoRA targets of diffusers' LoRA training scripts for these models.
+DEFAULT_LORA_TARGETS: tuple[str, ...] = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+
+
+def _index_batch(value: Any, idx: Tensor) -> Any:
+    if isinstance(value, Tensor):
+        return value[idx.to(value.device)]
+    if isinstance(value, list):
+        return [value[i] for i in idx.tolist()]
+    return value
+
+
+@dataclass
+class Conditioning:
+    """Everything a policy needs to condition one batch of samples, batch-first.
+
+    `embeds` and `negative` hold family-specific tensors, each [B, ...] (e.g. SD3: prompt_embeds [B, L, D],
+    pooled_prompt_embeds [B, P]; editing: image_latents [B, N, C]); `negative` is the unconditional branch of
+    classifier-free guidance, or None without CFG.
+    """
+
+    prompts: list[str]
+    embeds: dict[str, Tensor]
+    negative: dict[str, Tensor] | None = None
+    source_images: list[Image.Image] | None = None
+    extras: dict[str, Any] = field(
+        default_factory=dict
+    )  # settings shared by the batch (e.g. source latent size)
+
+    def __post_init__(self) -> None:
+        n = len(self.prompts)
+        for name, group in (("embeds", self.embeds), ("negative", self.negative or {})):
+            for key, t in group.items():
+                if t.shape[0] != n:
+                    raise ValueError(
+                        f"Conditioning.{name}[{key!r}] has batch {t.shape[0]}, expected {n} (prompts)"
+                    )
+        if self.source_images is not None and len(self.source_images) != n:
+            raise ValueError(f"Conditioning has {len(self.source_images)} source images for {n} prompts")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def index(self, idx: Tensor | Sequence[int]) -> Conditioning:
+        """The sub-batch `idx` (a [K] long tensor or a list of ints)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Conditioning(
+            prompts=_index_batch(self.prompts, idx),
+            embeds={k: _index_batch(v, idx) for k, v in self.embeds.items()},
+            negative=None
+            if self.negative is None
+            else {k: _index_batch(v, idx) for k, v in self.negative.items()},
+            source_images=None if self.source_images is None else _index_batch(self.source_images, idx),
+            extras=dict(self.extras),
+        )
+
+    def repeat_interleave(self, group_size: int) -> Conditioning:
+        """Each entry repeated `group_size` times in a row: [p0, p0, p1, p1, ...] for a group of 2."""
+        return self.index(torch.arange(len(self)).repeat_interleave(group_size))
+
+
+@dataclass
+class Trajectory:
+    """A batch of sampled trajectories with every latent and transition log-probability.
+
+    Shapes (B samples, T steps, latent dims `...` of the family): latents [B, T+1, ...] float32 on the policy's
+    device (latents[:, 0] is the initial noise x_T, latents[:, -1] the final sample); log_probs [B, T]
+    (0 at deterministic steps); sigmas [T+1] float32 from 1 to 0; stochastic [T] bool.
+    Samples b and b' with group_ids[b] == group_ids[b'] share the prompt and the initial noise.
+    """
+
+    latents: Tensor
+    log_probs: Tensor
+    sigmas: Tensor
+    stochastic: Tensor
+    cond: Conditioning
+    group_ids: Tensor
+    eta: float
+    guidance_scale: float
+    reduction: Reduction
+    seed: int | None = None
+    extras: dict[str, Any] = field(
+        default_factory=dict
+    )  # family settings the transition must repeat (size, guidance)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.sigmas.shape[0]) - 1
+
+    @property
+    def noise(self) -> Tensor:
+        """The initial noise x_T, [B, ...]."""
+        return self.latents[:, 0]
+
+    @property
+    def final(self) -> Tensor:
+        """The final latents x_0, [B, ...]; decode them with the policy."""
+        return self.latents[:, -1]
+
+    @property
+    def train_steps(self) -> list[int]:
+        """Indices of the stochastic steps: the transitions that have a log-probability."""
+        return [int(i) for i in torch.nonzero(self.stochastic).flatten().tolist()]
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+    def index(self, idx: Tensor | Sequence[int]) -> Trajectory:
+        """The trajectories `idx` (e.g. one process's share, or the samples that got a judgment)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return replace(
+            self,
+            latents=self.latents[idx.to(self.latents.device)],
+            log_probs=self.log_probs[idx.to(self.log_probs.device)],
+            cond=self.cond.index(idx),
+            group_ids=self.group_ids[idx.to(self.group_ids.device)],
+        )
+
+
+class Transition(NamedTuple):
+    """A stored transition re-evaluated under the current weights (gradients flow through log_prob and mean)."""
+
+    log_prob: Tensor  # [K]
+    mean: Tensor  # [K, ...] float32
+    std: Tensor  # [K, 1, ...] float32
+
+
+@runtime_checkable
+class FlowPolicy(Protocol):
+    """What the RPO trainer and evaluation need from a text-to-image or editing policy."""
+
+    def encode(
+        self, prompts: Sequence[str], source_images: Sequence[Image.Image] | None = None
+    ) -> Conditioning: ...
+
+    def sample(self, cond: Conditioning, **kwargs: Any) -> Trajectory: ...
+
+    def transition(
+        self, traj: Trajectory, step_index: int, sample_indices: Tensor | Sequence[int] | None = None
+    ) -> Transition: ...
+
+    def reference(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def decode(self, latents: Tensor, **kwargs: Any) -> list[Image.Image]: ...
+
+    def trainable_parameters(self) -> list[nn.Parameter]: ...
+
+    def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None) -> None: ...
+
+
+class FlowMatchingPolicy(ABC):
+    """Base of the family adapters: SDE sampling, transition recomputation, CFG, LoRA and the reference.
+
+    Subclasses set `self.transformer` (the network that LoRA adapts) and implement `encode`, `decode`,
+    `_sigmas`, `_initial_noise` and `_forward` (one call of the transformer on model-ready latents).
+    """
+
+    #: LoRA targets used when add_lora gets none.
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    #: Whether CFG runs both branches in one batch (SD3 pipeline) or as two calls (FLUX and Qwen-Image "true
+    #: CFG", whose negative prompt may have another text length).
+    batch_cfg: bool = True
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        *,
+        height: int,
+        width: int,
+        num_steps: int = 8,
+        eta: float = 0.3,
+        guidance_scale: float = 1.0,
+        shift: float | None = 3.0,
+        reduction: Reduction = DEFAULT_REDUCTION,
+        gradient_checkpointing: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.transformer = transformer
+        self.height = int(height)
+        self.width = int(width)
+        self.num_steps = int(num_steps)
+        self.eta = float(eta)
+        self.guidance_scale = float(guidance_scale)
+        self.shift = shift
+        self.reduction: Reduction = reduction
+        if device is not None:
+            self.transformer.to(device)
+        # Only LoRA weights train: the base network is frozen before any adapter is added.
+        self.transformer.requires_grad_(False)
+        if gradient_checkpointing:
+            self.set_gradient_checkpointing(True)
+
+    # --- what the families supply -------------------------------------------------------------------------
+
+    @abstractmethod
+    def encode(
+        self,
+        prompts: Sequence[str],
+        source_images: Sequence[Image.Image] | None = None,
+        negative_prompt: str | None = None,
+    ) -> Conditioning:
+        """Text (and, for editing, source-image) conditioning for a batch of prompts."""
+
+    @abstractmethod
+    def decode(
+        self, latents: Tensor, height: int | None = None, width: int | None = None
+    ) -> list[Image.Image]:
+        """Final latents [B, ...] to PIL images."""
+
+    @abstractmethod
+    def _sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
+        """The sigma schedule [num_steps + 1] from 1 to 0 for this family and image size."""
+
+    @abstractmethod
+    def _initial_noise(self, n: int, height: int, width: int, generator: torch.Generator | None) -> Tensor:
+        """n initial latents [n, ...] in float32, laid out as the transformer takes them."""
+
+    @abstractmethod
+    def _forward(
+        self, latents: Tensor, sigma: Tensor, embeds: dict[str, Tensor], extras: dict[str, Any]
+    ) -> Tensor:
+        """One transformer call: latents [B, ...] float32, sigma [B] float32 -> velocity [B, ...].
+
+        `extras` merges the trajectory's settings with the conditioning's (`Conditioning.extras`)."""
+
+    def _sample_extras(self, height: int, width: int) -> dict[str, Any]:
+        """Family settings recorded in the trajectory so that transitions repeat them exactly."""
+        return {"height": height, "width": width}
+
+    def _combine_cfg(self, v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    # --- shared machinery ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def velocity(
+        self,
+        latents: Tensor,
+        sigma: Tensor,
+        cond: Conditioning,
+        guidance_scale: float,
+        extras: dict[str, Any],
+    ) -> Tensor:
+        """The (guided) velocity at latents [B, ...], sigma [B]; CFG batches the two branches like the pipelines."""
+        extras = {**cond.extras, **extras}
+        if guidance_scale > 1.0 and cond.negative is not None:
+            if not self.batch_cfg:
+                v_cond = self._forward(latents, sigma, cond.embeds, extras)
+                neg = {**cond.embeds, **cond.negative}
+                return self._combine_cfg(v_cond, self._forward(latents, sigma, neg, extras), guidance_scale)
+            # Entries without a negative (e.g. an editing source's latents) are shared by both branches.
+            both = {k: torch.cat([cond.negative.get(k, v), v]) for k, v in cond.embeds.items()}
+            v_uncond, v_cond = self._forward(
+                torch.cat([latents, latents]), torch.cat([sigma, sigma]), both, extras
+            ).chunk(2)
+            return self._combine_cfg(v_cond, v_uncond, guidance_scale)
+        return self._forward(latents, sigma, cond.embeds, extras)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Conditioning,
+        *,
+        group_size: int = 1,
+        num_steps: int | None = None,
+        eta: float | None = None,
+        guidance_scale: float | None = None,
+        sde_steps: Iterable[int] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+        noise: Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        reduction: Reduction | None = None,
+    ) -> Trajectory:
+        """Sample `group_size` trajectories per prompt, all of a group from the same initial noise.
+
+        The batch is [p0 x G, p1 x G, ...]. `sde_steps` picks the stochastic steps (default: all; the others are
+        Euler ODE steps with no log-probability, which halves the backward work when training half the steps).
+        `eta = 0` samples the ODE everywhere. Noise comes from `generators` (one per prompt: that group's initial
+        and step noise then depend only on its generator, so results do not depend on batching or on how prompts
+        are split over processes), else `generator`, else a CPU generator seeded with `seed`, else torch's global
+        RNG; `noise` [P, ...] fixes the initial noise of each group.
+        """
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        n_steps = self.num_steps if num_steps is None else int(num_steps)
+        eta = self.eta if eta is None else float(eta)
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        red = self.reduction if reduction is None else reduction
+        h, w = height or self.height, width or self.width
+        if scale > 1.0 and cond.negative is None:
+            raise ValueError(
+                f"guidance_scale {scale} > 1 needs negative embeddings: encode the prompts with this policy's "
+                "guidance_scale > 1 (or pass guidance_scale=1)"
+            )
+        if generator is None and seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+        device = self.device
+        sigmas = self._sigmas(n_steps, h, w).to(device=device, dtype=torch.float32)
+        stochastic = torch.zeros(n_steps, dtype=torch.bool)
+        if eta > 0:
+            steps = range(n_steps) if sde_steps is None else sorted(set(int(i) for i in sde_steps))
+            for i in steps:
+                if not 0 <= i < n_steps:
+                    raise ValueError(f"sde_steps must lie in [0, {n_steps}), got {i}")
+                stochastic[i] = True
+
+        n_groups = len(cond)
+        if generators is not None and len(generators) != n_groups:
+            raise ValueError(f"got {len(generators)} generators for {n_groups} prompts; pass one per prompt")
+        if noise is None and generators is not None:
+            noise = torch.cat([self._initial_noise(1, h, w, g) for g in generators])
+        elif noise is None:
+            noise = self._initial_noise(n_groups, h, w, generator)
+        elif noise.shape[0] != n_groups:
+            raise ValueError(f"noise has batch {noise.shape[0]}, expected one per prompt ({n_groups})")
+        x = noise.to(device=device, dtype=torch.float32).repeat_interleave(group_size, dim=0)
+        full = cond.repeat_interleave(group_size) if group_size > 1 else cond
+        extras = self._sample_extras(h, w)
+        batch = x.shape[0]
+        latents = [x]
+        log_probs = torch.zeros(
+            batch, n_steps, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device
+        )
+        for i in range(n_steps):
+            sig = sigmas[i].expand(batch)
+            v = self.velocity(x, sig, full, scale, extras)
+            if stochastic[i]:
+                if generators is not None:
+                    shape = (group_size, *x.shape[1:])
+                    step_noise = torch.cat([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
+                else:
+                    step_noise = torch.randn(
+                        x.shape, generator=generator, device=generator.device if generator is not None else device
+                    ).to(device)
+                out = sde_step(v, x, sigmas[i], sigmas[i + 1], eta, noise=step_noise, reduction=red)
+                x = out.prev_latents
+                log_probs[:, i] = out.log_prob.to(log_probs.dtype)
+            else:
+                x = ode_step(v, x, sigmas[i], sigmas[i + 1])
+            latents.append(x)
+        return Trajectory(
+            latents=torch.stack(latents, dim=1),
+            log_probs=log_probs,
+            sigmas=sigmas,
+            stochastic=stochastic,
+            cond=full,
+            group_ids=torch.arange(n_groups, device=device).repeat_interleave(group_size),
+            eta=eta,
+            guidance_scale=scale,
+            reduction=red,
+            seed=seed,
+            extras=extras,
+        )
+
+    def transition(
+        self,
+        traj: Trajectory,
+        step_index: int,
+        sample_indices: Tensor | Sequence[int] | None = None,
+    ) -> Transition:
+        """Log-probability and mean of the stored transition `step_index` under the current weights.
+
+        Gradients flow into the policy's trainable parameters; under `reference()` this gives the reference's
+        mean for the KL term. Only stochastic steps have a transition density.
+        """
+        if not 0 <= step_index < traj.num_steps:
+            raise ValueError(f"step_index must lie in [0, {traj.num_steps}), got {step_index}")
+        if not bool(traj.stochastic[step_index]):
+            raise ValueError(
+                f"step {step_index} was an ODE step (stochastic steps: {traj.train_steps}); it has no log-probability"
+            )
+        if sample_indices is None:
+            lat, cond = traj.latents, traj.cond
+        else:
+            idx = torch.as_tensor(sample_indices, dtype=torch.long)
+            lat, cond = traj.latents[idx.to(traj.latents.device)], traj.cond.index(idx)
+        device = self.device
+        x = lat[:, step_index].to(device)
+        prev = lat[:, step_index + 1].to(device)
+        sigmas = traj.sigmas.to(device)
+        v = self.velocity(x, sigmas[step_index].expand(x.shape[0]), cond, traj.guidance_scale, traj.extras)
+        out = sde_step(
+            v,
+            x,
+            sigmas[step_index],
+            sigmas[step_index + 1],
+            traj.eta,
+            prev_latents=prev,
+            reduction=traj.reduction,
+        )
+        return Transition(out.log_prob, out.mean, out.std)
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The reference policy: the same network with every LoRA adapter disabled (restored on exit)."""
+        from peft import PeftModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if isinstance(self.transformer, PeftModel):
+            with self.transformer.disable_adapter():
+                yield
+            return
+        layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        previous = [m.disable_adapters for m in layers]
+        try:
+            for m in layers:
+                m.enable_adapters(False)
+            yield
+        finally:
+            for m, was_disabled in zip(layers, previous, strict=True):
+                m.enable_adapters(not was_disabled)
+
+    def add_lora(
+        self,
+        r: int,
+        alpha: float,
+        target_modules: Sequence[str] | None = None,
+        *,
+        dropout: float = 0.0,
+        adapter_name: str = "default",
+    ) -> None:
+        """Add a trainable LoRA adapter to the transformer with peft (diffusers' `add_adapter`).
+
+        LoRA weights are kept in float32 even when the network is bf16, as diffusers' LoRA training scripts do:
+        bf16 updates of size lr * grad round away against weights of order 1e-2.
+        """
+        from peft import LoraConfig
+
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(target_modules or self.lora_targets),
+        )
+        add_adapter = getattr(self.transformer, "add_adapter", None)
+        if add_adapter is None:
+            raise TypeError(
+                f"{type(self.transformer).__name__} has no add_adapter; expected a diffusers model"
+            )
+        add_adapter(config, adapter_name=adapter_name)
+        for p in self.transformer.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The LoRA weights (peft names), for checkpoints."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.transformer)
+
+    def load_lora_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load weights saved by `lora_state_dict` into the existing adapter; unknown or missing keys are an error."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.transformer, state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(
+                f"LoRA state has keys the adapter lacks: {unexpected[:5]} (add_lora with the same r/targets first)"
+            )
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in backward: ~25% slower steps for much less memory on large transformers."""
+        fn = getattr(
+            self.transformer,
+            "enable_gradient_checkpointing" if enabled else "disable_gradient_checkpointing",
+            None,
+        )
+        if fn is None:
+            raise TypeError(f"{type(self.transformer).__name__} does not support gradient checkpointing")
+        fn()
+
+
+def images_to_pil(images: Tensor) -> list[Image.Image]:
+    """Decoder output [B, 3, H, W] in [-1, 1] to PIL, as VaeImageProcessor.postprocess(output_type='pil') does."""
+    arr = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray((a * 255).round().astype("uint8")) for a in arr]
+
+
+def pil_to_tensor(images: Sequence[Image.Image], height: int, width: int) -> Tensor:
+    """PIL images, resized to height x width (bicubic, like VaeImageProcessor), to [B, 3, H, W] in [-1, 1]."""
+    import numpy as np
+
+    out = []
+    for i, im in enumerate(images):
+        if not isinstance(im, Image.Image):
+            raise TypeError(f"source image {i} must be a PIL image, got {type(im).__name__}")
+        im = im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "Conditioning",
+    "FlowMatchingPolicy",
+    "FlowPolicy",
+    "Trajectory",
+    "Transition",
+    "images_to_pil",
+    "pil_to_tensor",
+]

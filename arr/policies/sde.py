@@ -1,0 +1,228 @@
+"""The flow SDE step, its exact Gaussian log-probability, the Euler ODE step and the sigma schedules.
+
+Rectified flow: x_sigma = (1 - sigma) * x_0 + sigma * eps, the network predicts v = eps - x_0, and sampling runs
+sigma from 1 (noise) to 0 (data). The ODE step is x' = x + (sigma' - sigma) * v. To make a policy gradient
+possible, Flow-GRPO-style trainers replace it with the reverse-time SDE that has the same marginals,
+
+    dx = [v + g(sigma)^2 / (2 sigma) * (x + (1 - sigma) v)] dsigma + g(sigma) dW,
+    g(sigma) = eta * sqrt(sigma / (1 - sigma)),
+
+(the drift adds the score term -(x + (1 - sigma) v) / sigma^2 implied by v), discretised by Euler-Maruyama:
+each transition x_t -> x_{t-1} is Gaussian with a mean that depends on the network and a fixed std, so its
+log-density is exact and cheap. Everything here is a pure function of tensors; every model family shares it.
+
+Shapes: `latents`, `velocity`, `prev_latents` are [B, ...] with any trailing dims (SD3 [B, C, h, w], FLUX and
+Qwen-Image packed [B, N, C*4], pixel models [B, 3, H, W]); `sigma`, `sigma_next` are floats or [B] tensors; the
+log-probability is [B].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["sum", "mean"]
+
+#: Default reduction of the per-dimension log-density to one number per sample: "sum", the exact log-density of
+#: the transition. Then exp(new - old) is the true importance ratio and a PPO clip range such as 0.2 is a real
+#: trust region. "mean" (flow_grpo's choice) divides the log-ratio by the number of dimensions D (65,536 for a
+#: 512 px FLUX latent): ratios stay within ~0.01 of 1, so a 0.2 clip never acts (flow_grpo compensates with a
+#: clip range of 1e-4). With AdamW, and the KL reduced the same way, the two differ only in what the clip
+#: range means, since Adam is invariant to the gradient's overall scale.
+DEFAULT_REDUCTION: Reduction = "sum"
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class SDEStep(NamedTuple):
+    """One stochastic transition: the next latents, their log-probability and the Gaussian's parameters."""
+
+    prev_latents: Tensor  # [B, ...] float32: x_{t-1}, sampled or the one given
+    log_prob: Tensor  # [B] float64 (float32 on MPS): log N(x_{t-1}; mean, std^2), reduced over dims
+    mean: Tensor  # [B, ...] float32: the transition mean (carries gradients from `velocity`)
+    std: Tensor  # [B, 1, ...] float32: the transition std (no network dependence)
+
+
+def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
+    """Broadcast a float or [B] tensor to [B, 1, ..., 1] in float32 on `like`'s device."""
+    t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(like.shape[0])
+    if t.ndim != 1 or t.shape[0] != like.shape[0]:
+        raise ValueError(
+            f"sigma must be a float or a [B] tensor with B={like.shape[0]}, got shape {tuple(t.shape)}"
+        )
+    return t.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _reduce(per_dim: Tensor, reduction: Reduction) -> Tensor:
+    """Reduce [B, ...] to [B], accumulating in float64 where the device has it.
+
+    A sum over 10^5 dimensions reaches ~10^5 in magnitude, where float32's spacing (~0.008) would put a 1% error
+    into exp(new - old); float64 accumulation keeps the importance ratio exact. MPS has no float64.
+    """
+    acc = torch.float32 if per_dim.device.type == "mps" else torch.float64
+    flat = per_dim.reshape(per_dim.shape[0], -1).to(acc)
+    if reduction == "sum":
+        return flat.sum(dim=1)
+    if reduction == "mean":
+        return flat.mean(dim=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def sde_std(sigma: float | Tensor, sigma_next: float | Tensor, eta: float, like: Tensor) -> Tensor:
+    """Std of the transition sigma -> sigma_next: eta * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next).
+
+    At sigma = 1 the diffusion coefficient is infinite, so 1 - sigma is replaced by the step length
+    sigma - sigma_next (flow_grpo uses the next schedule sigma the same way); the first step's std is then
+    exactly eta * sqrt(sigma) = eta, whatever the schedule. Returns [B, 1, ...] float32.
+    """
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0 for a stochastic step (use ode_step for eta = 0), got {eta}")
+    s = _per_sample(sigma, like)
+    s_next = _per_sample(sigma_next, like)
+    dt = s_next - s  # negative: sigma decreases
+    if bool((dt >= 0).any()):
+        raise ValueError(
+            f"sigma_next must be < sigma, got sigma={s.flatten().tolist()} sigma_next={s_next.flatten().tolist()}"
+        )
+    one_minus = torch.where(s >= 1.0, -dt, 1.0 - s)
+    return eta * torch.sqrt(s / one_minus) * torch.sqrt(-dt)
+
+
+def sde_step(
+    velocity: Tensor,
+    latents: Tensor,
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    eta: float,
+    *,
+    prev_latents: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    reduction: Reduction = DEFAULT_REDUCTION,
+) -> SDEStep:
+    """One Euler-Maruyama step of the flow SDE with the log-probability of the transition.
+
+    With `prev_latents` the step evaluates that given x_{t-1} (recomputing the log-probability of a stored
+    transition under current weights); otherwise it samples x_{t-1} = mean + std * noise, with `noise` if given
+    (same shape as `latents`) or drawn with `generator` (on the generator's device, so a CPU generator gives the
+    same noise on every accelerator).
+    """
+    # float32 throughout: with bf16 velocities the mean's small correction terms (std^2 / (2 sigma) * dt) round
+    # away and (x - mean)^2 / std^2 overflows or loses all precision, which would make the importance ratio of a
+    # transition recomputed under the same weights differ from 1.
+    v = velocity.float()
+    x = latents.float()
+    if v.shape != x.shape:
+        raise ValueError(f"velocity {tuple(v.shape)} and latents {tuple(x.shape)} must have the same shape")
+    s = _per_sample(sigma, x)
+    dt = _per_sample(sigma_next, x) - s
+    std_dev_t = sde_std(sigma, sigma_next, eta, x) / torch.sqrt(-dt)  # eta * sqrt(sigma / (1 - sigma))
+    mean = x * (1 + std_dev_t**2 / (2 * s) * dt) + v * (1 + std_dev_t**2 * (1 - s) / (2 * s)) * dt
+    std = std_dev_t * torch.sqrt(-dt)
+
+    if prev_latents is None:
+        if noise is None:
+            gen_device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(
+                x.device
+            )
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise {tuple(noise.shape)} must have the latents' shape {tuple(x.shape)}")
+        prev = (mean + std * noise.float()).detach()
+    else:
+        if prev_latents.shape != x.shape:
+            raise ValueError(
+                f"prev_latents {tuple(prev_latents.shape)} must have the latents' shape {tuple(x.shape)}"
+            )
+        prev = prev_latents.detach().float()
+    log_prob = gaussian_log_prob(prev, mean, std, reduction=reduction)
+    return SDEStep(prev, log_prob, mean, std)
+
+
+def gaussian_log_prob(
+    x: Tensor, mean: Tensor, std: Tensor, reduction: Reduction = DEFAULT_REDUCTION
+) -> Tensor:
+    """log N(x; mean, std^2) per dimension, reduced to [B]. `std` broadcasts against `x` ([B, 1, ...])."""
+    per_dim = -((x.float() - mean.float()) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    return _reduce(per_dim, reduction)
+
+
+def gaussian_kl(
+    mean: Tensor, ref_mean: Tensor, std: Tensor, reduction: Reduction = DEFAULT_REDUCTION
+) -> Tensor:
+    """KL(N(mean, std^2) || N(ref_mean, std^2)) = (mean - ref_mean)^2 / (2 std^2), reduced to [B].
+
+    Both transitions share the std (it does not depend on the network), so the KL between the policy's and the
+    reference's steps is a scaled squared distance between their means; reduce it the same way as the
+    log-probability so that the KL weight keeps its meaning relative to the policy-gradient term.
+    """
+    per_dim = (mean.float() - ref_mean.float()) ** 2 / (2 * std**2)
+    return _reduce(per_dim, reduction)
+
+
+def ode_step(velocity: Tensor, latents: Tensor, sigma: float | Tensor, sigma_next: float | Tensor) -> Tensor:
+    """Deterministic Euler step x + (sigma_next - sigma) * v in float32 (FlowMatchEulerDiscreteScheduler.step)."""
+    x = latents.float()
+    dt = _per_sample(sigma_next, x) - _per_sample(sigma, x)
+    return x + dt * velocity.float()
+
+
+def flux_mu(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """Resolution-dependent shift mu of FLUX / Qwen-Image, linear in the number of image tokens."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def flow_sigmas(
+    num_steps: int,
+    shift: float | None = 3.0,
+    *,
+    mu: float | None = None,
+    last: float | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Shifted flow-matching sigmas [num_steps + 1], from 1 down to 0 (the final 0 appended).
+
+    The base grid is linspace(1, last, num_steps) with `last` = 1 / num_steps (the FLUX and Qwen-Image pipelines;
+    the SD3 pipeline uses its scheduler's sigma_min). It is then shifted: with `mu` the exponential time shift
+    e^mu / (e^mu + 1/s - 1) of FLUX's dynamic shifting, else shift * s / (1 + (shift - 1) * s), as
+    FlowMatchEulerDiscreteScheduler.set_timesteps does.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    end = 1.0 / num_steps if last is None else float(last)
+    grid = torch.linspace(1.0, end, num_steps, dtype=torch.float64)
+    if mu is not None:
+        sig = math.exp(mu) / (math.exp(mu) + (1.0 / grid - 1.0))
+    elif shift is not None:
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        sig = shift * grid / (1.0 + (shift - 1.0) * grid)
+    else:
+        raise ValueError("flow_sigmas needs a shift or a mu")
+    sig = torch.cat([sig, sig.new_zeros(1)]).to(torch.float32)
+    return sig.to(device) if device is not None else sig
+
+
+__all__ = [
+    "DEFAULT_REDUCTION",
+    "SDEStep",
+    "flow_sigmas",
+    "flux_mu",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "ode_step",
+    "sde_std",
+    "sde_step",
+]

@@ -1,0 +1,304 @@
+"""SD3, FLUX and Qwen-Image policies with tiny configs: exact recomputed log-probabilities, groups, reference, KL.
+
+Each family is also checked against its diffusers pipeline: with eta = 0 and the pipeline's own schedule, the
+policy's final latents equal the pipeline's (output_type="latent") for the same components and noise.
+"""
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from PIL import Image
+
+from arr.policies import FlowPolicy, make_policy
+from arr.policies.sde import gaussian_kl
+
+FAMILIES = ["sd3", "flux", "qwen_image"]
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+class TinyText:
+    """A deterministic stand-in for the text encoders: a fixed random table indexed by characters."""
+
+    def __init__(self, dim: int, pooled: int = 16, length: int = 6):
+        gen = torch.Generator().manual_seed(123)
+        self.table = torch.randn(128, dim, generator=gen)
+        self.pool = torch.randn(dim, pooled, generator=gen)
+        self.length = length
+
+    def ids(self, prompts):
+        return torch.tensor(
+            [[ord(ch) % 128 for ch in (p + " " * self.length)[: self.length]] for p in prompts]
+        )
+
+    def pair(self, prompts):
+        e = self.table[self.ids(prompts)]
+        return e, e.mean(1) @ self.pool
+
+    def qwen(self, prompts, images=None):
+        # Variable lengths with a mask, as Qwen2.5-VL gives; the source image shifts the states when present.
+        e = self.table[self.ids(prompts)]
+        if images is not None:
+            e = e + torch.tensor([float(sum(im.convert("L").tobytes())) / 1e5 for im in images]).view(-1, 1, 1)
+        mask = torch.ones(e.shape[:2], dtype=torch.long)
+        mask[0, -2:] = 0
+        return e, mask
+
+
+def kl_vae():
+    return AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+
+
+def build(family, guidance_scale=1.0, **kw):
+    torch.manual_seed(0)
+    common = {"height": 16, "width": 16, "num_steps": 3, "guidance_scale": guidance_scale, **kw}
+    if family == "sd3":
+        tr = SD3Transformer2DModel(
+            sample_size=8,
+            patch_size=2,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            caption_projection_dim=16,
+            pooled_projection_dim=16,
+            out_channels=4,
+        )
+        return make_policy("sd3", transformer=tr, vae=kl_vae(), encode_fn=TinyText(16).pair, **common)
+    if family == "flux":
+        tr = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            pooled_projection_dim=16,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        )
+        return make_policy("flux", transformer=tr, vae=kl_vae(), encode_fn=TinyText(16).pair, **common)
+    tr = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False],
+        latents_mean=[0.1, -0.2, 0.0, 0.3],
+        latents_std=[1.5, 0.8, 1.0, 2.0],
+    )
+    return make_policy(
+        "qwen_image", transformer=tr, vae=vae, encode_fn=TinyText(16).qwen, edit_area=32 * 32, **common
+    )
+
+
+def perturb_lora(policy, scale=0.2):
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_recomputed_log_probs_give_ratio_one(family, cfg, reduction):
+    policy = build(family, guidance_scale=cfg, eta=0.7, reduction=reduction)
+    assert isinstance(policy, FlowPolicy)
+    policy.add_lora(r=4, alpha=8)
+    perturb_lora(policy)  # a non-zero LoRA, so the recomputation really goes through it
+    traj = policy.sample(policy.encode(PROMPTS), group_size=2, seed=3)
+    assert traj.latents.shape[:2] == (4, 4) and traj.log_probs.shape == (4, 3)
+    for i in traj.train_steps:
+        full = policy.transition(traj, i)
+        sub = policy.transition(traj, i, sample_indices=[3, 0])
+        assert torch.exp(full.log_prob - traj.log_probs[:, i]).sub(1).abs().max().item() < 1e-5
+        assert torch.exp(sub.log_prob - traj.log_probs[[3, 0], i]).sub(1).abs().max().item() < 1e-5
+        assert full.log_prob.requires_grad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_groups_share_initial_noise_and_diverge(family):
+    policy = build(family)
+    traj = policy.sample(policy.encode(PROMPTS), group_size=2, seed=5)
+    assert traj.group_ids.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(traj.noise[0], traj.noise[1], rtol=0, atol=0)
+    assert not torch.equal(traj.noise[0], traj.noise[2])
+    assert (traj.final[0] - traj.final[1]).abs().max() > 1e-3
+    again = policy.sample(policy.encode(PROMPTS), group_size=2, seed=5)
+    torch.testing.assert_close(again.latents, traj.latents, rtol=0, atol=0)
+    images = policy.decode(traj.final)
+    assert len(images) == 4 and images[0].size == (16, 16)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_is_the_base_model_and_kl_has_a_gradient(family):
+    policy = build(family, eta=0.5)
+    cond = policy.encode(PROMPTS)
+    base = policy.sample(cond, seed=1)
+    base_mean = policy.transition(base, 1).mean.detach()
+    policy.add_lora(r=4, alpha=8)
+    perturb_lora(policy)
+    with policy.reference(), torch.no_grad():
+        ref = policy.transition(base, 1)
+    torch.testing.assert_close(ref.mean, base_mean, rtol=0, atol=1e-6)
+    new = policy.transition(base, 1)
+    assert (new.mean - base_mean).abs().max() > 1e-4  # the adapter is back on outside the context
+    kl = gaussian_kl(new.mean, ref.mean, new.std).mean()
+    kl.backward()
+    assert kl.item() > 0
+    # Every image-stream adapter gets a gradient (the last block's text-stream queries/outputs feed nothing).
+    named = [(n, p) for n, p in policy.transformer.named_parameters() if p.requires_grad]
+    assert named and all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in named
+        if ".add_" not in n and "to_add_out" not in n
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sde_on_a_subset_of_steps(family):
+    policy = build(family, num_steps=4)
+    traj = policy.sample(policy.encode(PROMPTS[:1]), sde_steps=[1, 2], seed=0)
+    assert traj.train_steps == [1, 2]
+    assert traj.log_probs[0, 0] == 0 and traj.log_probs[0, 3] == 0 and traj.log_probs[0, 1] != 0
+    with pytest.raises(ValueError, match="ODE step"):
+        policy.transition(traj, 0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_state_round_trips(family):
+    policy = build(family)
+    policy.add_lora(r=2, alpha=2)
+    perturb_lora(policy)
+    state = {k: v.clone() for k, v in policy.lora_state_dict().items()}
+    assert state and all("lora" in k for k in state)
+    perturb_lora(policy, scale=1.0)
+    policy.load_lora_state_dict(state)
+    for k, v in policy.lora_state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+def test_editing_with_source_images(family):
+    policy = build(family, guidance_scale=2.0)
+    policy.add_lora(r=2, alpha=2)
+    perturb_lora(policy)
+    sources = [Image.new("RGB", (16, 16), (200, 30, 30)), Image.new("RGB", (16, 16), (30, 30, 200))]
+    cond = policy.encode(PROMPTS, source_images=sources)
+    assert "image_latents" in cond.embeds
+    traj = policy.sample(cond, group_size=2, seed=2)
+    plain = policy.sample(policy.encode(PROMPTS), group_size=2, seed=2)
+    assert (traj.final - plain.final).abs().max() > 1e-4  # the source image conditions the sample
+    out = policy.transition(traj, 2, sample_indices=[1, 2])
+    assert torch.exp(out.log_prob - traj.log_probs[[1, 2], 2]).sub(1).abs().max().item() < 1e-5
+
+
+def pipeline_latents(family, policy, cond, noise, cfg):
+    """The diffusers pipeline's own result for the same components, embeddings and initial noise."""
+    e = cond.embeds
+    if family == "sd3":
+        pipe = StableDiffusion3Pipeline(
+            transformer=policy.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+        n = cond.negative
+        return pipe(
+            prompt_embeds=e["prompt_embeds"],
+            pooled_prompt_embeds=e["pooled_prompt_embeds"],
+            negative_prompt_embeds=n["prompt_embeds"],
+            negative_pooled_prompt_embeds=n["pooled_prompt_embeds"],
+            guidance_scale=cfg,
+            num_inference_steps=3,
+            height=16,
+            width=16,
+            latents=noise,
+            output_type="latent",
+        ).images
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
+    )
+    if family == "flux":
+        pipe = FluxPipeline(
+            scheduler=sched,
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=policy.transformer,
+        )
+        return pipe(
+            prompt_embeds=e["prompt_embeds"],
+            pooled_prompt_embeds=e["pooled_prompt_embeds"],
+            guidance_scale=3.5,
+            num_inference_steps=3,
+            height=16,
+            width=16,
+            latents=noise,
+            output_type="latent",
+        ).images
+    pipe = QwenImagePipeline(
+        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
+    )
+    n = cond.negative
+    return pipe(
+        prompt_embeds=e["prompt_embeds"],
+        prompt_embeds_mask=e["prompt_embeds_mask"],
+        negative_prompt_embeds=n["prompt_embeds"],
+        negative_prompt_embeds_mask=n["prompt_embeds_mask"],
+        true_cfg_scale=cfg,
+        num_inference_steps=3,
+        height=16,
+        width=16,
+        latents=noise,
+        output_type="latent",
+    ).images
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ode_sampling_matches_the_diffusers_pipeline(family):
+    cfg = 1.0 if family == "flux" else 3.0
+    policy = build(family, guidance_scale=cfg, shift=None, scheduler_config={"shift": 3.0})
+    cond = policy.encode(PROMPTS)
+    noise = policy._initial_noise(2, 16, 16, torch.Generator().manual_seed(0))
+    traj = policy.sample(cond, eta=0.0, noise=noise)
+    expected = pipeline_latents(family, policy, cond, noise, cfg)
+    torch.testing.assert_close(traj.final, expected.float(), atol=2e-5, rtol=1e-4)
