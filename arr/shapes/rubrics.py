@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from arr.rubric import Criterion, Rubric
-from arr.shapes.detect import CELL, UNKNOWN, Detection, DetectionReport
+from arr.shapes.detect import CELL, UNKNOWN, Detection, DetectionReport, analyze
 from arr.shapes.prompts import PLURALS, RELATIONS, ObjectSpec, PromptSpec
 from arr.shapes.scene import COLORS, GRID, SHAPES
 
@@ -389,9 +391,14 @@ def rubric_for_prompt(spec: PromptSpec) -> Rubric:
     return Rubric(prompt=spec.text, criteria=criteria, task="t2i")
 
 
-def geneval_correct(spec: PromptSpec, detections: DetectionReport | Sequence[Detection]) -> bool:
-    """GenEval's strict per-prompt verdict: exactly the requested objects, colours and relation, nothing else."""
-    report = as_report(detections)
+def geneval_correct(
+    spec: PromptSpec, detections: DetectionReport | Sequence[Detection] | Image.Image
+) -> bool:
+    """GenEval's strict per-prompt verdict: exactly the requested objects, colours and relation, nothing else.
+
+    Pass the image or `analyze(image)` rather than `detect(image)` to also apply the speck budget.
+    """
+    report = analyze(detections) if isinstance(detections, Image.Image) else as_report(detections)
     return all(
         evaluate_check(c.check, report, strict=True).holds
         for c in rubric_for_prompt(spec).criteria
