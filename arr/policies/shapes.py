@@ -1,0 +1,124 @@
+"""Policy around the shapes world's pixel-space flow model (arr.shapes.models.ShapesFlowModel).
+
+Pixel space: the latents are the images themselves, [B, 3, S, S] in [-1, 1], and decoding converts them to PIL.
+LoRA and the reference act on the model's SD3Transformer2DModel; the text encoder stays frozen. The schedule and
+CFG (negative prompt "", both branches in one batch) follow arr.shapes.sample, so ODE samples of this policy are
+those of the shapes sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from arr.policies.base import Conditioning, FlowMatchingPolicy, images_to_pil, pil_to_tensor
+from arr.policies.sde import Reduction, flow_sigmas
+from arr.shapes.models import ShapesFlowModel, load_pretrained
+
+
+class ShapesPolicy(FlowMatchingPolicy):
+    """The shapes text-to-image or editing model (task "t2i" / "edit") as a FlowPolicy."""
+
+    def __init__(
+        self,
+        model: ShapesFlowModel,
+        *,
+        num_steps: int = 10,
+        eta: float = 0.3,
+        guidance_scale: float = 1.0,
+        shift: float | None = 1.0,
+        negative_prompt: str = "",
+        reduction: Reduction | None = None,
+        gradient_checkpointing: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        extra = {} if reduction is None else {"reduction": reduction}
+        size = model.config.image_size
+        super().__init__(
+            model.transformer,
+            height=size,
+            width=size,
+            num_steps=num_steps,
+            eta=eta,
+            guidance_scale=guidance_scale,
+            shift=shift,
+            gradient_checkpointing=gradient_checkpointing,
+            device=device,
+            **extra,
+        )
+        self.model = model.to(self.device).requires_grad_(False)
+        self.negative_prompt = negative_prompt
+
+    @classmethod
+    def from_pretrained(
+        cls, model_id: str | Path = "t2i", *, device: torch.device | str = "cpu", **kwargs: Any
+    ) -> ShapesPolicy:
+        """A shipped shapes model by name ("t2i", "edit") or a folder written by arr.shapes.models.save_pretrained."""
+        return cls(load_pretrained(model_id), device=device, **kwargs)
+
+    @torch.no_grad()
+    def _embed(self, prompts: list[str]) -> dict[str, Tensor]:
+        states, pooled = self.model.encode_text(prompts)
+        return {
+            "token_states": states.to(self.device, self.dtype),
+            "pooled": pooled.to(self.device, self.dtype),
+        }
+
+    def encode(
+        self,
+        prompts: Sequence[str],
+        source_images: Sequence[Image.Image] | None = None,
+        negative_prompt: str | None = None,
+    ) -> Conditioning:
+        prompts = list(prompts)
+        editing = self.model.task == "edit"
+        if editing != (source_images is not None):
+            raise ValueError(
+                f"the shapes {self.model.task!r} model {'needs' if editing else 'takes no'} source images"
+                f" (got {'none' if source_images is None else len(source_images)})"
+            )
+        embeds = self._embed(prompts)
+        if source_images is not None:
+            embeds["source"] = pil_to_tensor(source_images, self.height, self.width).to(
+                self.device, self.dtype
+            )
+        neg = None
+        if self.guidance_scale > 1.0:
+            text = self.negative_prompt if negative_prompt is None else negative_prompt
+            neg = self._embed([text] * len(prompts))
+        return Conditioning(
+            prompts=prompts,
+            embeds=embeds,
+            negative=neg,
+            source_images=None if source_images is None else list(source_images),
+        )
+
+    def _sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
+        # linspace(1, 1/n, n) + [0] is arr.shapes.sample.timesteps' linspace(1, 0, n + 1), shifted the same way.
+        return flow_sigmas(num_steps, 1.0 if self.shift is None else self.shift)
+
+    def _initial_noise(self, n: int, height: int, width: int, generator: torch.Generator | None) -> Tensor:
+        device = generator.device if generator is not None else self.device
+        return torch.randn((n, 3, height, width), generator=generator, device=device, dtype=torch.float32)
+
+    def _forward(
+        self, latents: Tensor, sigma: Tensor, embeds: dict[str, Tensor], extras: dict[str, Any]
+    ) -> Tensor:
+        x = latents.to(self.dtype)
+        return self.model.velocity(
+            x, sigma.to(self.dtype), embeds["token_states"], embeds["pooled"], embeds.get("source")
+        )
+
+    @torch.no_grad()
+    def decode(
+        self, latents: Tensor, height: int | None = None, width: int | None = None
+    ) -> list[Image.Image]:
+        return images_to_pil(latents)
+
+
+__all__ = ["ShapesPolicy"]
