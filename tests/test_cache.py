@@ -198,6 +198,28 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         assert all(got[f"{tag}-{i}"] == {"tag": tag, "i": i} for tag in "ab" for i in range(500))
 
 
+def _forked_child(cache: JudgmentCache, queue) -> None:
+    # Uses the parent's object: the cache must notice the new pid and open its own connection.
+    cache.put("child", {"pid": "child"})
+    queue.put((cache.get("parent"), len(cache)))
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+def test_forked_child_reuses_the_object_with_its_own_connection(tmp_path):
+    cache = JudgmentCache(tmp_path / "judge.sqlite")
+    cache.put("parent", {"pid": "parent"})
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_forked_child, args=(cache, queue))
+    proc.start()
+    got = queue.get(timeout=60)
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert got == ({"pid": "parent"}, 2)
+    assert cache.get("child") == {"pid": "child"}  # the parent's connection still works after the fork
+    cache.close()
+
+
 def test_sigkill_while_writing_keeps_every_committed_entry(tmp_path):
     path = str(tmp_path / "judge.sqlite")
     batch = 10
