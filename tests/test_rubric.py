@@ -243,7 +243,7 @@ def rubrics(draw) -> Rubric:
     )
 
 
-_FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_FAST
@@ -323,7 +323,7 @@ _SOUP = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200) | _SOUP)
 def test_property_any_text_gives_rubric_or_parse_error(text):
     try:
