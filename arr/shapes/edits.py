@@ -305,7 +305,8 @@ def rubric_for_edit(edit: EditSpec) -> Rubric:
     if edit.kind != "add":
         allowed.append(_sel(x))
     if new is not None:
-        allowed.append(_sel(new, with_cell=not edit.free))
+        # Free and relative additions may land in any cell (the instruction criteria check the relation).
+        allowed.append(_sel(new, with_cell=not (edit.free or edit.relation is not None)))
     pres.append(
         Criterion(
             "nothing_else",

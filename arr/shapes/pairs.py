@@ -272,7 +272,8 @@ def make_pairs(
     rng = random.Random(seed)
     positions = ["A"] * (n // 2) + ["B"] * (n - n // 2)
     rng.shuffle(positions)
-    prompts = sample_prompts(max(n, 1), split, seed)
+    # sample_prompts walks every prompt of the split: only pay for it when text-to-image pairs are wanted.
+    prompts = sample_prompts(max(n, 1), split, seed) if task != "edit" else []
     if task == "both":
         n_t2i = n // 2
         pairs = _make(n_t2i, rng, positions[:n_t2i], "t2i", split, perturb, prompts)
