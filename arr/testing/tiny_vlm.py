@@ -86,7 +86,7 @@ def build_tiny_tokenizer():
 
 
 def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0.2) -> Path:
-    """Build, save and return the folder of a ~200k-parameter random Qwen2-VL with its processor.
+    """Build, save and return the folder of a ~150k-parameter random Qwen2-VL with its processor.
 
     `init_range` is larger than Qwen's 0.02 so that the random model's choice probabilities spread away from 0.5
     and tests can tell answers apart.
