@@ -185,6 +185,14 @@ def test_pretrain_is_deterministic_and_resumes_exactly(tmp_path):
     assert load_pretrained(tmp_path / "a" / "final").config == tiny()
 
 
+def test_edit_pretraining_runs_and_samples(tmp_path):
+    model = pretrain("edit", tmp_path, steps=2, batch_size=4, model_config=tiny("edit"), progress=False)
+    assert model.config.task == "edit"
+    source = render(random_scene(random.Random(0)))
+    edited = sample(model, ["remove the red circle"], [0], steps=2, source_images=[source])
+    assert edited[0].size == (48, 48)
+
+
 def test_cli_runs(tmp_path):
     model_json = '{"patch_size": 12, "num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8, "text_hidden_size": 16, "text_layers": 1, "text_heads": 2}'
     assert main(["--out", str(tmp_path), "--steps", "1", "--batch-size", "2", "--model", model_json]) == 0

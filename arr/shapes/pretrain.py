@@ -117,22 +117,22 @@ class T2IData:
 
 
 class EditData:
-    """Batches of (instruction, target image, source image) from `arr.shapes.edits.sample_edit`."""
+    """Batches of (instruction, target image, source image) from the train split of `arr.shapes.edits`."""
 
     def __init__(self, caption_dropout: float) -> None:
-        from arr.shapes import edits  # imported lazily: only the editing model needs it
+        from arr.shapes.edits import sample_edit  # imported lazily: only the editing model needs it
 
-        self.sample_edit = edits.sample_edit
+        self.sample_edit = sample_edit
         self.caption_dropout = caption_dropout
         self.renderer = SceneRenderer()
 
     def batch(self, rng: random.Random, n: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         prompts, sources, targets = [], [], []
         for _ in range(n):
-            edit = self.sample_edit(rng)
+            edit = self.sample_edit(rng, "train")
             sources.append(edit.source)
             targets.append(edit.target)
-            prompts.append("" if rng.random() < self.caption_dropout else edit.instruction)
+            prompts.append("" if rng.random() < self.caption_dropout else edit.text)
         return prompts, self.renderer(targets), self.renderer(sources)
 
 
