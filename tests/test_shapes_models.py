@@ -198,6 +198,13 @@ def test_cli_runs(tmp_path):
     assert main(["--out", str(tmp_path), "--steps", "1", "--batch-size", "2", "--model", model_json]) == 0
     assert (tmp_path / "final" / WEIGHTS_NAME).is_file()
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1
+    assert main(["--export", str(tmp_path / "checkpoints" / "step_1"), "--out", str(tmp_path / "exp")]) == 0
+    assert (
+        load_file(str(tmp_path / "exp" / WEIGHTS_NAME)).keys()
+        == load_file(str(tmp_path / "final" / WEIGHTS_NAME)).keys()
+    )
+    with pytest.raises(FileNotFoundError, match="not a pretraining checkpoint"):
+        main(["--export", str(tmp_path), "--out", str(tmp_path / "exp2")])
 
 
 @pytest.mark.skipif(

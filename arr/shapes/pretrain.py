@@ -7,7 +7,8 @@ Each training example is a prompt drawn with GenEval's category mix from the *tr
 composition rather than memorisation. Captions are dropped 10% of the time for classifier-free guidance.
 Checkpoints (`OUT/checkpoints/step_N/`) are written atomically and hold the model, its EMA, the optimizer, every RNG
 state and the step, so an interrupted run continues exactly where it stopped (same seed + same steps -> identical
-weights). `OUT/final/` holds the EMA weights in fp16 in the layout `load_pretrained` reads.
+weights). `OUT/final/` holds the EMA weights in fp16 in the layout `load_pretrained` reads; export an earlier
+checkpoint with `python -m arr.shapes.pretrain --export OUT/checkpoints/step_N --out arr/shapes/assets/t2i`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from arr.shapes.models import ShapesFlowModel, ShapesModelConfig, save_pretrained
+from arr.shapes.models import (
+    CONFIG_NAME,
+    ShapesFlowModel,
+    ShapesModelConfig,
+    load_pretrained,
+    save_pretrained,
+)
 from arr.shapes.prompts import CATEGORY_WEIGHTS, PromptSpec, prompts_for_split, scene_for_prompt
 from arr.shapes.scene import COLORS, SHAPES, Obj, Scene, render
 
@@ -310,10 +317,23 @@ def pretrain(
     return ema.eval()
 
 
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write a checkpoint's EMA weights in fp16 to `out_dir` (the shipped layout; e.g. arr/shapes/assets/t2i)."""
+    ema_dir = Path(checkpoint) / "ema"
+    if not (ema_dir / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"{checkpoint} is not a pretraining checkpoint: expected {ema_dir / CONFIG_NAME}"
+        )
+    return save_pretrained(load_pretrained(ema_dir), out_dir, dtype=torch.float16)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m arr.shapes.pretrain --task t2i --out DIR --steps N` (see the module docstring)."""
     p = argparse.ArgumentParser(prog="arr shapes pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=("t2i", "edit"), default="t2i")
+    p.add_argument(
+        "--export", metavar="CHECKPOINT", help="only write CHECKPOINT's EMA weights (fp16) to --out"
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, final/")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -329,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         "--train", default="{}", help="JSON overrides of PretrainConfig, e.g. '{\"ema_decay\": 0.9995}'"
     )
     args = p.parse_args(argv)
+    if args.export:
+        export_checkpoint(args.export, args.out)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     model_cfg = ShapesModelConfig.from_dict({"task": args.task, **json.loads(args.model)})
