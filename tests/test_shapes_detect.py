@@ -107,6 +107,20 @@ def test_specks_are_dropped_but_counted_and_fragments_reported():
     assert not frag.is_object and len(report.objects) == 1
 
 
+def test_off_colour_rims_belong_to_their_object_but_large_attachments_do_not():
+    image = render(Scene((Obj("square", "purple", 1, 1),)))
+    draw = ImageDraw.Draw(image)
+    for x0, y0, x1, y1 in ((13, 12, 17, 12), (18, 12, 22, 12), (23, 14, 23, 18)):  # three 5 px rims, grey
+        draw.rectangle((x0, y0, x1, y1), fill=(150, 150, 150))
+    report = analyze(image)
+    assert [(d.shape, d.color) for d in report.detections] == [("square", "purple")]
+    assert report.detections[0].area == 115 and report.n_specks == 0
+    junk = render(Scene((Obj("square", "purple", 1, 1),)))
+    ImageDraw.Draw(junk).rectangle((23, 13, 26, 22), fill=PALETTE["yellow"])  # 40 px glued on: > 30 % of 100
+    shapes = sorted(d.shape for d in detect(junk))
+    assert shapes == ["square", "unknown"] or FRAGMENT in shapes
+
+
 def test_merged_objects_and_odd_blobs_are_unknown():
     image = Image.new("RGB", (48, 48))
     draw = ImageDraw.Draw(image)

@@ -13,7 +13,9 @@ an object unless it looks like one:
 4. Components by area: up to `SPECK_MAX_AREA` px are *specks* (sampling noise; dropped but counted, see
    `DetectionReport.n_specks`), up to `FRAGMENT_MAX_AREA` px are *fragments* (shape "fragment": not objects,
    but strict checks fail on them), larger ones are objects.
-5. Shape from geometry: fill ratio of the bounding box (square ~1, circle ~0.78, triangle ~0.55), top-versus-bottom
+5. Off-colour rims: small components touching an object (a generated purple square edged with unknown-colour
+   pixels) are absorbed into it, up to `RIM_MAX_FRACTION` of its area; beyond that they stay fragments.
+6. Shape from geometry: fill ratio of the bounding box (square ~1, circle ~0.78, triangle ~0.55), top-versus-bottom
    mass (an apex-up triangle is light on top) and how full the bbox corners are. Blobs too large for one cell
    (e.g. two objects merged), too elongated or of no clear shape are "unknown" and count as extra objects.
 """
@@ -44,6 +46,7 @@ MAX_OBJECT_SIDE = (
     17  # px; a 10 px object blurred by 1-2 px stays under this, two merged neighbours (22 px) do not
 )
 MAX_ASPECT = 1.6  # width/height (or inverse) above this is no circle, square or triangle
+RIM_MAX_FRACTION = 0.3  # off-colour rim pixels absorbed into an object, at most this fraction of its area
 CORE_LEVEL = 0.5  # shapes are read where intensity >= this fraction of the component's 90th percentile
 
 UNKNOWN = "unknown"
@@ -253,6 +256,45 @@ def classify_shape(mask: np.ndarray) -> str:
     return UNKNOWN
 
 
+def _absorb_rims(labels: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """owner[k]: the component that component k belongs to after absorbing off-colour rims.
+
+    Generated objects often have a rim of off-colour pixels (a purple square edged with unknown-colour pixels).
+    Small components (fragment size or less) that touch an object-sized component are part of that object, not
+    stray debris; the largest touching object takes them, unless together they exceed `RIM_MAX_FRACTION` of its
+    area (then they stay separate fragments, and strict checks see them).
+    """
+    n = areas.size - 1
+    owner = np.arange(n + 1)
+    big = areas > FRAGMENT_MAX_AREA
+    big[0] = False
+    if not big.any() or big[1:].all():
+        return owner
+    pairs = []
+    for a, b in (
+        (labels[:, :-1], labels[:, 1:]),
+        (labels[:-1, :], labels[1:, :]),
+        (labels[:-1, :-1], labels[1:, 1:]),
+        (labels[:-1, 1:], labels[1:, :-1]),
+    ):
+        touch = (a != b) & (a > 0) & (b > 0)
+        pairs += [a[touch] * (n + 1) + b[touch], b[touch] * (n + 1) + a[touch]]
+    codes = np.unique(np.concatenate(pairs))
+    host_of: dict[int, int] = {}
+    for small, other in zip((codes // (n + 1)).tolist(), (codes % (n + 1)).tolist(), strict=True):
+        if big[small] or not big[other]:
+            continue
+        if small not in host_of or areas[other] > areas[host_of[small]]:
+            host_of[small] = other
+    taken: dict[int, list[int]] = {}
+    for small, host in host_of.items():
+        taken.setdefault(host, []).append(small)
+    for host, smalls in taken.items():
+        if areas[smalls].sum() <= RIM_MAX_FRACTION * areas[host]:
+            owner[smalls] = host
+    return owner
+
+
 def analyze(image: Image.Image) -> DetectionReport:
     """Detect every object, fragment and speck in a shapes-world image (any size; resized to 48 px)."""
     rgb = image_array(image)
@@ -261,22 +303,29 @@ def analyze(image: Image.Image) -> DetectionReport:
     n = len(boxes)
     if n == 0:
         return DetectionReport(detections=(), foreground_pixels=0)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    comp_cls = np.zeros(n + 1, dtype=np.int64)
+    comp_cls[labels.ravel()] = classes.ravel()  # every pixel of a component has the same class
+    owner = _absorb_rims(labels, areas)
+    members: dict[int, list[int]] = {}
+    for k in range(1, n + 1):
+        members.setdefault(int(owner[k]), []).append(k)
+    labels = owner[labels]
     flat = labels.ravel()
     areas = np.bincount(flat, minlength=n + 1)
     ys, xs = np.divmod(np.arange(flat.size), IMAGE_SIZE)
     sum_x = np.bincount(flat, weights=xs, minlength=n + 1)
     sum_y = np.bincount(flat, weights=ys, minlength=n + 1)
-    comp_cls = np.zeros(n + 1, dtype=np.int64)
-    comp_cls[flat] = classes.ravel()  # every pixel of a component has the same class
     detections: list[Detection] = []
     n_specks = speck_pixels = 0
-    for k in range(1, n + 1):
+    for k, group in members.items():
         area = int(areas[k])
         if area <= SPECK_MAX_AREA:
             n_specks += 1
             speck_pixels += area
             continue
-        x0, y0, x1, y1 = boxes[k - 1]
+        x0, y0 = min(boxes[g - 1][0] for g in group), min(boxes[g - 1][1] for g in group)
+        x1, y1 = max(boxes[g - 1][2] for g in group), max(boxes[g - 1][3] for g in group)
         mask = labels[y0 : y1 + 1, x0 : x1 + 1] == k
         fill = area / mask.size
         if area <= FRAGMENT_MAX_AREA:
