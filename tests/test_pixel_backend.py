@@ -139,3 +139,13 @@ def test_features_layout_and_determinism():
     )  # three one-hot/count entries + objects + coverage
     np.testing.assert_array_equal(feats[0], feats[2])
     assert not np.array_equal(feats[0], feats[1])
+
+
+def test_rubric_judge_with_the_pixel_backend():
+    judge = arr.RubricJudge(PixelBackend())
+    rubric = rubric_for_prompt(SPEC)
+    verdict = judge.compare(SPEC.text, SWAPPED, GOOD, rubric)
+    assert verdict.preferred == 1 and verdict.consistent
+    scored = judge.score(SPEC.text, SWAPPED, rubric)
+    assert scored.score == pytest.approx(PixelBackend().score_image(SWAPPED, rubric))
+    assert scored.criteria["relation"] == 0.0
