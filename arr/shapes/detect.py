@@ -8,14 +8,15 @@ an object unless it looks like one:
 2. Classify each pixel: background if dark (brightest channel < `DARK_LEVEL`); otherwise the palette colour whose
    *scaled* version is nearest (a blurred edge is the colour blended with black, i.e. the colour times a factor
    in [`ALPHA_MIN`, `ALPHA_MAX`]); "unknown" when even the nearest is over `UNKNOWN_DISTANCE` away (white, grey,
-   mixed colours).
+   mixed colours). Pixels under `HALO_LEVEL` of their colour are blur halo, i.e. background, so that blurred
+   neighbours 2 px apart do not merge.
 3. Connected components of equal class, 8-connectivity, by union-find over row runs (numpy-only, no scipy).
 4. Components by area: up to `SPECK_MAX_AREA` px are *specks* (sampling noise; dropped but counted, see
    `DetectionReport.n_specks`), up to `FRAGMENT_MAX_AREA` px are *fragments* (shape "fragment": not objects,
    but strict checks fail on them), larger ones are objects.
 5. Off-colour rims: small components touching an object (a generated purple square edged with unknown-colour
    pixels) are absorbed into it, up to `RIM_MAX_FRACTION` of its area; beyond that they stay fragments.
-6. Shape from geometry: fill ratio of the bounding box (square ~1, circle ~0.78, triangle ~0.55), top-versus-bottom
+6. Shape from geometry, read on the half-intensity core (`CORE_LEVEL`, where a blurred edge was): fill ratio of the bounding box (square ~1, circle ~0.78, triangle ~0.55), top-versus-bottom
    mass (an apex-up triangle is light on top) and how full the bbox corners are. Blobs too large for one cell
    (e.g. two objects merged), too elongated or of no clear shape are "unknown" and count as extra objects.
 """
