@@ -18,11 +18,23 @@ from collections.abc import Sequence
 # name -> (one-line help, "module:function" that adds the subparser). One table, so `arr --help` lists them all;
 # registrars live beside the feature they expose and must import nothing heavy at module level.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "train the built-in shapes model with RPO and the pixel judge on CPU (~10 min)",
+        "arr.rpo.cli:register_demo",
+    ),
+    "train": (
+        "train a policy with RPO from a YAML recipe: `arr train RECIPE.yaml [--key value ...]`",
+        "arr.rpo.cli:register_train",
+    ),
     "judge": (
         "judge one image (pointwise) or two (pairwise) against a rubric; prints JSON",
         "arr.cli:_register_judge",
     ),
     "rubric": ("work with rubric files: `arr rubric show RUBRIC.json`", "arr.cli:_register_rubric"),
+    "shapes": (
+        "the built-in shapes world: sample, edit, pretrain its tiny models",
+        "arr.shapes.cli:register",
+    ),
 }
 
 

@@ -1,0 +1,6 @@
+"""Rubric Policy Optimization: `RPOConfig` + `RPOTrainer` (accelerate), recipes, callbacks and checkpoints."""
+
+from arr.rpo.config import ConfigError, RPOConfig
+from arr.rpo.trainer import PromptRecord, RPOTrainer, TrainerCallback, TrainingStopped
+
+__all__ = ["ConfigError", "PromptRecord", "RPOConfig", "RPOTrainer", "TrainerCallback", "TrainingStopped"]

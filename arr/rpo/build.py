@@ -1,0 +1,141 @@
+"""Build an `RPOTrainer` from a parsed recipe: the policy, the judge, the reward, the data and the evaluator.
+
+This is the only place where recipe names become objects, so `arr train`, `arr demo` and user scripts share it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from arr.rpo.config import ConfigError
+from arr.rpo.recipe import DataArguments, JudgeArguments, PolicyArguments, Recipe
+from arr.rpo.trainer import PromptRecord, RPOTrainer, as_record
+
+EVAL_SEED = (
+    1234  # held-out prompts are drawn with their own seed, so the eval set never depends on the run seed
+)
+
+
+def build_policy(args: PolicyArguments, recipe: Recipe):
+    from arr.policies import make_policy
+
+    rpo = recipe.rpo
+    common = dict(
+        num_steps=rpo.num_sampling_steps, eta=rpo.eta, shift=rpo.shift, reduction=rpo.logprob_reduction
+    )
+    if args.policy == "shapes":
+        from arr.policies.shapes import ShapesPolicy
+
+        return ShapesPolicy.from_pretrained(
+            args.model_name_or_path, guidance_scale=rpo.guidance_scale, **common
+        )
+    try:
+        return make_policy(
+            args.policy,
+            model_id=args.model_name_or_path,
+            torch_dtype=args.torch_dtype,
+            guidance_scale=rpo.guidance_scale,
+            **common,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot load policy {args.policy!r} from {args.model_name_or_path!r}: {e}"
+        ) from None
+
+
+def build_judge(args: JudgeArguments, output_dir: str):
+    from arr.backends import load_backend
+    from arr.judge import RubricJudge
+
+    kwargs: dict[str, Any] = {}
+    if args.judge_model:
+        kwargs["model"] = args.judge_model
+    if args.judge_backend == "openai":
+        if args.judge_base_url:
+            kwargs["base_url"] = args.judge_base_url
+        if args.judge_api_key_env:
+            kwargs["api_key_env"] = args.judge_api_key_env
+        kwargs["max_concurrency"] = args.judge_max_concurrency
+    try:
+        backend = load_backend(args.judge_backend, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"cannot create judge backend {args.judge_backend!r}: {e}") from None
+    cache = args.judge_cache or str(Path(output_dir) / "judge_cache.sqlite")
+    Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    return RubricJudge(backend, cache=cache, swap=args.judge_swap)
+
+
+def build_reward(judge, recipe: Recipe):
+    from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
+
+    rpo = recipe.rpo
+    if rpo.reward_mode == "pairwise":
+        return RubricPairwiseReward(judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward)
+    return RubricPointwiseReward(judge)
+
+
+def load_records(source: str, split: str) -> list[PromptRecord]:
+    """Prompt records from a JSONL file (one {"prompt", "rubric", ...} per line) or a Hub dataset id."""
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise ConfigError(f"dataset file not found: {path}")
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    else:
+        from datasets import load_dataset
+
+        try:
+            rows = list(load_dataset(source, split=split))
+        except Exception as e:  # datasets raises many types for a missing/unreachable dataset
+            raise ConfigError(f"cannot load dataset {source!r} (split {split!r}): {e}") from None
+    records = []
+    for n, row in enumerate(rows, 1):
+        try:
+            records.append(as_record(row))
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{source} row {n}: {e}") from None
+    return records
+
+
+def build_data(args: DataArguments, recipe: Recipe):
+    """(train records, eval records, evaluator or None for the judge's pointwise score)."""
+    rpo = recipe.rpo
+    if args.dataset == "shapes":
+        from arr.shapes.training import balanced_t2i_records, geneval_scores, t2i_records
+
+        train = t2i_records(args.num_train_prompts, args.train_split, seed=rpo.seed)
+        evals = balanced_t2i_records(rpo.eval_num_prompts, args.eval_split, seed=EVAL_SEED)
+        return train, evals, geneval_scores
+    train = load_records(args.dataset, args.train_split)
+    evals = load_records(args.dataset, args.eval_split) if args.eval_split else []
+    return train, evals, None
+
+
+def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
+    from arr.rpo.report import ReportCallback
+
+    policy = build_policy(recipe.policy, recipe)
+    judge = build_judge(recipe.judge, recipe.rpo.output_dir)
+    reward = build_reward(judge, recipe)
+    train, evals, evaluator = build_data(recipe.data, recipe)
+    targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
+    return RPOTrainer(
+        policy,
+        reward,
+        recipe.rpo,
+        train_dataset=train,
+        eval_dataset=evals,
+        evaluator=evaluator,
+        callbacks=[ReportCallback(), *callbacks],
+        lora_target_modules=targets or None,
+        run_config=recipe.to_dict(),
+    )

@@ -1,0 +1,828 @@
+"""RPOTrainer: Rubric Policy Optimization for flow-matching policies.
+
+One optimizer step runs five named stages, each a method that a subclass may override (STYLE.md row 7):
+
+    sample            G trajectories per prompt from the same initial noise, with every transition log-prob
+    judge             the reward (pairwise rubric judgments, or pointwise rubric scores) per sample
+    compute_advantages  pairwise: the reward itself (no normalisation); pointwise: group-normalised; clamped
+    optimize          PPO-clipped ratio + beta * KL(policy || LoRA-disabled reference) on transition means
+    evaluate          held-out prompts sampled by the ODE, scored by the evaluation function
+
+Distribution: each process samples and judges its share of the prompts; gradients of the LoRA parameters are
+all-reduced once per optimizer step (not per micro-batch), so N processes with the same global batch compute
+the same update as one. Every group's noise comes from a generator seeded by (seed, step, global group index),
+so results do not depend on how groups are split over processes or resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from arr.policies.base import FlowPolicy, Trajectory
+from arr.policies.sde import gaussian_kl
+from arr.rewards import GroupReward
+from arr.rpo.config import ConfigError, RPOConfig
+from arr.rubric import Rubric
+
+CHECKPOINT_PREFIX = "step_"
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (judge failure rate over the limit); a checkpoint was written first."""
+
+
+@dataclass
+class PromptRecord:
+    """One training or evaluation example: a prompt, its rubric and, for editing, the source image."""
+
+    prompt: str
+    rubric: Rubric
+    category: str = "all"
+    source_image: Image.Image | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def as_record(row: Any) -> PromptRecord:
+    """Accept PromptRecords or dataset rows ({"prompt", "rubric" (Rubric, dict or JSON), "category"?, ...})."""
+    if isinstance(row, PromptRecord):
+        return row
+    if not isinstance(row, dict) or "prompt" not in row or "rubric" not in row:
+        raise ConfigError(
+            f"a dataset row needs 'prompt' and 'rubric' fields, got {sorted(row) if isinstance(row, dict) else type(row).__name__}"
+        )
+    rubric = row["rubric"]
+    if isinstance(rubric, dict):
+        rubric = Rubric.from_dict(rubric)
+    elif isinstance(rubric, (str, bytes)):
+        rubric = Rubric.from_json(rubric)
+    known = {"prompt", "rubric", "category", "source_image"}
+    return PromptRecord(
+        prompt=row["prompt"],
+        rubric=rubric,
+        category=row.get("category") or "all",
+        source_image=row.get("source_image"),
+        extra={k: v for k, v in row.items() if k not in known},
+    )
+
+
+# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number.
+Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]
+
+
+@dataclass
+class Rollout:
+    """One process's sampled batch: trajectories, images, and which records (global indices) they belong to."""
+
+    trajectory: Trajectory
+    images: list[Image.Image]
+    records: list[PromptRecord]
+    group_size: int
+
+
+class TrainerCallback:
+    """Hooks called by the trainer on the main process; override what you need."""
+
+    def on_step_end(self, trainer: RPOTrainer, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_evaluate(self, trainer: RPOTrainer, step: int, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_train_end(self, trainer: RPOTrainer, step: int) -> None:
+        pass
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and Python versions."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return h
+
+
+class RPOTrainer:
+    """Fine-tune a `FlowPolicy` with LoRA on rubric rewards.
+
+    Args:
+        policy: the flow policy (LoRA is added here unless it already has trainable parameters).
+        reward: a `GroupReward` (e.g. `RubricPairwiseReward(judge)`, or `RubricPointwiseReward` for GRPO).
+        args: `RPOConfig`.
+        train_dataset: rows with "prompt" and "rubric" (and "category", "source_image" for editing).
+        eval_dataset: held-out rows; evaluated with `evaluator` every `eval_steps`.
+        evaluator: (records, images) -> metrics with "eval_score"; defaults to the reward's judge pointwise score.
+        callbacks: `TrainerCallback`s.
+        lora_target_modules: LoRA target names (default: the policy's).
+        accelerator: an `accelerate.Accelerator` (created from `args` when None).
+    """
+
+    def __init__(
+        self,
+        policy: FlowPolicy,
+        reward: GroupReward,
+        args: RPOConfig,
+        train_dataset: Sequence[Any],
+        eval_dataset: Sequence[Any] | None = None,
+        evaluator: Evaluator | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
+        lora_target_modules: Sequence[str] | None = None,
+        accelerator: Any = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.args = args
+        self.policy = policy
+        self.reward = reward
+        self.train_records = [as_record(r) for r in train_dataset]
+        self.eval_records = [as_record(r) for r in (eval_dataset or [])]
+        if not self.train_records:
+            raise ConfigError("train_dataset is empty: RPO needs prompts with rubrics")
+        self.evaluator = evaluator or self._default_evaluator
+        self.callbacks = list(callbacks)
+        self.run_config = run_config or {"rpo": args.to_dict()}
+        self.output_dir = Path(args.output_dir)
+
+        log_with = None if args.report_to == "none" else args.report_to
+        self.accelerator = accelerator or Accelerator(
+            cpu=args.cpu,
+            mixed_precision=args.mixed_precision,
+            log_with=log_with,
+            project_dir=str(self.output_dir),
+        )
+        acc = self.accelerator
+        if args.prompts_per_step % acc.num_processes:
+            raise ConfigError(
+                f"RPOConfig.prompts_per_step={args.prompts_per_step} must be divisible by the number of processes "
+                f"({acc.num_processes}) so that every process judges whole groups; use a multiple of it"
+            )
+        torch.manual_seed(_seed_for(args.seed, 0xA11))  # LoRA init is identical on every process
+        if not policy.trainable_parameters():
+            policy.add_lora(args.lora_rank, args.lora_alpha, lora_target_modules)
+        if args.gradient_checkpointing and hasattr(policy, "set_gradient_checkpointing"):
+            policy.set_gradient_checkpointing(True)
+        self.params = policy.trainable_parameters()
+        if not self.params:
+            raise ConfigError(f"{type(policy).__name__} has no trainable parameters after add_lora")
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.weight_decay,
+            eps=args.adam_epsilon,
+        )
+        warmup = max(args.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.step = 0
+        self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
+        self._stop_signal: int | None = None
+        self._last_eval_score: float | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ---- data ----------------------------------------------------------------------------------------------
+
+    def prompts_for_step(self, step: int) -> list[tuple[int, PromptRecord]]:
+        """This process's (global group index, record) pairs for `step`: a deterministic pass over epochs."""
+        n = len(self.train_records)
+        per_step = self.args.prompts_per_step
+        out = []
+        for k in range(per_step):
+            pos = step * per_step + k
+            epoch, offset = divmod(pos, n)
+            order = np.random.default_rng(_seed_for(self.args.seed, 0xDA7A, epoch)).permutation(n)
+            out.append((k, self.train_records[int(order[offset])]))
+        share = per_step // self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        return out[rank * share : (rank + 1) * share]
+
+    # ---- stages --------------------------------------------------------------------------------------------
+
+    def _sde_steps(self) -> list[int]:
+        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones."""
+        t = self.args.num_sampling_steps
+        return list(range(max(1, math.ceil(self.args.train_timestep_fraction * t))))
+
+    @torch.no_grad()
+    def sample(self, step: int) -> Rollout:
+        """Sample G trajectories per prompt; each group's noise comes from its own (seed, step, index) generator."""
+        args = self.args
+        mine = self.prompts_for_step(step)
+        records = [r for _, r in mine]
+        trajs = []
+        # Groups are sampled in chunks for speed; noise is drawn per group so chunking does not change results.
+        per_chunk = max(1, args.sample_batch_size // args.group_size)
+        for c in range(0, len(mine), per_chunk):
+            chunk = mine[c : c + per_chunk]
+            cond = self.policy.encode(
+                [r.prompt for _, r in chunk],
+                source_images=[r.source_image for _, r in chunk]
+                if chunk[0][1].source_image is not None
+                else None,
+            )
+            gens = [torch.Generator("cpu").manual_seed(_seed_for(args.seed, step, k)) for k, _ in chunk]
+            with self.accelerator.autocast():
+                trajs.append(
+                    self.policy.sample(
+                        cond,
+                        group_size=args.group_size,
+                        num_steps=args.num_sampling_steps,
+                        eta=args.eta,
+                        guidance_scale=args.guidance_scale,
+                        sde_steps=self._sde_steps(),
+                        generators=gens,
+                    )
+                )
+        traj = trajs[0] if len(trajs) == 1 else _cat_trajectories(trajs)
+        images = self.policy.decode(traj.final)
+        return Rollout(traj, images, records, args.group_size)
+
+    def judge(self, rollout: Rollout) -> tuple[list[float | None], dict[str, Any]]:
+        """Rewards per sample (None = no judgment) and the reward's extra info."""
+        g = rollout.group_size
+        groups = [rollout.images[i * g : (i + 1) * g] for i in range(len(rollout.records))]
+        out = self.reward(
+            prompts=[r.prompt for r in rollout.records],
+            images=groups,
+            rubrics=[r.rubric for r in rollout.records],
+            source_images=[r.source_image for r in rollout.records],
+        )
+        return [x for group in out.rewards for x in group], out.info
+
+    def compute_advantages(
+        self, rewards: list[float | None], group_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advantages [B] and a validity mask [B]; masked samples have advantage 0 and are left out of the loss."""
+        adv = torch.zeros(len(rewards), dtype=torch.float64)
+        mask = torch.tensor([r is not None for r in rewards])
+        for start in range(0, len(rewards), group_size):
+            vals = [(i, r) for i, r in enumerate(rewards[start : start + group_size], start) if r is not None]
+            if self.args.reward_mode == "pairwise":
+                for i, r in vals:
+                    adv[i] = r
+            elif len(vals) >= 2:
+                x = torch.tensor([r for _, r in vals], dtype=torch.float64)
+                z = (x - x.mean()) / (x.std(unbiased=False) + 1e-4)
+                for (i, _), zi in zip(vals, z, strict=True):
+                    adv[i] = zi
+            else:  # a lone judged sample has nothing to be compared with
+                for i, _ in vals:
+                    mask[i] = False
+        return adv.clamp(-self.args.adv_clip, self.args.adv_clip).float(), mask
+
+    def optimize(self, rollout: Rollout, advantages: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """PPO-clipped policy gradient + beta * KL over `num_minibatches` optimizer steps per inner epoch.
+
+        The batch's groups are split into minibatches by global group index (so one process and many split it the
+        same way); each minibatch's gradient is accumulated over its samples (in micro-batches of
+        `train_batch_size`) and every trained timestep, all-reduced once, clipped and applied. From the second
+        minibatch on the policy differs from the one that sampled, so the ratio moves off 1 and clipping acts.
+        """
+        args = self.args
+        traj = rollout.trajectory
+        device = self.policy.device
+        steps = traj.train_steps
+        group_index = torch.tensor([k for k, _ in self.prompts_for_step(self.step)]).repeat_interleave(
+            rollout.group_size
+        )
+        sums = dict.fromkeys(("loss", "policy_loss", "kl", "clip_frac", "ratio_mean"), 0.0)
+        n_terms, ratio_max, grad_norms = 0, 0.0, []
+        for epoch in range(args.num_inner_epochs):
+            for m in range(args.num_minibatches):
+                members = torch.nonzero(mask & (group_index % args.num_minibatches == m)).flatten()
+                n_global = int(self._sum_over_processes(float(len(members))))
+                if n_global == 0:
+                    continue
+                order = torch.randperm(
+                    len(members),
+                    generator=torch.Generator().manual_seed(_seed_for(args.seed, self.step, epoch, m)),
+                )
+                members = members[order]
+                # Each (sample, timestep) term weighs 1 / (global samples * timesteps): after the all-reduce sum,
+                # the gradient is that of the mean loss over the whole minibatch, however it is split.
+                scale = 1.0 / (n_global * len(steps))
+                for start in range(0, len(members), args.train_batch_size):
+                    idx = members[start : start + args.train_batch_size]
+                    terms = self._loss_terms(traj, idx, advantages[idx].to(device), steps, scale)
+                    for k in sums:
+                        sums[k] += terms[k]
+                    ratio_max = max(ratio_max, terms["ratio_max"])
+                    n_terms += len(idx) * len(steps)
+                self._all_reduce_grads()
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        totals = self._sum_over_processes([*sums.values(), float(n_terms)])
+        denom = max(totals[-1], 1.0)
+        out = {k: v / denom for k, v in zip(sums, totals[:-1], strict=True)}
+        out["ratio_max"] = self._max_over_processes(ratio_max)
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
+        out["optimizer_steps"] = len(grad_norms)
+        out["lr"] = self.scheduler.get_last_lr()[0]
+        return out
+
+    def _loss_terms(
+        self, traj: Trajectory, idx: torch.Tensor, adv: torch.Tensor, steps: list[int], scale: float
+    ) -> dict[str, float]:
+        """Backward the clipped objective + KL for samples `idx` over `steps`; returns summed statistics."""
+        args, acc = self.args, self.accelerator
+        old = traj.log_probs[idx.to(traj.log_probs.device)]
+        stats = dict.fromkeys(("loss", "policy_loss", "kl", "clip_frac", "ratio_mean", "ratio_max"), 0.0)
+        for j in steps:
+            with acc.autocast():
+                tr = self.policy.transition(traj, j, idx)
+                if args.beta > 0:
+                    with torch.no_grad(), self.policy.reference():
+                        ref = self.policy.transition(traj, j, idx)
+            ratio = torch.exp((tr.log_prob - old[:, j].to(tr.log_prob.device)).float())
+            clipped_ratio = torch.clamp(ratio, 1.0 - args.clip_range, 1.0 + args.clip_range)
+            policy_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)
+            if args.beta > 0:
+                kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).float()
+            else:
+                kl = torch.zeros_like(policy_loss)
+            per_sample = policy_loss + args.beta * kl
+            (per_sample.sum() * scale).backward()
+            with torch.no_grad():
+                stats["loss"] += per_sample.sum().item()
+                stats["policy_loss"] += policy_loss.sum().item()
+                stats["kl"] += kl.sum().item()
+                stats["clip_frac"] += ((ratio - 1.0).abs() > args.clip_range).float().sum().item()
+                stats["ratio_mean"] += ratio.sum().item()
+                stats["ratio_max"] = max(stats["ratio_max"], ratio.max().item())
+        return stats
+
+    def _sum_over_processes(self, values: float | list[float]) -> Any:
+        single = not isinstance(values, list)
+        t = torch.tensor([values] if single else values, dtype=torch.float64, device=self.policy.device)
+        if self.accelerator.num_processes > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return float(t[0]) if single else t.tolist()
+
+    def _max_over_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        t = torch.tensor(value, dtype=torch.float64, device=self.policy.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t)
+
+    def _all_reduce_grads(self) -> None:
+        """Average LoRA gradients over processes in one flat all-reduce (once per optimizer step)."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        # The per-process losses are already shares of the global mean, so the sum is the gradient of the mean.
+        offset = 0
+        for p, g in zip(self.params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out score: ODE samples (fixed seeds) of the eval prompts, scored by the evaluator."""
+        args, acc = self.args, self.accelerator
+        records = self.eval_records[: args.eval_num_prompts]
+        if not records:
+            return {}
+        idx = list(range(acc.process_index, len(records), acc.num_processes))
+        images: list[Image.Image] = []
+        for c in range(0, len(idx), args.sample_batch_size):
+            chunk = idx[c : c + args.sample_batch_size]
+            recs = [records[i] for i in chunk]
+            cond = self.policy.encode(
+                [r.prompt for r in recs],
+                source_images=[r.source_image for r in recs] if recs[0].source_image is not None else None,
+            )
+            gens = [torch.Generator("cpu").manual_seed(_seed_for(args.seed, 0xE7A1, i)) for i in chunk]
+            with acc.autocast():
+                traj = self.policy.sample(
+                    cond,
+                    group_size=1,
+                    num_steps=args.eval_num_sampling_steps,
+                    eta=0.0,
+                    guidance_scale=args.guidance_scale,
+                    generators=gens,
+                )
+            images.extend(self.policy.decode(traj.final))
+        # Score on the main process over all prompts: per-category figures need every sample, not averages.
+        from accelerate.utils import gather_object
+
+        pairs = list(zip(idx, images, strict=True))
+        if acc.num_processes > 1:
+            pairs = gather_object(pairs)
+        pairs.sort(key=lambda p: p[0])
+        self._last_eval_images = (records, [i for i, _ in pairs], [im for _, im in pairs])
+        if not acc.is_main_process:
+            return {}
+        return self.evaluator([records[i] for i, _ in pairs], [im for _, im in pairs])
+
+    def _default_evaluator(
+        self, records: Sequence[PromptRecord], images: Sequence[Image.Image]
+    ) -> dict[str, float]:
+        from arr.judge import ScoreItem
+
+        judge = getattr(self.reward, "judge", None)
+        if judge is None:
+            raise ConfigError(
+                "no evaluator given and the reward has no .judge to score held-out samples with"
+            )
+        scores = judge.score_many(
+            [ScoreItem(r.prompt, im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)]
+        )
+        vals = [s.score for s in scores if s.score is not None]
+        return {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        """Run to `max_steps` (resuming first if asked); returns the final metrics row."""
+        args, acc = self.args, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume_from_checkpoint:
+            self.load_checkpoint(args.resume_from_checkpoint)
+        if acc.is_main_process:
+            import yaml
+
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+            if acc.log_with:
+                acc.init_trackers("rpo", config=_flat_scalars(self.run_config))
+        self._install_signal_handlers()
+        metrics_path = self.output_dir / "metrics.jsonl"
+        if acc.is_main_process:
+            _truncate_metrics(metrics_path, self.step)
+        if self.step == 0 and self.eval_records:
+            self._run_eval(metrics_path)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=args.max_steps,
+            initial=self.step,
+            desc="RPO",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
+        row: dict[str, Any] = {}
+        try:
+            while self.step < args.max_steps:
+                row = self.training_step()
+                self.step += 1
+                row["step"] = self.step
+                if (
+                    self.eval_records
+                    and args.eval_steps
+                    and self.step % args.eval_steps == 0
+                    and self.step < args.max_steps
+                ):
+                    row.update(self._evaluate_timed())
+                if self.step == args.max_steps and self.eval_records:
+                    row.update(self._evaluate_timed())
+                if acc.is_main_process and (self.step % args.logging_steps == 0 or "eval_score" in row):
+                    _append_jsonl(metrics_path, row)
+                    self.history.append(row)
+                    if acc.log_with:
+                        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step, row)
+                        if "eval_score" in row:
+                            cb.on_evaluate(self, self.step, row)
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{row.get('reward_mean', float('nan')):.3f}",
+                    eval=f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-",
+                )
+                if self.step % args.save_steps == 0 or self.step == args.max_steps:
+                    self.save_checkpoint()
+                if self._stop_signal is not None:
+                    if self.step % args.save_steps:
+                        self.save_checkpoint()
+                    raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at step {self.step}")
+        finally:
+            bar.close()
+            self._restore_signal_handlers()
+        if acc.is_main_process:
+            for cb in self.callbacks:
+                cb.on_train_end(self, self.step)
+        acc.end_training()
+        return row
+
+    def training_step(self) -> dict[str, Any]:
+        """Sample, judge, compute advantages and optimize once; returns this step's metrics."""
+        args, acc = self.args, self.accelerator
+        t0 = time.perf_counter()
+        rollout = self.sample(self.step)
+        t1 = time.perf_counter()
+        judge_stats_before = self._judge_stats()
+        rewards, info = self.judge(rollout)
+        t2 = time.perf_counter()
+        judge_stats = {k: v - judge_stats_before.get(k, 0) for k, v in self._judge_stats().items()}
+        advantages, mask = self.compute_advantages(rewards, rollout.group_size)
+        valid_rewards = [r for r in rewards if r is not None]
+        tot = self._sum_over_processes(
+            [
+                sum(valid_rewards),
+                len(valid_rewards),
+                len(rewards),
+                float(mask.sum()),
+                judge_stats.get("calls", 0),
+                judge_stats.get("seconds", 0.0),
+                judge_stats.get("cached", 0),
+            ]
+        )
+        masked_frac = 1.0 - float(tot[3]) / max(float(tot[2]), 1.0)
+        judged_frac = float(tot[1]) / max(float(tot[2]), 1.0)
+        if 1.0 - judged_frac > args.max_judge_failure_rate:
+            self.save_checkpoint()
+            raise TrainingStopped(
+                f"step {self.step + 1}: {1.0 - judged_frac:.0%} of samples got no judgment, over "
+                f"max_judge_failure_rate={args.max_judge_failure_rate:.0%}; check the judge server "
+                f"(a checkpoint was saved in {self.output_dir / 'checkpoints'})"
+            )
+        opt = self.optimize(rollout, advantages, mask)
+        t3 = time.perf_counter()
+        self.phase_seconds["sample"] += t1 - t0
+        self.phase_seconds["judge"] += t2 - t1
+        self.phase_seconds["optimize"] += t3 - t2
+        if acc.is_main_process and args.sample_steps and (self.step % args.sample_steps == 0):
+            self._save_sample_grid(rollout, rewards)
+        row: dict[str, Any] = {
+            "reward_mean": float(tot[0]) / max(float(tot[1]), 1.0),
+            **opt,
+            "masked_frac": masked_frac,
+            "judge_calls": int(tot[4]),
+            "judge_cached": int(tot[6]),
+            "judge_seconds": float(tot[5]),
+            "step_seconds": t3 - t0,
+            "sample_seconds": t1 - t0,
+            "optimize_seconds": t3 - t2,
+        }
+        row.update(
+            {f"reward/{k}": v for k, v in info.items() if isinstance(v, (int, float)) and k != "pairs"}
+        )
+        return row
+
+    def _judge_stats(self) -> dict[str, float]:
+        judge = getattr(self.reward, "judge", None)
+        return judge.stats.to_dict() if judge is not None else {}
+
+    def _evaluate_timed(self) -> dict[str, float]:
+        t = time.perf_counter()
+        metrics = self.evaluate()
+        self.phase_seconds["evaluate"] += time.perf_counter() - t
+        self._last_eval_score = metrics.get("eval_score")
+        if self.accelerator.is_main_process and self.args.sample_steps:
+            self._save_eval_grid()
+        return metrics
+
+    def _run_eval(self, metrics_path: Path) -> None:
+        row = {"step": 0, **self._evaluate_timed()}
+        if self.accelerator.is_main_process:
+            _append_jsonl(metrics_path, row)
+            self.history.append(row)
+            for cb in self.callbacks:
+                cb.on_evaluate(self, 0, row)
+
+    # ---- samples -------------------------------------------------------------------------------------------
+
+    def _save_sample_grid(self, rollout: Rollout, rewards: list[float | None]) -> None:
+        from arr.report import image_grid
+
+        n = min(len(rollout.images), 8 * rollout.group_size)
+        captions = ["-" if r is None else f"{r:+.2f}" for r in rewards[:n]]
+        grid = image_grid(rollout.images[:n], cols=rollout.group_size * 4, captions=captions, scale=2)
+        out = self.output_dir / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        grid.save(out / f"train_step_{self.step:06d}.png")
+
+    def _save_eval_grid(self) -> None:
+        from arr.report import image_grid
+
+        records, idx, images = getattr(self, "_last_eval_images", ([], [], []))
+        if not images:
+            return
+        out = self.output_dir / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        image_grid(images[:32], cols=8, scale=2).save(out / f"eval_step_{self.step:06d}.png")
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_N atomically: a temporary folder renamed into place once complete."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        final = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp = self.checkpoint_dir / f".tmp_{CHECKPOINT_PREFIX}{self.step}_{os.getpid()}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            lora = {k: v.detach().cpu().contiguous() for k, v in self.policy.lora_state_dict().items()}
+            save_file(lora, tmp / "lora.safetensors")
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                tmp / "optimizer.pt",
+            )
+            _save_rng_state(tmp)
+            state = {
+                "step": self.step,
+                "data_position": self.step * self.args.prompts_per_step,
+                "phase_seconds": self.phase_seconds,
+                "last_eval_score": self._last_eval_score,
+                "judge_cache": str(
+                    getattr(getattr(getattr(self.reward, "judge", None), "cache", None), "path", "") or ""
+                ),
+                "num_processes": acc.num_processes,
+            }
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            with open(tmp / "trainer_state.json", "rb") as f:
+                os.fsync(f.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        ckpts = sorted(
+            _complete_checkpoints(self.checkpoint_dir), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :])
+        )
+        for old in ckpts[: -self.args.save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, which: str) -> None:
+        """Resume from 'latest' or a checkpoint folder; a checkpoint asked for by name must exist."""
+        from safetensors.torch import load_file
+
+        if which == "latest":
+            ckpts = sorted(
+                _complete_checkpoints(self.checkpoint_dir),
+                key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]),
+            )
+            if not ckpts:
+                return  # nothing to resume: a fresh run (the flag is safe to leave in a launcher)
+            path = ckpts[-1]
+        else:
+            path = Path(which)
+            if not path.is_absolute() and not path.exists():
+                path = self.checkpoint_dir / which
+            if not (path / "trainer_state.json").is_file():
+                raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.policy.load_lora_state_dict(load_file(path / "lora.safetensors", device=str(self.policy.device)))
+        opt = torch.load(path / "optimizer.pt", map_location=self.policy.device, weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        _load_rng_state(path)
+        self.step = int(state["step"])
+        self.phase_seconds.update(state.get("phase_seconds", {}))
+        self._last_eval_score = state.get("last_eval_score")
+
+    # ---- signals -------------------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._previous_handlers = {}
+
+        def handler(signum, frame):  # finish the step, checkpoint, stop
+            self._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Outside the main thread (a notebook worker, say) signals cannot be caught: keep default behaviour.
+            with contextlib.suppress(ValueError):
+                self._previous_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, h in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, h)
+
+
+def _complete_checkpoints(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / "trainer_state.json").is_file()
+    ]
+
+
+def _save_rng_state(folder: Path) -> None:
+    """RNG states without pickle: torch's as safetensors, numpy's and Python's as JSON."""
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, folder / "rng.safetensors")
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    (folder / "rng.json").write_text(
+        json.dumps(
+            {
+                "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "python": [version, list(internal), py_gauss],
+            }
+        )
+    )
+
+
+def _load_rng_state(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda_"))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    data = json.loads((folder / "rng.json").read_text())
+    name, keys, pos, has_gauss, gauss = data["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = data["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint's step (they are logged again); a fresh run starts empty."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a row cut by a crash
+        if step > 0 and row.get("step", 0) <= step:
+            keep.append(line)
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+
+def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat_scalars(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cat_trajectories(trajs: list[Trajectory]) -> Trajectory:
+    """Concatenate trajectories sampled in chunks with the same settings."""
+    from dataclasses import replace
+
+    from arr.policies.base import Conditioning
+
+    first = trajs[0]
+    conds = [t.cond for t in trajs]
+    cond = Conditioning(
+        prompts=[p for c in conds for p in c.prompts],
+        embeds={k: torch.cat([c.embeds[k] for c in conds]) for k in first.cond.embeds},
+        negative=None
+        if first.cond.negative is None
+        else {k: torch.cat([c.negative[k] for c in conds]) for k in first.cond.negative},
+        source_images=None
+        if first.cond.source_images is None
+        else [im for c in conds for im in c.source_images],
+        extras=dict(first.cond.extras),
+    )
+    offsets = np.cumsum([0] + [int(t.group_ids.max()) + 1 for t in trajs[:-1]])
+    return replace(
+        first,
+        latents=torch.cat([t.latents for t in trajs]),
+        log_probs=torch.cat([t.log_probs for t in trajs]),
+        cond=cond,
+        group_ids=torch.cat([t.group_ids + int(o) for t, o in zip(trajs, offsets, strict=True)]),
+    )

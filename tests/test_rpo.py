@@ -1,0 +1,213 @@
+"""RPOTrainer on a tiny shapes policy: the reward rises, LoRA trains, the KL has a gradient, resume reproduces,
+judge failures stop training with a checkpoint, and two processes compute what one does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from arr import RubricJudge
+from arr.policies.shapes import ShapesPolicy
+from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
+from arr.rpo import ConfigError, RPOConfig, RPOTrainer, TrainingStopped
+from arr.shapes.models import ShapesModelConfig, build_t2i_model
+from arr.shapes.training import t2i_records
+from tests.fakes import BrightnessBackend, FailingBackend
+
+TINY = ShapesModelConfig(
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    text_hidden_size=16,
+    text_layers=1,
+    text_heads=2,
+)
+TIMING = {"judge_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+
+
+def tiny_policy(**kw) -> ShapesPolicy:
+    return ShapesPolicy(build_t2i_model(TINY, seed=0), num_steps=3, **kw)
+
+
+def brightness(images) -> float:
+    return float(
+        sum(sum(im.convert("L").get_flattened_data()) / (im.width * im.height) for im in images) / len(images)
+    )
+
+
+def make_args(tmp_path: Path, **kw) -> RPOConfig:
+    base = dict(
+        output_dir=str(tmp_path / "run"),
+        max_steps=3,
+        prompts_per_step=4,
+        num_sampling_steps=3,
+        eval_num_prompts=4,
+        eval_steps=0,
+        eval_num_sampling_steps=3,
+        save_steps=100,
+        sample_steps=100,
+        report_to="none",
+        guidance_scale=1.0,
+        lora_rank=4,
+        lora_alpha=8,
+        learning_rate=3e-3,
+        cpu=True,
+    )
+    base.update(kw)
+    return RPOConfig(**base)
+
+
+def read_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def brightness_eval(records, images):
+    return {"eval_score": brightness(images) / 255}
+
+
+def test_config_validation_names_rule_and_fix():
+    with pytest.raises(ConfigError, match=r"group_size=1.*at least 2.*set group_size >= 2"):
+        RPOConfig(group_size=1)
+    with pytest.raises(ConfigError, match="reward_mode"):
+        RPOConfig(reward_mode="listwise")
+    with pytest.raises(ConfigError, match="eta"):
+        RPOConfig(eta=0.0)
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
+def test_reward_rises_and_lora_trains(tmp_path, mode):
+    torch.manual_seed(0)
+    policy = tiny_policy()
+    judge = RubricJudge(BrightnessBackend())
+    reward = RubricPairwiseReward(judge) if mode == "pairwise" else RubricPointwiseReward(judge)
+    args = make_args(tmp_path, max_steps=8, reward_mode=mode, eval_num_prompts=8, learning_rate=3e-2, beta=0.0)
+    trainer = RPOTrainer(
+        policy, reward, args, t2i_records(16, "train"), t2i_records(8, "heldout"), brightness_eval
+    )
+    before = {n: p.detach().clone() for n, p in policy.transformer.named_parameters() if p.requires_grad}
+    trainer.train()
+    after = dict(policy.transformer.named_parameters())
+    frozen = [n for n in before if torch.equal(before[n], after[n])]
+    # The last SD3 block discards its text outputs (context_pre_only), so its text-query LoRA gets no gradient.
+    last = TINY.num_layers - 1
+    assert before and frozen == [f"transformer_blocks.{last}.attn.add_q_proj.lora_B.default.weight"], frozen
+    rows = read_rows(Path(args.output_dir))
+    train_rows = [r for r in rows if "loss" in r]
+    if mode == "pairwise":  # +1 / -0.1 per pair: the mean reward is constant, the held-out score must rise
+        evals = [r["eval_score"] for r in rows if "eval_score" in r]
+        assert evals[-1] > evals[0] + 0.01, f"held-out brightness must rise, got {evals}"
+    else:  # pointwise rewards are the judge's scores of the training samples themselves
+        rewards = [r["reward_mean"] for r in train_rows]
+        assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.1, rewards
+    assert all(r["judge_calls"] > 0 and 0 <= r["clip_frac"] <= 1 for r in train_rows)
+    for key in ("reward_mean", "loss", "kl", "clip_frac", "judge_calls", "judge_seconds", "step_seconds"):
+        assert key in train_rows[-1]
+
+
+def test_kl_term_has_a_gradient():
+    policy = tiny_policy(eta=0.5)
+    policy.add_lora(4, 8)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    traj = policy.sample(policy.encode(["a red circle"]), group_size=2, seed=0)
+    from arr.policies.sde import gaussian_kl
+
+    tr = policy.transition(traj, 0)
+    with torch.no_grad(), policy.reference():
+        ref = policy.transition(traj, 0)
+    kl = gaussian_kl(tr.mean, ref.mean, tr.std).sum()
+    kl.backward()
+    assert kl.item() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    def run(out: str, max_steps: int, resume: str | None = None):
+        policy = tiny_policy()
+        args = make_args(
+            tmp_path,
+            output_dir=out,
+            max_steps=max_steps,
+            save_steps=2,
+            resume_from_checkpoint=resume,
+            eval_steps=2,
+        )
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        RPOTrainer(
+            policy, reward, args, t2i_records(16, "train"), t2i_records(4, "heldout"), brightness_eval
+        ).train()
+
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    run(full, 4)
+    run(part, 2)
+    assert (Path(part) / "checkpoints" / "step_2" / "lora.safetensors").is_file()
+    run(part, 4, resume="latest")
+    a, b = read_rows(Path(full)), read_rows(Path(part))
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ra:
+            if k not in TIMING:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+
+
+def test_missing_named_checkpoint_is_an_error(tmp_path):
+    args = make_args(tmp_path, resume_from_checkpoint="step_7")
+    trainer = RPOTrainer(
+        tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args, t2i_records(4, "train")
+    )
+    with pytest.raises(ConfigError, match="step_7"):
+        trainer.train()
+
+
+def test_judge_failures_stop_with_a_checkpoint(tmp_path):
+    args = make_args(tmp_path, max_judge_failure_rate=0.5)
+    trainer = RPOTrainer(
+        tiny_policy(), RubricPairwiseReward(RubricJudge(FailingBackend())), args, t2i_records(4, "train")
+    )
+    with pytest.raises(TrainingStopped, match="max_judge_failure_rate"):
+        trainer.train()
+    assert (Path(args.output_dir) / "checkpoints" / "step_0" / "trainer_state.json").is_file()
+
+
+TWO_PROC_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_rpo import tiny_policy, make_args, brightness_eval
+from tests.fakes import BrightnessBackend
+from arr import RubricJudge
+from arr.rewards import RubricPairwiseReward
+from arr.rpo import RPOTrainer
+from arr.shapes.training import t2i_records
+from pathlib import Path
+args = make_args(Path(sys.argv[1]), max_steps=2)
+RPOTrainer(tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args,
+           t2i_records(16, "train")).train()
+"""
+
+
+def test_two_processes_equal_one(tmp_path):
+    script = tmp_path / "train2.py"
+    script.write_text(TWO_PROC_SCRIPT.format(root=str(Path(__file__).parent.parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "one")], env=env, capture_output=True, text=True
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [*launch, str(script), str(tmp_path / "two")], env=env, capture_output=True, text=True
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = read_rows(tmp_path / "one" / "run"), read_rows(tmp_path / "two" / "run")
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("reward_mean", "loss", "kl", "clip_frac", "ratio_mean", "grad_norm"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-7), k
