@@ -99,15 +99,8 @@ class ScoreItem:
 
 
 def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float:
-    """Weighted rubric score in [0, 1]: positive weights earn, negative weights (penalties) subtract.
-
-    Normalised by the total positive weight so that a rubric of penalties alone still has a defined score.
-    """
-    total = rubric.total_weight
-    if total <= 0:
-        total = 1.0
-    gained = sum(c.weight * probs[c.id] for c in rubric.criteria)
-    return min(1.0, max(0.0, gained / total))
+    """Weighted rubric score in [0, 1] (see `Rubric.score`): penalties subtract; edits use sqrt(I * P)."""
+    return rubric.score(probs)
 
 
 class RubricJudge:

@@ -8,9 +8,20 @@ text for VLM judges and an optional machine-checkable `check` (a small JSON dict
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
+
+
+def _weighted(criteria: list[Criterion], probs: dict[str, float]) -> float | None:
+    positive = sum(c.weight for c in criteria if c.weight > 0)
+    if positive <= 0:
+        return None
+    gained = sum(c.weight * probs[c.id] for c in criteria)
+    return min(1.0, max(0.0, gained / positive))
 
 
 class RubricParseError(ValueError):
@@ -69,6 +80,22 @@ class Rubric:
     @property
     def total_weight(self) -> float:
         return sum(c.weight for c in self.criteria if c.weight > 0)
+
+    def score(self, probs: dict[str, float]) -> float:
+        """The rubric score in [0, 1] from per-criterion probabilities (criteria missing from `probs` are skipped).
+
+        Positive weights earn, negative weights (penalties) subtract, normalised by the positive weight. Editing
+        rubrics combine instruction following and preservation (criteria of category "preservation") as
+        sqrt(instruction * preservation), like GEdit-Bench's overall score, so neither can buy the other.
+        """
+        judged = [c for c in self.criteria if c.id in probs]
+        if self.task == "edit":
+            instruction = _weighted([c for c in judged if c.category != PRESERVATION], probs)
+            preservation = _weighted([c for c in judged if c.category == PRESERVATION], probs)
+            instruction = 0.0 if instruction is None else instruction
+            return instruction if preservation is None else math.sqrt(instruction * preservation)
+        score = _weighted(judged, probs)
+        return 0.0 if score is None else score
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -105,3 +105,17 @@ def test_cache_serves_second_pass_and_skips_failures(tmp_path):
 def test_rejects_non_backend():
     with pytest.raises(TypeError, match="JudgeBackend"):
         RubricJudge(object())
+
+
+def test_edit_rubrics_combine_instruction_and_preservation_geometrically():
+    rubric = Rubric(
+        "make the circle red",
+        [
+            Criterion("i1", "the circle is red", 1.0),
+            Criterion("p1", "the square is unchanged", 1.0, category="preservation"),
+            Criterion("p2", "the background is unchanged", 1.0, category="preservation"),
+        ],
+        task="edit",
+    )
+    assert rubric_score(rubric, {"i1": 1.0, "p1": 1.0, "p2": 0.0}) == pytest.approx(0.5**0.5)
+    assert rubric_score(rubric, {"i1": 0.0, "p1": 1.0, "p2": 1.0}) == 0.0  # preserving everything is no edit

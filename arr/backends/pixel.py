@@ -12,7 +12,6 @@ preservation as sqrt(instruction * preservation), like GEdit-Bench's overall sco
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -21,12 +20,11 @@ import numpy as np
 from PIL import Image
 
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
-from arr.rubric import Criterion, Rubric
+from arr.rubric import PRESERVATION, Criterion, Rubric
 from arr.shapes.detect import COLOR_CLASSES, DETECTOR_VERSION, UNKNOWN, DetectionReport, analyze
 from arr.shapes.rubrics import CheckError, evaluate_check
 from arr.shapes.scene import GRID, IMAGE_SIZE, SHAPES
 
-PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
 _FEATURE_SHAPES: tuple[str, ...] = (*SHAPES, UNKNOWN)
 
 
@@ -68,16 +66,6 @@ class PixelBackend:
             return None, f"criterion {criterion.id!r}: {e}"
         return result.holds, result.reason
 
-    @staticmethod
-    def _weighted(results: list[tuple[Criterion, bool]]) -> float | None:
-        """Weighted fraction of positive criteria that hold, minus penalties (negative weights) that hold."""
-        positive = sum(c.weight for c, _ in results if c.weight > 0)
-        if positive <= 0:
-            return None
-        gained = sum(c.weight for c, ok in results if ok and c.weight > 0)
-        penalty = sum(-c.weight for c, ok in results if ok and c.weight < 0)
-        return min(1.0, max(0.0, (gained - penalty) / positive))
-
     def score_details(
         self, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
     ) -> dict[str, Any]:
@@ -107,16 +95,17 @@ class PixelBackend:
             "n_specks": report.n_specks,
             "speck_pixels": report.speck_pixels,
         }
+        probs = {c.id: float(ok) for c, ok in judged}
+        details["score"] = rubric.score(probs)
         if rubric.task == "edit":
-            instruction = self._weighted([(c, ok) for c, ok in judged if c.category != PRESERVATION])
-            preservation = self._weighted([(c, ok) for c, ok in judged if c.category == PRESERVATION])
-            instruction = 0.0 if instruction is None else instruction
-            details["instruction"] = instruction
-            details["preservation"] = preservation
-            details["score"] = instruction if preservation is None else math.sqrt(instruction * preservation)
-        else:
-            score = self._weighted(judged)
-            details["score"] = 0.0 if score is None else score
+            instruction = [c for c, _ in judged if c.category != PRESERVATION]
+            preservation = [c for c, _ in judged if c.category == PRESERVATION]
+            details["instruction"] = (
+                Rubric(rubric.prompt, instruction, task="t2i").score(probs) if instruction else 0.0
+            )
+            details["preservation"] = (
+                Rubric(rubric.prompt, preservation, task="t2i").score(probs) if preservation else None
+            )
         return details
 
     def score_image(self, image: Image.Image, rubric: Rubric, source: Image.Image | None = None) -> float:
