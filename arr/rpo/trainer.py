@@ -95,7 +95,10 @@ class Rollout:
 
 
 class TrainerCallback:
-    """Hooks called by the trainer on the main process; override what you need."""
+    """Hooks called by the trainer on the main process; override what you need.
+
+    `on_step_end` and `on_evaluate` run before the step's row is written, so they may add keys to `metrics`.
+    """
 
     def on_step_end(self, trainer: RPOTrainer, step: int, metrics: dict[str, Any]) -> None:
         pass
@@ -497,14 +500,15 @@ class RPOTrainer:
                 if self.step == args.max_steps and self.eval_records:
                     row.update(self._evaluate_timed())
                 if acc.is_main_process and (self.step % args.logging_steps == 0 or "eval_score" in row):
-                    _append_jsonl(metrics_path, row)
-                    self.history.append(row)
-                    if acc.log_with:
-                        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step)
+                    # Callbacks run first so that they can add their own metrics (e.g. align/*) to the row.
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step, row)
                         if "eval_score" in row:
                             cb.on_evaluate(self, self.step, row)
+                    _append_jsonl(metrics_path, row)
+                    self.history.append(row)
+                    if acc.log_with:
+                        acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step)
                 bar.update(1)
                 bar.set_postfix(
                     reward=f"{row.get('reward_mean', float('nan')):.3f}",
@@ -596,10 +600,10 @@ class RPOTrainer:
     def _run_eval(self, metrics_path: Path) -> None:
         row = {"step": 0, **self._evaluate_timed()}
         if self.accelerator.is_main_process:
-            _append_jsonl(metrics_path, row)
-            self.history.append(row)
             for cb in self.callbacks:
                 cb.on_evaluate(self, 0, row)
+            _append_jsonl(metrics_path, row)
+            self.history.append(row)
 
     # ---- samples -------------------------------------------------------------------------------------------
 
