@@ -160,3 +160,37 @@ def test_bad_arguments_fail_clearly(tiny_vlm_path, tmp_path, backend):
         HFBackend(backend.model)
     with pytest.raises(ValueError, match="could not load judge model"):
         HFBackend(str(tmp_path / "missing"))
+
+
+class _Recording:
+    """Wraps a backend, recording the order in which images reach it (and optionally biasing its answers)."""
+
+    def __init__(self, inner, bias: float = 0.0) -> None:
+        self.inner, self.bias, self.seen = inner, bias, []
+        self.name = inner.name
+
+    def fingerprint(self) -> str:
+        return f"{self.inner.fingerprint()}|bias={self.bias}"
+
+    def judge_pairs(self, queries):
+        self.seen += [tuple(id(im) for im in q.images) for q in queries]
+        out = self.inner.judge_pairs(queries)
+        for v in out:  # a judge that leans towards whatever it is shown first
+            v.prob_first = min(1.0, v.prob_first + self.bias)
+        return out
+
+    def judge_criteria(self, queries):
+        return self.inner.judge_criteria(queries)
+
+
+def test_swap_asks_both_orders_of_the_real_model_and_position_bias_becomes_a_tie(backend):
+    a, b = IMAGES[0], IMAGES[1]
+    rec = _Recording(backend)
+    j = arr.RubricJudge(rec, swap=True).compare(T2I.prompt, a, b, T2I)
+    assert rec.seen == [(id(a), id(b)), (id(b), id(a))]
+    assert j.ok and len(j.raw) == 2
+    biased = _Recording(backend, bias=0.5)
+    jb = arr.RubricJudge(biased, swap=True).compare(T2I.prompt, a, b, T2I)
+    assert jb.preferred is None and not jb.consistent
+    unswapped = arr.RubricJudge(_Recording(backend, bias=0.5), swap=False).compare(T2I.prompt, b, a, T2I)
+    assert unswapped.preferred == 0  # without swapping, the bias decides
