@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from arr.backends.base import (
@@ -12,6 +11,7 @@ from arr.backends.base import (
     PairQuery,
     PairVerdict,
 )
+from arr.registry import resolve
 
 # Short name -> "module:Class", imported lazily so that `pixel` never pulls in transformers or httpx.
 BACKENDS: dict[str, str] = {
@@ -23,20 +23,7 @@ BACKENDS: dict[str, str] = {
 
 def load_backend(name: str, **kwargs: Any) -> JudgeBackend:
     """Create a judge backend by registry name or dotted path ("package.module:Class")."""
-    target = BACKENDS.get(name, name)
-    if ":" not in target:
-        raise ValueError(
-            f"unknown judge backend {name!r}; expected one of {sorted(BACKENDS)} or 'module:Class'"
-        )
-    module_name, cls_name = target.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"judge backend {name!r}: cannot import {module_name} ({e})") from None
-    try:
-        cls = getattr(module, cls_name)
-    except AttributeError:
-        raise ValueError(f"judge backend {name!r}: {module_name} has no class {cls_name}") from None
+    cls = resolve(BACKENDS, name, "judge backend")
     return cls(**kwargs)
 
 

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from arr.policies.base import Conditioning, FlowMatchingPolicy, FlowPolicy, Trajectory, Transition
+from arr.registry import resolve
 
 # Short name -> "module:Class", imported lazily.
 POLICIES: dict[str, str] = {
@@ -22,20 +22,7 @@ POLICIES: dict[str, str] = {
 
 def policy_class(name: str) -> type:
     """The policy class for a registry name or a dotted path ("package.module:Class")."""
-    target = POLICIES.get(name, name)
-    if ":" not in target:
-        raise ValueError(
-            f"unknown policy family {name!r}; expected one of {sorted(POLICIES)} or 'module:Class'"
-        )
-    module_name, cls_name = target.split(":", 1)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"policy family {name!r}: cannot import {module_name} ({e})") from None
-    try:
-        return getattr(module, cls_name)
-    except AttributeError:
-        raise ValueError(f"policy family {name!r}: {module_name} has no class {cls_name}") from None
+    return resolve(POLICIES, name, "policy family")
 
 
 def make_policy(family: str, **kwargs: Any) -> FlowPolicy:
