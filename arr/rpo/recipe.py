@@ -29,7 +29,8 @@ class PolicyArguments:
         default="t2i", metadata={"help": "a Hub id or folder; for shapes, the shipped model name (t2i, edit)"}
     )
     lora_target_modules: str = field(
-        default="to_q,to_k,to_v,to_out.0", metadata={"help": "comma-separated LoRA target module names"}
+        default="",
+        metadata={"help": "comma-separated LoRA target module names (empty: the policy family's default)"},
     )
     torch_dtype: str = field(
         default="float32", metadata={"help": "weights dtype: float32 | bfloat16 | float16"}
