@@ -30,9 +30,11 @@ class RubricParseError(ValueError):
 
 @dataclass
 class Criterion:
-    """One binary rubric item ("the image shows exactly two blue squares").
+    """One rubric item ("the image shows exactly two blue squares"): binary, or ordinal with `levels`.
 
     `weight` may be negative for penalties; `check` is an optional machine-checkable form used by the pixel judge.
+    `levels` (None: binary yes/no) makes the item ordinal, rated 1..levels (e.g. 5); a judge reports it as the
+    credit (level - 1) / (levels - 1) in [0, 1], so `Rubric.score` weighs binary and ordinal items alike.
     """
 
     id: str
@@ -40,6 +42,23 @@ class Criterion:
     weight: float = 1.0
     category: str | None = None
     check: dict[str, Any] | None = None
+    levels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.levels is not None and (
+            isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2
+        ):
+            raise RubricParseError(
+                f"criterion {self.id!r}: levels must be an integer >= 2 (or absent for yes/no), got {self.levels!r}"
+            )
+
+    def credit(self, level: float) -> float:
+        """The [0, 1] credit of an ordinal rating 1..levels (binary items: 1 -> 1.0, 0 -> 0.0 as given)."""
+        if self.levels is None:
+            return float(level)
+        if not 1 <= level <= self.levels:
+            raise ValueError(f"criterion {self.id!r}: level must be in 1..{self.levels}, got {level}")
+        return (level - 1) / (self.levels - 1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -155,11 +155,23 @@ def _text(value: Any, where: str, field: str = "text") -> str:
     return text
 
 
-def _criterion(item: Any, index: int) -> tuple[str | None, str, float, str | None, dict[str, Any] | None]:
-    """(id or None, text, weight, category, check) of one criterion item, validated."""
+def _levels(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 2:
+        raise RubricParseError(
+            f"{where}.levels: expected an integer >= 2 (ordinal scale), got {_short(value)}"
+        )
+    return int(value)
+
+
+def _criterion(
+    item: Any, index: int
+) -> tuple[str | None, str, float, str | None, dict[str, Any] | None, int | None]:
+    """(id or None, text, weight, category, check, levels) of one criterion item, validated."""
     where = f"criteria[{index}]"
     if isinstance(item, str):
-        return None, _text(item, where), 1.0, None, None
+        return None, _text(item, where), 1.0, None, None, None
     if not isinstance(item, dict):
         raise RubricParseError(
             f"{where}: expected an object or a string, got {_type_name(item)} {_short(item)}"
@@ -182,7 +194,7 @@ def _criterion(item: Any, index: int) -> tuple[str | None, str, float, str | Non
     check = item.get("check")
     if check is not None and not isinstance(check, dict):
         raise RubricParseError(f"{where}.check: expected an object, got {_type_name(check)} {_short(check)}")
-    return cid, text, weight, category or None, check
+    return cid, text, weight, category or None, check, _levels(item.get("levels"), where)
 
 
 def _criteria_items(value: Any) -> list[Any]:
@@ -223,7 +235,7 @@ def _build_criteria(items: list[Any]) -> list[Criterion]:
         taken.add(cid)
     criteria: list[Criterion] = []
     counter = 0
-    for i, (cid, text, weight, category, check) in enumerate(parsed):
+    for i, (cid, text, weight, category, check, levels) in enumerate(parsed):
         if cid is None:
             # Assign c1, c2, ... by position, skipping ids the rubric already uses explicitly.
             counter = max(counter, i)
@@ -233,7 +245,9 @@ def _build_criteria(items: list[Any]) -> list[Criterion]:
                 if cid not in taken:
                     break
             taken.add(cid)
-        criteria.append(Criterion(id=cid, text=text, weight=weight, category=category, check=check))
+        criteria.append(
+            Criterion(id=cid, text=text, weight=weight, category=category, check=check, levels=levels)
+        )
     return criteria
 
 

@@ -1,7 +1,8 @@
 """The pixel judge: a weight-free, exact, deterministic judge for the built-in shapes world.
 
 It reads objects back from the image (arr/shapes/detect.py) and evaluates each criterion's machine-checkable
-`check` (arr/shapes/rubrics.py). Criteria without a check cannot be judged here: their verdict carries an error
+`check` (arr/shapes/rubrics.py); ordinal criteria (`levels`) use a "graded" check, rated by how many of its
+sub-checks hold. Criteria without a check cannot be judged here: their verdict carries an error
 instead of a guess. Scores follow the rubric's weights; editing rubrics combine instruction following and
 preservation as sqrt(instruction * preservation), like GEdit-Bench's overall score.
 
@@ -57,14 +58,41 @@ class PixelBackend:
 
     def _check(
         self, criterion: Criterion, report: DetectionReport, source: DetectionReport | None
-    ) -> tuple[bool | None, str]:
+    ) -> tuple[float | None, str]:
+        """The criterion's credit in [0, 1] (1.0 / 0.0 for binary items) and why, or None and the error."""
         if criterion.check is None:
             return None, "the pixel judge needs a machine-checkable 'check' on every criterion it judges"
+        if criterion.levels is not None:
+            return self._graded(criterion, report, source)
         try:
             result = evaluate_check(criterion.check, report, strict=self.strict, source=source)
         except CheckError as e:
             return None, f"criterion {criterion.id!r}: {e}"
-        return result.holds, result.reason
+        return (1.0 if result.holds else 0.0), result.reason
+
+    def _graded(
+        self, criterion: Criterion, report: DetectionReport, source: DetectionReport | None
+    ) -> tuple[float | None, str]:
+        """An ordinal item: {"type": "graded", "checks": [...]} rates 1 + (levels - 1) * (fraction that hold).
+
+        The rating is rounded to a whole level, as a VLM asked for "1-5" would answer, then turned into credit.
+        """
+        check = criterion.check or {}
+        subs = check.get("checks")
+        if check.get("type") != "graded" or not isinstance(subs, list) or not subs:
+            return None, (
+                f"criterion {criterion.id!r} has levels={criterion.levels}: the pixel judge needs a check "
+                f'{{"type": "graded", "checks": [check, ...]}}, got {check!r}'
+            )
+        held = 0
+        for sub in subs:
+            try:
+                held += evaluate_check(sub, report, strict=self.strict, source=source).holds
+            except CheckError as e:
+                return None, f"criterion {criterion.id!r}: {e}"
+        levels = criterion.levels or 2
+        level = 1 + round((levels - 1) * held / len(subs))
+        return criterion.credit(level), f"level {level}/{levels}: {held} of {len(subs)} graded checks hold"
 
     def score_details(
         self, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
@@ -78,12 +106,20 @@ class PixelBackend:
         self, report: DetectionReport, rubric: Rubric, source: DetectionReport | None
     ) -> dict[str, Any]:
         per_criterion = []
-        judged: list[tuple[Criterion, bool]] = []
+        judged: list[tuple[Criterion, float]] = []
         for c in rubric.criteria:
-            holds, reason = self._check(c, report, source)
-            per_criterion.append({"id": c.id, "holds": holds, "weight": c.weight, "reason": reason})
-            if holds is not None:
-                judged.append((c, holds))
+            credit, reason = self._check(c, report, source)
+            entry: dict[str, Any] = {
+                "id": c.id,
+                "holds": None if credit is None else credit == 1.0,
+                "weight": c.weight,
+                "reason": reason,
+            }
+            if c.levels is not None:
+                entry["credit"] = credit
+            per_criterion.append(entry)
+            if credit is not None:
+                judged.append((c, credit))
         if not judged:
             raise CheckError(
                 f"rubric for {rubric.prompt[:60]!r} has no criterion the pixel judge can evaluate: "
@@ -95,7 +131,7 @@ class PixelBackend:
             "n_specks": report.n_specks,
             "speck_pixels": report.speck_pixels,
         }
-        probs = {c.id: float(ok) for c, ok in judged}
+        probs = {c.id: float(credit) for c, credit in judged}
         details["score"] = rubric.score(probs)
         if rubric.task == "edit":
             instruction = [c for c, _ in judged if c.category != PRESERVATION]
@@ -126,13 +162,13 @@ class PixelBackend:
         out = []
         for q in queries:
             source = read(q.source) if q.source is not None else None
-            holds, reason = self._check(q.criterion, read(q.image), source)
-            if holds is None:
+            credit, reason = self._check(q.criterion, read(q.image), source)
+            if credit is None:
                 out.append(CriterionVerdict(prob_yes=None, reason=reason, error=reason))
+            elif q.criterion.levels is None:
+                out.append(CriterionVerdict(prob_yes=credit, reason=reason, raw=str(credit == 1.0).lower()))
             else:
-                out.append(
-                    CriterionVerdict(prob_yes=1.0 if holds else 0.0, reason=reason, raw=str(holds).lower())
-                )
+                out.append(CriterionVerdict(prob_yes=credit, reason=reason, raw=reason.split(":")[0]))
         return out
 
     def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:

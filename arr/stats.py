@@ -1,0 +1,80 @@
+"""Bootstrap confidence intervals for the aggregate figures arr reports (mean scores, accuracies, win rates).
+
+A shapes-world accuracy from 200 prompts moves by ±0.04 between sampling seeds, and a judge accuracy from 50
+preference pairs by more: a figure without an interval invites reading noise as progress. `bootstrap_ci` gives a
+percentile interval for any statistic of a sample of per-item values; it is seeded, so reports are reproducible.
+
+    from arr.stats import bootstrap_ci
+    ci = bootstrap_ci([1, 0, 1, 1, 0, 1], n=2000, seed=0)
+    ci.value, ci.low, ci.high   # 0.667, and the 95% interval around it
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ConfidenceInterval", "bootstrap_ci", "mean"]
+
+
+def mean(values: np.ndarray) -> float:
+    """The arithmetic mean (the default statistic)."""
+    return float(np.mean(values))
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """`value` is the statistic on the full sample; [`low`, `high`] its (1 - alpha) percentile bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    n: int  # sample size (values that were not None)
+    alpha: float
+    resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        level = round(100 * (1 - self.alpha))
+        return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}] ({level}% CI, n={self.n})"
+
+
+def bootstrap_ci(
+    values: Sequence[float | bool | None] | np.ndarray,
+    stat: Callable[[np.ndarray], float] = mean,
+    n: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile bootstrap interval of `stat` over `values` (None entries, i.e. failed judgments, are dropped).
+
+    Resamples the values with replacement `n` times; the interval is the alpha/2 and 1 - alpha/2 quantiles of the
+    resampled statistic. `stat` receives a 1-D float array. A single value gives a zero-width interval.
+    """
+    if n < 1:
+        raise ValueError(f"bootstrap_ci: n (resamples) must be >= 1, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
+    kept = [float(v) for v in values if v is not None]
+    bad = [v for v in kept if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"bootstrap_ci: values must be finite numbers or None, got {bad[0]!r}")
+    if not kept:
+        raise ValueError("bootstrap_ci: no values to aggregate (empty, or every value is None)")
+    data = np.asarray(kept, dtype=np.float64)
+    value = float(stat(data))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=(n, len(data)))
+    if stat is mean:
+        # The common case, vectorised: one matrix mean instead of n Python calls.
+        resampled = data[idx].mean(axis=1)
+    else:
+        resampled = np.array([float(stat(data[row])) for row in idx])
+    low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
+    return ConfidenceInterval(value, float(low), float(high), len(data), alpha, n)
