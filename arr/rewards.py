@@ -8,6 +8,8 @@ Images arrive grouped: `images[i]` holds the G samples drawn for `prompts[i]` fr
   a sample's reward is its mean pairwise outcome: +win for a win, lose (-0.1 in the paper) for a loss, 0 for a
   tie. With G = 2 this is exactly the paper's winner +1.0 / loser -0.1; ties give zero advantage.
 - `RubricPointwiseReward`: rubric scores in [0, 1] per sample (normalise within the group for GRPO).
+- `RubricReward`, `RubricPairReward`: the same judgments as TRL reward functions (flat lists, one value per
+  completion), for `trl.GRPOTrainer(reward_funcs=[...])` with policies whose completions are or describe images.
 """
 
 from __future__ import annotations
@@ -130,3 +132,268 @@ class RubricPointwiseReward:
             pos += len(group)
         failures = sum(s.score is None for s in scores)
         return GroupRewardOutput(rewards, {"judge_failure_rate": failures / max(len(scores), 1)})
+
+
+# ---- TRL reward functions --------------------------------------------------------------------------------------
+#
+# `trl.GRPOTrainer(reward_funcs=[...])` calls each reward function as
+#     f(prompts=[...], completions=[...], completion_ids=[...], <every dataset column>=[...],
+#       trainer_state=..., log_extra=..., log_metric=...)
+# with one entry per completion (each prompt repeated `num_generations` times in a row), and takes a list of floats,
+# None for "no reward" (TRL turns it into NaN and leaves it out). It names the function's metrics after `__name__`.
+
+
+def _completion_text(completion: Any) -> str | None:
+    """The text of a standard (str) or conversational ([{"role": ..., "content": ...}]) completion."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            return "".join(texts)
+    return None
+
+
+def image_from_completion(completion: Any) -> Image.Image:
+    """The image a completion refers to: a PIL image, a path to an image file, a dict with an "image" key (itself
+    any of these), or a conversational completion whose last message holds an {"type": "image", "image": ...} part
+    or a path as its text."""
+    from arr.images import load_image
+
+    if isinstance(completion, Image.Image):
+        return completion
+    if isinstance(completion, dict) and "image" in completion:
+        return image_from_completion(completion["image"])
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content")
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image" and "image" in part:
+                    return image_from_completion(part["image"])
+    text = _completion_text(completion)
+    if text is not None and text.strip():
+        return load_image(text.strip())
+    raise ValueError(
+        "cannot find an image in the completion: expected a PIL image, an image path, a dict with an 'image' "
+        f"key or a chat message with an image part, got {type(completion).__name__} {str(completion)[:80]!r}; "
+        "for text completions that describe an image, pass to_image= (e.g. a renderer)"
+    )
+
+
+def _rubric_from_value(value: Any, where: str) -> Rubric:
+    if isinstance(value, Rubric):
+        return value
+    if isinstance(value, dict):
+        return Rubric.from_dict(value)
+    if isinstance(value, (str, bytes)):
+        return Rubric.from_json(value)
+    raise TypeError(f"{where}: expected a Rubric, a rubric dict or rubric JSON, got {type(value).__name__}")
+
+
+class _TRLRewardBase:
+    """Shared input handling of the TRL reward functions (see `RubricReward` for the arguments)."""
+
+    def __init__(
+        self,
+        judge: RubricJudge | Any,
+        rubrics: Rubric | dict[str, Rubric] | Any = None,
+        *,
+        to_image: Any = None,
+        image_column: str | None = None,
+        source_column: str | None = None,
+        rubric_column: str = "rubric",
+        name: str | None = None,
+        cache: Any = None,
+    ) -> None:
+        if isinstance(judge, str):
+            from arr.backends import load_backend
+
+            judge = load_backend(judge)
+        if not isinstance(judge, RubricJudge):
+            judge = RubricJudge(judge, cache=cache)
+        elif cache is not None:
+            raise ValueError("pass cache= to the RubricJudge you give, not to the reward as well")
+        self.judge = judge
+        self.rubrics = rubrics
+        self.to_image = to_image
+        self.image_column = image_column
+        self.source_column = source_column
+        self.rubric_column = rubric_column
+        # TRL logs `rewards/<__name__>/mean`; an instance attribute so two rewards in one trainer differ.
+        self.__name__ = name or type(self).__name__
+        self.last_errors: list[str] = []  # why images of the last call could not be made (their reward is None)
+
+    def _rubric(self, i: int, prompt: Any, row: dict[str, Any]) -> Rubric:
+        spec = self.rubrics
+        if spec is None:
+            if self.rubric_column not in row:
+                raise ValueError(
+                    f"{self.__name__}: no rubrics= given and no {self.rubric_column!r} dataset column; "
+                    f"columns are {sorted(row)}"
+                )
+            return _rubric_from_value(row[self.rubric_column], f"{self.rubric_column}[{i}]")
+        if isinstance(spec, Rubric):
+            return spec
+        if isinstance(spec, dict):
+            text = _completion_text(prompt) if not isinstance(prompt, str) else prompt
+            if text not in spec:
+                raise KeyError(
+                    f"{self.__name__}: no rubric for prompt {str(text)[:60]!r} in rubrics= ({len(spec)} keys)"
+                )
+            return spec[text]
+        if callable(spec):
+            return _rubric_from_value(spec(prompt, **row), f"rubrics({str(prompt)[:40]!r})")
+        raise TypeError(
+            f"{self.__name__}: rubrics= must be a Rubric, a dict prompt -> Rubric, a callable or None "
+            f"(read the {self.rubric_column!r} column), got {type(spec).__name__}"
+        )
+
+    def _rows(self, n: int, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per-completion dataset columns (TRL's extra keywords that are lists of length n)."""
+        skip = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+        columns = {k: v for k, v in kwargs.items() if k not in skip and isinstance(v, list) and len(v) == n}
+        return [{k: v[i] for k, v in columns.items()} for i in range(n)]
+
+    def _inputs(
+        self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[list[Rubric], list[Image.Image | None], list[Image.Image | None], list[str | None]]:
+        """Rubrics, images (None where none could be made), sources, and per-sample errors."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{self.__name__}: {len(prompts)} prompts but {len(completions)} completions")
+        rows = self._rows(len(completions), kwargs)
+        rubrics, images, sources, errors = [], [], [], []
+        for i, (prompt, completion, row) in enumerate(zip(prompts, completions, rows, strict=True)):
+            rubrics.append(self._rubric(i, prompt, row))
+            error = None
+            image: Image.Image | None = None
+            try:
+                if self.to_image is not None:
+                    image = self.to_image(completion, **row)
+                elif self.image_column is not None:
+                    image = image_from_completion(row[self.image_column])
+                else:
+                    image = image_from_completion(completion)
+            except (ValueError, OSError) as e:  # a bad completion is one failed sample, not a crashed step
+                error = f"completion {i}: {e}"
+            if image is not None and not isinstance(image, Image.Image):
+                error, image = (
+                    f"completion {i}: to_image returned {type(image).__name__}, not a PIL image",
+                    None,
+                )
+            images.append(image)
+            errors.append(error)
+            src = row.get(self.source_column) if self.source_column else None
+            sources.append(image_from_completion(src) if src is not None else None)
+        return rubrics, images, sources, errors
+
+    @staticmethod
+    def _log(kwargs: dict[str, Any], name: str, value: float) -> None:
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            log_metric(name, value)
+
+
+class RubricReward(_TRLRewardBase):
+    """Rubric scores in [0, 1] as a TRL reward function: `GRPOTrainer(reward_funcs=[RubricReward(...)])`.
+
+    Args:
+        judge: a `RubricJudge`, a `JudgeBackend`, or a backend name ("pixel", ...).
+        rubrics: one `Rubric` for every prompt; a dict prompt text -> Rubric; a callable
+            `(prompt, **dataset_row) -> Rubric | dict | JSON`; or None to read the `rubric_column` dataset column
+            (a Rubric, a rubric dict or rubric JSON per row).
+        to_image: `(completion, **dataset_row) -> PIL image`, for policies whose completions describe an image
+            (a scene program, SVG, a prompt for a generator). Without it the image comes from `image_column`, or
+            else from the completion itself (see `image_from_completion`: PIL image, path, {"image": ...}, or a
+            chat message with an image part).
+        source_column: dataset column with the source image of editing prompts.
+        name: the name TRL logs the reward under (default: the class name).
+        cache: a judgment cache (path or `JudgmentCache`) when `judge` is a backend.
+
+    The judge is asked with `rubric.prompt` (the text the image must satisfy). A completion whose image cannot be
+    made or judged gets None, which TRL leaves out of the advantage.
+    """
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        rubrics, images, sources, errors = self._inputs(prompts, completions, kwargs)
+        todo = [i for i, im in enumerate(images) if im is not None]
+        items = [ScoreItem(rubrics[i].prompt, images[i], rubrics[i], sources[i]) for i in todo]
+        rewards: list[float | None] = [None] * len(completions)
+        for i, judgment in zip(todo, self.judge.score_many(items), strict=True):
+            rewards[i] = judgment.score
+        failed = sum(r is None for r in rewards)
+        self._log(kwargs, f"{self.__name__}/failure_rate", failed / max(len(rewards), 1))
+        self.last_errors = [e for e in errors if e]
+        return rewards
+
+
+class RubricPairReward(_TRLRewardBase):
+    """RPO's pairwise rubric reward as a TRL reward function, for group-relative training (GRPO-style).
+
+    TRL passes each prompt's `num_generations` completions next to each other; every pair within a group is judged
+    (both orders when the judge swaps) and a completion's reward is its mean pairwise outcome (`win` for a win,
+    `lose` for a loss, 0 for a tie; see `pairwise_outcome_rewards`). Set `group_size` to `num_generations`. In
+    multi-process training each process must hold whole groups: make `per_device_train_batch_size *
+    steps_per_generation` a multiple of `num_generations`. Other arguments as for `RubricReward`.
+    """
+
+    def __init__(
+        self,
+        judge: RubricJudge | Any,
+        rubrics: Any = None,
+        *,
+        group_size: int,
+        win: float = 1.0,
+        lose: float = -0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(judge, rubrics, **kwargs)
+        if group_size < 2:
+            raise ValueError(f"RubricPairReward group_size (num_generations) must be >= 2, got {group_size}")
+        self.group_size = group_size
+        self.win = win
+        self.lose = lose
+
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        g = self.group_size
+        if len(completions) % g:
+            raise ValueError(
+                f"{self.__name__}: {len(completions)} completions are not whole groups of group_size={g}; "
+                "set group_size to num_generations and give each process whole groups"
+            )
+        rubrics, images, sources, errors = self._inputs(prompts, completions, kwargs)
+        items: list[PairItem] = []
+        index: list[tuple[int, int, int]] = []
+        outcomes: list[dict[tuple[int, int], Any]] = []
+        for start in range(0, len(completions), g):
+            if any(repr(prompts[start + k]) != repr(prompts[start]) for k in range(g)):
+                raise ValueError(
+                    f"{self.__name__}: completions {start}..{start + g - 1} are not one group (their prompts "
+                    f"differ); group_size={g} must equal the trainer's num_generations"
+                )
+            out: dict[tuple[int, int], Any] = {}
+            for i, j in combinations(range(g), 2):
+                a, b = images[start + i], images[start + j]
+                if a is None or b is None:
+                    out[(i, j)] = "failed"
+                    continue
+                rubric = rubrics[start]
+                items.append(PairItem(rubric.prompt, a, b, rubric, sources[start]))
+                index.append((start // g, i, j))
+            outcomes.append(out)
+        for (group, i, j), judgment in zip(index, self.judge.compare_many(items), strict=True):
+            outcomes[group][(i, j)] = judgment.preferred if judgment.ok else "failed"
+        rewards: list[float | None] = []
+        for out in outcomes:
+            rewards.extend(pairwise_outcome_rewards(g, out, self.win, self.lose))
+        ties = sum(v is None for out in outcomes for v in out.values())
+        pairs = max(sum(len(out) for out in outcomes), 1)
+        self._log(kwargs, f"{self.__name__}/tie_rate", ties / pairs)
+        self.last_errors = [e for e in errors if e]
+        return rewards
