@@ -1,0 +1,173 @@
+"""The reward server: a real `python -m arr.serve` process on 127.0.0.1, driven by concurrent clients.
+
+Checks that answers equal direct library calls, that repeated questions come from the judgment cache, that bad
+input gets a 400 naming the field, and that SIGTERM shuts the server down cleanly (exit code 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from arr import RubricJudge, load_backend
+from arr.judge import PairItem, ScoreItem
+from arr.rewards import RubricPairwiseReward
+from arr.serve import encode_image
+from arr.shapes.pairs import make_pairs
+
+
+def post(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("serve") / "judge.sqlite"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arr.serve", "--backend", "pixel", "--port", "0", "--cache", str(cache)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = proc.stderr.readline()
+    assert "listening on http://127.0.0.1:" in line, line
+    url = line.split("listening on ")[1].split()[0]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            get(url + "/health")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield url, proc, cache
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return make_pairs(12, seed=5, split="heldout", task="t2i")
+
+
+def test_concurrent_requests_match_library_calls(server, pairs):
+    url, _, _ = server
+    judge = RubricJudge(load_backend("pixel"))
+    images = [p.image_a for p in pairs] + [p.image_b for p in pairs]
+    rubrics = [p.rubric for p in pairs] * 2
+    want_scores = [
+        r.score
+        for r in judge.score_many([ScoreItem(r.prompt, im, r) for im, r in zip(images, rubrics, strict=True)])
+    ]
+    want_pairs = judge.compare_many([PairItem(p.prompt, p.image_a, p.image_b, p.rubric) for p in pairs])
+    groups = [[p.image_a, p.image_b, p.chosen] for p in pairs[:4]]
+    want_group = RubricPairwiseReward(judge)(
+        prompts=[p.prompt for p in pairs[:4]], images=groups, rubrics=[p.rubric for p in pairs[:4]]
+    ).rewards
+
+    score_body = {"images": [encode_image(im) for im in images], "rubrics": [r.to_dict() for r in rubrics]}
+    compare_body = {
+        "images_a": [encode_image(p.image_a) for p in pairs],
+        "images_b": [encode_image(p.image_b) for p in pairs],
+        "rubrics": [p.rubric.to_dict() for p in pairs],
+    }
+    group_body = {
+        "groups": [[encode_image(im) for im in g] for g in groups],
+        "rubrics": [p.rubric.to_dict() for p in pairs[:4]],
+    }
+    # flow_grpo style: images + per-image meta_datas, posted to the root URL.
+    flow_body = {
+        "images": [encode_image(im) for im in images[:6]],
+        "meta_datas": [{"prompt": r.prompt, "rubric": r.to_dict()} for r in rubrics[:6]],
+    }
+    jobs = [("/score", score_body), ("/compare", compare_body), ("/group", group_body), ("/", flow_body)] * 4
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda job: post(url + job[0], job[1]), jobs))
+    for (path, _), (status, body) in zip(jobs, answers, strict=True):
+        assert status == 200, body
+        if path == "/score":
+            assert body["scores"] == want_scores and body["rewards"] == want_scores
+            assert all(e is None for e in body["errors"])
+        elif path == "/compare":
+            assert body["preferred"] == [v.preferred for v in want_pairs]
+            assert body["prob_a"] == [v.prob_a for v in want_pairs]
+        elif path == "/group":
+            assert body["rewards"] == want_group
+        else:
+            assert body["scores"] == want_scores[:6]
+    # The labels are right by construction and the pixel judge is exact.
+    assert [v.preferred for v in want_pairs] == [0 if p.winner == "A" else 1 for p in pairs]
+
+    health = get(url + "/health")
+    assert health["status"] == "ok" and health["backend"] == "pixel"
+    judge_stats = health["judge"]
+    # Each body was sent 4 times: at least the last 3 copies of /score were answered from the cache, and the
+    # backend saw each distinct question about once (the cache sits behind the server's lock).
+    questions = sum(len(r.criteria) for r in rubrics)
+    assert judge_stats["cached"] >= 3 * questions
+    assert judge_stats["calls"] <= questions + 2 * len(pairs) + 2 * 3 * len(groups)
+    assert health["requests"] == len(jobs)
+
+
+def test_bad_requests_get_400_with_the_field(server, pairs):
+    url, _, _ = server
+    rubric = pairs[0].rubric.to_dict()
+    cases = [
+        ("/score", {"images": ["not base64!"], "rubric": rubric}, "images[0]: not valid base64"),
+        ("/score", {"images": [encode_image(pairs[0].image_a)]}, "no rubric"),
+        (
+            "/score",
+            {"images": [encode_image(pairs[0].image_a)], "rubrics": [rubric, rubric]},
+            "expected 1 entries",
+        ),
+        (
+            "/compare",
+            {"images_a": [], "images_b": [encode_image(pairs[0].image_a)], "rubric": rubric},
+            "images_a has 0",
+        ),
+        ("/score", {"images": [encode_image(pairs[0].image_a)], "rubric": {"criteria": 5}}, "rubrics[0]"),
+    ]
+    for path, body, message in cases:
+        status, answer = post(url + path, body)
+        assert status == 400 and message in answer["error"], answer
+    status, answer = post(url + "/nowhere", {})
+    assert status == 404
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    url, proc, cache = server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert "stopped after" in proc.stderr.read()
+    with pytest.raises(OSError):
+        get(url + "/health")
+    # The judgments survive the server: a new judge on the same cache answers without asking the backend.
+    from arr.cache import JudgmentCache
+
+    with JudgmentCache(cache) as c:
+        assert len(c) > 0
