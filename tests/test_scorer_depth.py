@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -261,3 +262,60 @@ def test_bootstrap_ci_properties():
             bootstrap_ci(bad)
     with pytest.raises(ValueError, match="alpha"):
         bootstrap_ci([1.0], alpha=1.5)
+
+
+# ---- few-shot calibration examples -----------------------------------------------------------------------------
+
+
+def test_few_shot_examples_render_into_the_chat_prompt():
+    from arr.backends.chat import ChatBackend, ChatResult
+    from arr.backends.fewshot import CriterionExample, FewShotBackend, PairExample
+
+    class Recording(ChatBackend):
+        name = "recording"
+
+        def __init__(self):
+            self.requests = []
+
+        def fingerprint(self):
+            return "recording/v1"
+
+        def _chat(self, requests):
+            self.requests.extend(requests)
+            return [
+                ChatResult(text="yes: fine" if r.kind == "criterion" else '{"rank": [2, 1]}')
+                for r in requests
+            ]
+
+    red = render(Scene((Obj("square", "red", 0, 0),)))
+    blue = render(Scene((Obj("square", "blue", 0, 0),)))
+    inner = Recording()
+    backend = FewShotBackend(
+        inner,
+        [
+            CriterionExample(
+                blue, "The square is red.", holds=False, reason="it is blue", prompt="a red square"
+            ),
+            PairExample(red, blue, better=1, reason="Image 2 is blue", prompt="a red square"),
+        ],
+    )
+    rubric = Rubric("a red square", [Criterion("c", "The square is red.")])
+    judge = RubricJudge(backend, swap=False)
+    assert judge.score(rubric.prompt, red, rubric).score == 1.0
+    assert (
+        judge.compare(rubric.prompt, red, blue, rubric).preferred == 1
+    )  # the scripted answer ranks Image 2 first
+    crit, pair = inner.requests
+    roles = [m["role"] for m in crit.messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert crit.messages[2]["content"][0]["text"] == "no: it is blue"
+    assert [p["image"] for p in crit.messages[1]["content"] if p["type"] == "image"] == [blue]
+    assert crit.images == [blue, red]  # the example's image, then the question's
+    assert [m["role"] for m in pair.messages] == ["system", "user", "assistant", "user"]
+    assert json.loads(pair.messages[2]["content"][0]["text"]) == {"rank": [1, 2], "reason": "Image 2 is blue"}
+    # Examples change answers, so they change the fingerprint (and the cache keys).
+    assert backend.fingerprint().startswith("recording/v1|fewshot=")
+    other = FewShotBackend(inner, [CriterionExample(blue, "The square is red.", holds=True)])
+    assert other.fingerprint() != backend.fingerprint()
+    with pytest.raises(TypeError, match="wraps a chat judge"):
+        FewShotBackend(load_backend("pixel"), [])

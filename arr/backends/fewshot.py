@@ -1,0 +1,143 @@
+"""Few-shot calibration for chat judges: worked examples shown to the VLM before every question.
+
+A judge that has seen what "yes, the square is red" and "no, that is a fragment, not a triangle" look like on a
+user's own images is better calibrated than one reading the criterion cold (AutoRubric and most LLM-as-judge
+setups offer this). `FewShotBackend` wraps any `ChatBackend` (hf, openai): each example becomes a user turn, asked
+exactly as real questions are (same templates, images included), followed by an assistant turn with the answer, so
+the model sees the answer format in use too. The examples are part of the fingerprint, so cached judgments made
+without them (or with others) are never served.
+
+    from arr.backends.fewshot import CriterionExample, FewShotBackend, PairExample
+    judge = RubricJudge(FewShotBackend(load_backend("openai", model=...), [
+        CriterionExample(red_square, "The square is red.", holds=True, reason="the square is red"),
+        PairExample(good, bad, better=1, prompt="a red square", reason="Image 2 has an extra circle"),
+    ]))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
+from arr.backends.chat import (
+    ChatBackend,
+    ChatRequest,
+    criterion_verdict,
+    pair_verdict,
+    render_criterion,
+    render_pair,
+)
+from arr.rubric import Criterion, Rubric
+
+__all__ = ["CriterionExample", "FewShotBackend", "PairExample"]
+
+
+@dataclass(frozen=True)
+class CriterionExample:
+    """A per-criterion example: does `criterion` hold for `image` (generated for `prompt`)?"""
+
+    image: Image.Image
+    criterion: str
+    holds: bool
+    reason: str = ""
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """A pairwise example: `better` is 1 (image_1) or 2 (image_2) for `prompt` under `criteria`."""
+
+    image_1: Image.Image
+    image_2: Image.Image
+    better: int
+    reason: str = ""
+    prompt: str = ""
+    criteria: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.better not in (1, 2):
+            raise ValueError(f"PairExample.better must be 1 or 2 (the better image), got {self.better!r}")
+
+
+def _digest(image: Image.Image) -> str:
+    from arr.cache import image_digest
+
+    return image_digest(image)
+
+
+def _turns(user: dict[str, Any], answer: str) -> list[dict[str, Any]]:
+    return [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+class FewShotBackend:
+    """A `JudgeBackend` that asks `inner` (a `ChatBackend`) with worked examples before each question."""
+
+    def __init__(self, inner: ChatBackend, examples: Sequence[CriterionExample | PairExample]) -> None:
+        if not isinstance(inner, ChatBackend):
+            raise TypeError(
+                f"FewShotBackend wraps a chat judge (hf, openai), got {type(inner).__name__}: "
+                "other backends have no prompt to put examples in"
+            )
+        bad = [type(e).__name__ for e in examples if not isinstance(e, (CriterionExample, PairExample))]
+        if bad:
+            raise TypeError(f"FewShotBackend examples must be CriterionExample or PairExample, got {bad[0]}")
+        self.inner = inner
+        self.name = f"{inner.name}+fewshot"
+        self.criterion_examples = [e for e in examples if isinstance(e, CriterionExample)]
+        self.pair_examples = [e for e in examples if isinstance(e, PairExample)]
+        self._criterion_turns = [t for e in self.criterion_examples for t in self._criterion_turn(e)]
+        self._pair_turns = [t for e in self.pair_examples for t in self._pair_turn(e)]
+
+    def fingerprint(self) -> str:
+        parts = [
+            [e.criterion, e.holds, e.reason, e.prompt, _digest(e.image)] for e in self.criterion_examples
+        ] + [
+            [e.better, e.reason, e.prompt, list(e.criteria), _digest(e.image_1), _digest(e.image_2)]
+            for e in self.pair_examples
+        ]
+        digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return f"{self.inner.fingerprint()}|fewshot={digest}"
+
+    @staticmethod
+    def _criterion_turn(e: CriterionExample) -> list[dict[str, Any]]:
+        criterion = Criterion("example", e.criterion)
+        request = render_criterion(
+            CriterionQuery(e.prompt, e.image, Rubric(e.prompt, [criterion]), criterion)
+        )
+        answer = ("yes" if e.holds else "no") + (f": {e.reason}" if e.reason else "")
+        return _turns(request.messages[-1], answer)
+
+    @staticmethod
+    def _pair_turn(e: PairExample) -> list[dict[str, Any]]:
+        criteria = [Criterion(f"c{i + 1}", text) for i, text in enumerate(e.criteria)]
+        request = render_pair(PairQuery(e.prompt, (e.image_1, e.image_2), Rubric(e.prompt, criteria)))
+        answer = json.dumps({"rank": [1, 2] if e.better == 1 else [2, 1], "reason": e.reason})
+        return _turns(request.messages[-1], answer)
+
+    @staticmethod
+    def _with(request: ChatRequest, turns: list[dict[str, Any]]) -> ChatRequest:
+        # The system prompt stays first and the real question last; the examples go between.
+        messages = [*request.messages[:-1], *turns, request.messages[-1]]
+        return ChatRequest(request.kind, messages, request.choices, request.answer_prefix)
+
+    def render_pair(self, q: PairQuery) -> ChatRequest:
+        return self._with(render_pair(q), self._pair_turns)
+
+    def render_criterion(self, q: CriterionQuery) -> ChatRequest:
+        return self._with(render_criterion(q), self._criterion_turns)
+
+    def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
+        requests = [self.render_pair(q) for q in queries]
+        results = self.inner._ask(requests)
+        return [pair_verdict(r, req.choices) for r, req in zip(results, requests, strict=True)]
+
+    def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
+        requests = [self.render_criterion(q) for q in queries]
+        results = self.inner._ask(requests)
+        return [criterion_verdict(r, req.choices) for r, req in zip(results, requests, strict=True)]
