@@ -224,7 +224,8 @@ class _TRLRewardBase:
         self.rubric_column = rubric_column
         # TRL logs `rewards/<__name__>/mean`; an instance attribute so two rewards in one trainer differ.
         self.__name__ = name or type(self).__name__
-        self.last_errors: list[str] = []  # why images of the last call could not be made (their reward is None)
+        # Why images of the last call could not be made (their reward is None).
+        self.last_errors: list[str] = []
 
     def _rubric(self, i: int, prompt: Any, row: dict[str, Any]) -> Rubric:
         spec = self.rubrics
