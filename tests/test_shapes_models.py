@@ -173,7 +173,8 @@ def test_pretrain_is_deterministic_and_resumes_exactly(tmp_path):
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     # Stop after 2 steps (a checkpoint), then continue to 3: the same weights as the uninterrupted run.
-    pretrain("t2i", tmp_path / "c", steps=2, **kw)
+    pretrain("t2i", tmp_path / "c", steps=3, stop_after=2, **kw)
+    assert sorted(p.name for p in (tmp_path / "c" / "checkpoints").iterdir()) == ["step_2"]
     assert (tmp_path / "c" / "checkpoints" / "step_2" / "ema" / CONFIG_NAME).is_file()
     c = pretrain("t2i", tmp_path / "c", steps=3, **kw)
     for p, q in zip(a.parameters(), c.parameters(), strict=True):

@@ -225,9 +225,11 @@ def pretrain(
     model_config: ShapesModelConfig | None = None,
     progress: bool = True,
     max_minutes: float | None = None,
+    stop_after: int | None = None,
     **overrides: Any,
 ) -> ShapesFlowModel:
-    """Train a shapes model for `steps` steps (or until `max_minutes`), checkpointing; returns the EMA model.
+    """Train a shapes model for `steps` steps (or until `max_minutes` or step `stop_after`), checkpointing; returns
+    the EMA model. `stop_after` ends a phase deterministically while the learning-rate schedule still spans `steps`.
 
     With `resume`, the latest checkpoint in `out_dir` is loaded and training continues from its step, exactly.
     """
@@ -269,9 +271,8 @@ def pretrain(
     data = T2IData(cfg.caption_dropout) if task == "t2i" else EditData(cfg.caption_dropout)
     log = (out_dir / "metrics.jsonl").open("a")
     t_start = time.monotonic()
-    bar = tqdm(
-        range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc=f"pretrain {task}"
-    )
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), initial=start, total=end, disable=not progress, desc=f"pretrain {task}")
     model.train()
     step = start
     for step in bar:
@@ -306,7 +307,7 @@ def pretrain(
                 + "\n"
             )
             log.flush()
-        done = step + 1 == cfg.steps
+        done = step + 1 == end
         timed_out = max_minutes is not None and time.monotonic() - t_start > 60 * max_minutes
         if (step + 1) % cfg.checkpoint_every == 0 or done or timed_out:
             _save_checkpoint(out_dir, step + 1, model, ema, opt, rng, gen, cfg)
@@ -341,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT has checkpoints")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument(
+        "--stop-after", type=int, default=None, help="end this phase (with a checkpoint) at this step"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
         "--model", default="{}", help="JSON overrides of ShapesModelConfig, e.g. '{\"patch_size\": 4}'"
@@ -365,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=not args.no_resume,
         model_config=model_cfg,
         max_minutes=args.max_minutes,
+        stop_after=args.stop_after,
         **json.loads(args.train),
     )
     return 0
