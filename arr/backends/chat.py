@@ -116,13 +116,15 @@ class ChatRequest:
     """One judge question as chat messages (OpenAI-style parts; images are PIL images in `{"type": "image"}`).
 
     `choices` are the two answer tokens whose probabilities decide the verdict (first = Image 1 wins / yes);
-    `answer_prefix` is the start of the answer a backend may teacher-force before reading them.
+    `answer_prefix` is the start of the answer a backend may teacher-force before reading them. Kind "text" is a
+    free-text request (rubric writing, arr/generate.py): it is always answered by generation and has no choices.
     """
 
-    kind: Literal["pair", "criterion"]
+    kind: Literal["pair", "criterion", "text"]
     messages: list[dict[str, Any]]
     choices: tuple[str, str]
     answer_prefix: str
+    max_new_tokens: int | None = None  # "text" requests: the answer budget (None: the backend's default)
 
     @property
     def images(self) -> list[Image.Image]:
@@ -141,6 +143,30 @@ class ChatResult:
     choice_probs: tuple[float, float] | None = None
     error: str | None = None
     unreachable: bool = False
+    # Token counts where the transport knows them (hf counts them, OpenAI-compatible servers report usage).
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class TokenUsage:
+    """Tokens a chat backend has spent so far, where its transport reports them; `requests` counts every answer."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    unknown: int = 0  # answers that came without token counts
+
+    def add(self, results: Sequence[ChatResult]) -> None:
+        for r in results:
+            self.requests += 1
+            if r.prompt_tokens is None and r.completion_tokens is None:
+                self.unknown += 1
+            self.prompt_tokens += r.prompt_tokens or 0
+            self.completion_tokens += r.completion_tokens or 0
+
+    def copy(self) -> TokenUsage:
+        return TokenUsage(self.requests, self.prompt_tokens, self.completion_tokens, self.unknown)
 
 
 def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
@@ -175,6 +201,27 @@ def render_criterion(q: CriterionQuery) -> ChatRequest:
     template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
     messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
     return ChatRequest("criterion", messages, CRITERION_CHOICES, CRITERION_ANSWER_PREFIX)
+
+
+def render_text(
+    system_template: str,
+    user_template: str,
+    fields: Mapping[str, str],
+    images: Mapping[str, Image.Image] | None = None,
+    history: Sequence[tuple[str, str]] = (),
+    max_new_tokens: int | None = None,
+) -> ChatRequest:
+    """A free-text request from two templates: the system prompt, then the user turn with `[[image:...]]` markers.
+
+    `fields` must already be escaped where they quote user text (`escape_field`). `history` appends further turns
+    as (role, text) pairs after the first user turn, e.g. a previous answer and the feedback on it.
+    """
+    system = Template(load_template(system_template)).substitute(fields).strip()
+    messages: list[dict[str, Any]] = [{"role": "system", "content": [{"type": "text", "text": system}]}]
+    messages.append(_user_message(load_template(user_template), images or {}, fields))
+    for role, text in history:
+        messages.append({"role": role, "content": [{"type": "text", "text": text}]})
+    return ChatRequest("text", messages, ("", ""), "", max_new_tokens)
 
 
 # ---- answer parsing ---------------------------------------------------------------------------------------------
@@ -353,6 +400,14 @@ class ChatBackend(ABC):
 
     name: str = "chat"
 
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Tokens spent by this backend object so far (created on first use: subclasses keep their own __init__)."""
+        usage = self.__dict__.get("_token_usage")
+        if usage is None:
+            usage = self.__dict__["_token_usage"] = TokenUsage()
+        return usage
+
     @abstractmethod
     def fingerprint(self) -> str: ...
 
@@ -372,7 +427,18 @@ class ChatBackend(ABC):
             raise JudgeUnavailableError(
                 f"judge backend {self.name!r} unreachable: all {len(results)} requests failed ({results[0].error})"
             )
+        self.token_usage.add(results)
         return results
+
+    def generate_text(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Free-text answers to "text" requests (see `render_text`), e.g. rubric items; failures carry `error`.
+
+        Not part of the `JudgeBackend` protocol: rubric writers (arr/generate.py) use it where a backend has it.
+        """
+        for i, req in enumerate(requests):
+            if req.kind != "text":
+                raise ValueError(f"generate_text: request {i} has kind {req.kind!r}; expected 'text'")
+        return self._ask(requests)
 
     def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
         requests = [render_pair(q) for q in queries]

@@ -208,14 +208,19 @@ class HFBackend(ChatBackend):
         return inputs.to(self.device)
 
     def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        results: list[ChatResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            if self.mode == "probs":
-                results.extend(self._probs(chunk))
-            else:
-                results.extend(self._generate(chunk))
-        return results
+        # Free-text requests (rubric writing) are always generated, whatever the judging mode.
+        results: list[ChatResult | None] = [None] * len(requests)
+        for generated, indices in (
+            (True, [i for i, r in enumerate(requests) if r.kind == "text" or self.mode == "generate"]),
+            (False, [i for i, r in enumerate(requests) if r.kind != "text" and self.mode == "probs"]),
+        ):
+            for start in range(0, len(indices), self.batch_size):
+                chunk_ids = indices[start : start + self.batch_size]
+                chunk = [requests[i] for i in chunk_ids]
+                answers = self._generate(chunk) if generated else self._probs(chunk)
+                for i, answer in zip(chunk_ids, answers, strict=True):
+                    results[i] = answer
+        return [r for r in results if r is not None]
 
     def _probs(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         torch = self._torch
@@ -230,21 +235,29 @@ class HFBackend(ChatBackend):
             p1 = float(row[first_ids].sum())
             p2 = float(row[second_ids].sum())
             out.append(ChatResult(choice_probs=(p1, p2)))
+        for r, n in zip(out, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
+            r.prompt_tokens, r.completion_tokens = int(n), 0
         return out
 
     def _generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         torch = self._torch
         inputs = self._encode(requests)
+        budget = max((r.max_new_tokens or self.max_new_tokens) for r in requests)
         with torch.inference_mode():
             generated = self.model.generate(
                 **inputs,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=budget,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [ChatResult(text=t.strip()) for t in texts]
+        prompt_lens = inputs["attention_mask"].sum(dim=1).tolist()
+        new_lens = (new_tokens != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+        return [
+            ChatResult(text=t.strip(), prompt_tokens=int(p), completion_tokens=int(n))
+            for t, p, n in zip(texts, prompt_lens, new_lens, strict=True)
+        ]
 
     # ---- features for the alignment diagnostic --------------------------------------------------------------------
 

@@ -235,9 +235,9 @@ class OpenAIBackend(ChatBackend):
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": request.max_new_tokens or self.max_tokens,
         }
-        if self.logprobs:
+        if self.logprobs and request.kind != "text":  # free text has no answer token to read
             body["logprobs"] = True
             body["top_logprobs"] = TOP_LOGPROBS
         body.update(self.extra_body)
@@ -297,9 +297,18 @@ class OpenAIBackend(ChatBackend):
         probs = None
         logprobs = choice.get("logprobs")
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
-        if isinstance(content, list) and content:
+        if isinstance(content, list) and content and request.kind != "text":
             probs = answer_choice_probs(content, request.kind, request.choices)
-        return ChatResult(text=text, choice_probs=probs)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        tokens = [
+            usage.get(k) if isinstance(usage, dict) else None for k in ("prompt_tokens", "completion_tokens")
+        ]
+        return ChatResult(
+            text=text,
+            choice_probs=probs,
+            prompt_tokens=tokens[0] if isinstance(tokens[0], int) else None,
+            completion_tokens=tokens[1] if isinstance(tokens[1], int) else None,
+        )
 
     def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         urls: dict[
