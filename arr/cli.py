@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "arr.cli:_register_judge",
     ),
     "rubric": ("work with rubric files: `arr rubric show RUBRIC.json`", "arr.cli:_register_rubric"),
+    "serve": ("serve a rubric judge over HTTP (score, compare, group; /health)", "arr.serve:register"),
     "shapes": (
         "the built-in shapes world: sample, edit, pretrain its tiny models",
         "arr.shapes.cli:register",
@@ -144,7 +145,8 @@ def _run_rubric_show(args: argparse.Namespace) -> int:
     for c in rubric.criteria:
         extra = f"  [{c.category}]" if c.category else ""
         check = f"  check={json.dumps(c.check)}" if c.check else ""
-        print(f"  {c.id:>6}  w={c.weight:+g}  {c.text}{extra}{check}")
+        levels = f"  levels=1..{c.levels}" if getattr(c, "levels", None) else ""
+        print(f"  {c.id:>6}  w={c.weight:+g}  {c.text}{extra}{levels}{check}")
     if rubric.guide:
         print("Guide:")
         for g in rubric.guide:
