@@ -6,6 +6,7 @@ Categories follow GenEval: single_object, colors, counting, two_object, position
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -66,6 +67,15 @@ class PromptSpec:
 
 def all_prompts(category: str) -> list[PromptSpec]:
     """Every distinct prompt of a category, in a fixed order."""
+    return list(_all_prompts(category))
+
+
+@functools.cache
+def _all_prompts(category: str) -> tuple[PromptSpec, ...]:
+    return tuple(_enumerate_prompts(category))
+
+
+def _enumerate_prompts(category: str) -> list[PromptSpec]:
     if category == "single_object":
         return [PromptSpec(category, (ObjectSpec(s),)) for s in SHAPES]
     if category == "colors":
@@ -104,7 +114,7 @@ def all_prompts(category: str) -> list[PromptSpec]:
 
 def is_held_out(spec: PromptSpec) -> bool:
     """Deterministic split by prompt text. Categories too small to split (< 8 texts) are shared by both splits."""
-    if len(all_prompts(spec.category)) < 8:
+    if len(_all_prompts(spec.category)) < 8:
         return False
     digest = hashlib.sha256(spec.text.encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < HELD_OUT_FRACTION
@@ -117,9 +127,10 @@ def prompts_for_split(split: str, category: str | None = None) -> list[PromptSpe
     cats = [category] if category else list(CATEGORIES)
     out = []
     for cat in cats:
-        for spec in all_prompts(cat):
+        pool = _all_prompts(cat)
+        for spec in pool:
             held = is_held_out(spec)
-            small = len(all_prompts(cat)) < 8
+            small = len(pool) < 8
             if small or (held == (split == "heldout")):
                 out.append(spec)
     return out
