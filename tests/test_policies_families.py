@@ -48,7 +48,9 @@ class TinyText:
         # Variable lengths with a mask, as Qwen2.5-VL gives; the source image shifts the states when present.
         e = self.table[self.ids(prompts)]
         if images is not None:
-            e = e + torch.tensor([float(sum(im.convert("L").tobytes())) / 1e5 for im in images]).view(-1, 1, 1)
+            e = e + torch.tensor([float(sum(im.convert("L").tobytes())) / 1e5 for im in images]).view(
+                -1, 1, 1
+            )
         mask = torch.ones(e.shape[:2], dtype=torch.long)
         mask[0, -2:] = 0
         return e, mask

@@ -370,10 +370,14 @@ class FlowMatchingPolicy(ABC):
             if stochastic[i]:
                 if generators is not None:
                     shape = (group_size, *x.shape[1:])
-                    step_noise = torch.cat([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(device)
+                    step_noise = torch.cat(
+                        [torch.randn(shape, generator=g, device=g.device) for g in generators]
+                    ).to(device)
                 else:
                     step_noise = torch.randn(
-                        x.shape, generator=generator, device=generator.device if generator is not None else device
+                        x.shape,
+                        generator=generator,
+                        device=generator.device if generator is not None else device,
                     ).to(device)
                 out = sde_step(v, x, sigmas[i], sigmas[i + 1], eta, noise=step_noise, reduction=red)
                 x = out.prev_latents
