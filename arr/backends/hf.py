@@ -204,16 +204,21 @@ class HFBackend(ChatBackend):
                 text += req.answer_prefix
             texts.append(text)
         images = [req.images for req in requests]
-        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        inputs = self.processor(
+            text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
+        )
         return inputs.to(self.device)
 
     def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
-        # Free-text requests (rubric writing) are always generated, whatever the judging mode.
+        # Free-text requests (rubric writing) are always generated, whatever the judging mode; requests without
+        # images (zero-shot rubrics, guide structuring) are batched apart, since the processor wants images in all
+        # rows of a batch or in none.
         results: list[ChatResult | None] = [None] * len(requests)
-        for generated, indices in (
-            (True, [i for i, r in enumerate(requests) if r.kind == "text" or self.mode == "generate"]),
-            (False, [i for i, r in enumerate(requests) if r.kind != "text" and self.mode == "probs"]),
-        ):
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i, r in enumerate(requests):
+            generated = r.kind == "text" or self.mode == "generate"
+            groups.setdefault((generated, bool(r.images)), []).append(i)
+        for (generated, _), indices in groups.items():
             for start in range(0, len(indices), self.batch_size):
                 chunk_ids = indices[start : start + self.batch_size]
                 chunk = [requests[i] for i in chunk_ids]
