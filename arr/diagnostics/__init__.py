@@ -1,0 +1,1 @@
+"""Training diagnostics: representation alignment between the policy and the judge (arr.diagnostics.alignment)."""
