@@ -1,4 +1,4 @@
-"""Every ```python block in docs/*.md runs as written.
+"""Every ```python block in docs/*.md and README.md runs as written.
 
 The blocks of a page run in order in one namespace, like a notebook. A block whose first line is
 `# requires: MODULE` must be self-contained; it runs on its own and is skipped, with that reason, only while
@@ -22,7 +22,7 @@ def blocks(page: Path) -> list[str]:
     return BLOCK.findall(page.read_text(encoding="utf-8"))
 
 
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = [*sorted(DOCS.glob("*.md")), DOCS.parent / "README.md"]
 GATED = [(page, i, b) for page in PAGES for i, b in enumerate(blocks(page)) if REQUIRES.match(b)]
 
 
