@@ -30,7 +30,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "judge one image (pointwise) or two (pairwise) against a rubric; prints JSON",
         "arr.cli:_register_judge",
     ),
-    "rubric": ("work with rubric files: `arr rubric show RUBRIC.json`", "arr.cli:_register_rubric"),
+    "rubric": (
+        "rubrics: `arr rubric show | generate | prompts` (ARR generate -> verify -> refine)",
+        "arr.cli:_register_rubric",
+    ),
+    "eval": ("evaluate judges: `arr eval preference SUITE.yaml --judge ...`", "arr.evaluation.cli:register"),
     "serve": ("serve a rubric judge over HTTP (score, compare, group; /health)", "arr.serve:register"),
     "shapes": (
         "the built-in shapes world: sample, edit, pretrain its tiny models",
@@ -129,6 +133,9 @@ def _register_rubric(sub: argparse._SubParsersAction, name: str, help: str) -> N
     show.add_argument("path", help="rubric JSON file (or a VLM answer containing one)")
     show.add_argument("--json", action="store_true", help="print canonical JSON instead of text")
     show.set_defaults(run=_run_rubric_show)
+    from arr.generate_cli import add_rubric_subcommands  # `arr rubric generate` and `arr rubric prompts`
+
+    add_rubric_subcommands(rsub)
 
 
 def _run_rubric_show(args: argparse.Namespace) -> int:

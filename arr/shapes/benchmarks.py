@@ -21,6 +21,7 @@ Schemas:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import random
@@ -312,7 +313,13 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
     for i, r in enumerate(records):
         try:
             chosen, rejected = load_image(path.parent / r["path1"]), load_image(path.parent / r["path2"])
-            winner = r.get("position", "A")
+            # Real HPDv3 files always list the preferred image first; without our "position" field the order shown
+            # is decided by a hash of the pair, so that half the winners come second and a judge that always
+            # picks the first image scores 0.5, not 1.0.
+            default = (
+                "A" if hashlib.sha256(f"{r['path1']}|{r['path2']}".encode()).digest()[0] % 2 == 0 else "B"
+            )
+            winner = r.get("position", default)
             a, b = (chosen, rejected) if winner == "A" else (rejected, chosen)
             source = load_image(path.parent / r["source_image"]) if r.get("source_image") else None
             rubric = (
