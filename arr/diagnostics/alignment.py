@@ -16,8 +16,9 @@ move results by more than 1e-4:
 - `cknna`: the unbiased HSIC of the kernels masked to mutual top-k neighbours, where the mask is the product of
   the two *row-wise* top-k masks (not symmetrised), normalised the same way.
 
-Everything runs in torch on the features' device. Gram matrices are computed in float32 (float64 inputs stay
-float64) and the HSIC sums in float64: the unbiased estimator subtracts terms of order N^2 from each other.
+Everything runs in torch on the features' device. Gram matrices and elementwise products are float32 (float64
+inputs stay float64) and the HSIC sums accumulate in float64: the unbiased estimator subtracts terms of order
+N^2 from each other. No N^3 product is formed, and CKNNA works on the k entries per row its mask keeps.
 `alignment_metrics` and `max_alignment` share each Gram matrix, neighbour list and self-HSIC between metrics and
 layer pairs.
 """
@@ -64,60 +65,138 @@ class Features:
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.x = x
         self.name = name
-        self._gram: Tensor | None = None
-        self._gram64: Tensor | None = None
-        self._knn: dict[int, Tensor] = {}
-        self._topk_mask: dict[int, Tensor] = {}
-        self._self: dict[tuple[str, int], Tensor] = {}
+        self._cache: dict[Any, Any] = {}
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def _cached(self, key: Any, make: Any) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     @property
     def gram(self) -> Tensor:
         """K = X X^T [N, N] in the working dtype."""
-        if self._gram is None:
-            self._gram = self.x @ self.x.T
-        return self._gram
-
-    @property
-    def gram64(self) -> Tensor:
-        if self._gram64 is None:
-            self._gram64 = self.gram.double()
-        return self._gram64
+        return self._cached("gram", lambda: self.x @ self.x.T)
 
     def knn(self, topk: int) -> Tensor:
         """[N, topk] indices of each row's nearest neighbours by inner product, best first, itself excluded."""
-        if topk not in self._knn:
-            k = self.gram.clone()
-            k.fill_diagonal_(_SELF_FILL)
-            self._knn[topk] = torch.topk(k, topk, dim=1).indices
-        return self._knn[topk]
+        return self._cached(("knn", topk), lambda: _topk_excluding_self(self.gram, topk, _SELF_FILL))
 
-    def topk_mask(self, topk: int) -> Tensor:
-        """[N, N] float64 row-wise top-k neighbour mask with the diagonal at -inf first (CKNNA's selection)."""
-        if topk not in self._topk_mask:
-            k = self.gram.clone()
-            k.fill_diagonal_(float("-inf"))
-            idx = torch.topk(k, topk, dim=1).indices
-            mask = torch.zeros_like(self.gram64)
-            mask.scatter_(1, idx, 1.0)
-            self._topk_mask[topk] = mask
-        return self._topk_mask[topk]
+    def cknna_knn(self, topk: int) -> Tensor:
+        """[N, topk] neighbour indices as CKNNA selects them (the diagonal set to -inf rather than -1e8)."""
+        return self._cached(("cknna_knn", topk), lambda: _topk_excluding_self(self.gram, topk, float("-inf")))
 
-    def self_term(self, kind: str, topk: int = 0) -> Tensor:
-        """HSIC of this kernel with itself ("biased", "unbiased", or "cknna" at `topk`), cached."""
-        key = (kind, topk)
-        if key not in self._self:
+    @property
+    def centered(self) -> Tensor:
+        """HKH, the doubly centred kernel (H = I - 11^T/n): tr(KHLH) = <HKH, (HLH)^T> as H is idempotent."""
+
+        def make() -> Tensor:
+            k = self.gram
+            return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+        return self._cached("centered", make)
+
+    @property
+    def zero_diag(self) -> Tensor:
+        """K with a zero diagonal (K~ of the unbiased estimator)."""
+
+        def make() -> Tensor:
+            k = self.gram.clone()
+            k.fill_diagonal_(0)
+            return k
+
+        return self._cached("zero_diag", make)
+
+    @property
+    def zero_diag_sums(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(sum, column sums, row sums) of K~ in float64."""
+
+        def make() -> tuple[Tensor, Tensor, Tensor]:
+            col = self.zero_diag.sum(dim=0).double()
+            row = self.zero_diag.sum(dim=1).double()
+            return row.sum(), col, row
+
+        return self._cached("zero_diag_sums", make)
+
+    def hsic_self(self, kind: str, topk: int = 0) -> Tensor:
+        """HSIC of this kernel with itself ("biased", "unbiased", or "cknna" at `topk`), a float64 scalar."""
+
+        def make() -> Tensor:
             if kind == "biased":
-                value = _hsic_biased(self.gram64, self.gram64)
-            elif kind == "unbiased":
-                value = _hsic_unbiased(self.gram64, self.gram64)
-            else:
-                masked = self.topk_mask(topk) * self.gram64
-                value = _hsic_unbiased(masked, masked)
-            self._self[key] = value
-        return self._self[key]
+                return _hsic_biased(self, self)
+            if kind == "unbiased":
+                return _hsic_unbiased(self, self)
+            return _cknna_hsic(self, self, topk)
+
+        return self._cached(("hsic", kind, topk), make)
+
+
+def _topk_excluding_self(gram: Tensor, topk: int, fill: float) -> Tensor:
+    k = gram.clone()
+    k.fill_diagonal_(fill)
+    return torch.topk(k, topk, dim=1).indices
+
+
+def _frobenius(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741 - K and L are the papers' names
+    """<K, L> = sum_ij K_ij L_ij as a float64 scalar.
+
+    Per-row dot products in the working dtype (float32 like the reference), summed over rows in float64: the
+    unbiased estimator subtracts sums of order N^2 from each other. Contiguous rows, no N^2 temporary.
+    """
+    return torch.linalg.vecdot(k, l).double().sum()
+
+
+def _hsic_biased(fa: Features, fb: Features) -> Tensor:
+    """tr(K H L H), unnormalised (the reference divides by nothing), in O(n^2) as <HKH, HLH>.
+
+    tr(AB) = <A, B^T>, and B^T = B here: both are doubly centred Gram matrices, which are symmetric.
+    """
+    return _frobenius(fa.centered, fb.centered)
+
+
+def _hsic_unbiased(fa: Features, fb: Features) -> Tensor:
+    """Song et al.'s unbiased HSIC (eq. 5), divided by m(m-3) only, as the reference.
+
+    tr(K~ L~) = <K~, L~> for symmetric kernels, and sum(K~ L~) = colsum(K~) . rowsum(L~) avoids the n^3 product.
+    """
+    m = len(fa)
+    total_a, col_a, _ = fa.zero_diag_sums
+    total_b, _, row_b = fb.zero_diag_sums
+    value = (
+        _frobenius(fa.zero_diag, fb.zero_diag)
+        + total_a * total_b / ((m - 1) * (m - 2))
+        - 2 * (col_a @ row_b) / (m - 2)
+    )
+    return value / (m * (m - 3))
+
+
+def _cknna_hsic(fa: Features, fb: Features, topk: int) -> Tensor:
+    """Unbiased HSIC of M*K and M*L, M = (row-wise top-k mask of K) * (row-wise top-k mask of L).
+
+    M has at most k entries per row (and none on the diagonal), so every term of the estimator is a sum over
+    those entries: O(N k^2) after the neighbour lists instead of N^2 dense masks. M is not symmetric, so
+    tr(MK (ML)^T)'s terms need (j, i) in M as well as (i, j).
+    """
+    m = len(fa)
+    ia, ib = fa.cknna_knn(topk), fb.cknna_knn(topk)
+    keep = ia if fa is fb else ia.masked_fill(~(ia[:, :, None] == ib[:, None, :]).any(dim=2), -1)
+    rows = torch.arange(m, device=ia.device).view(-1, 1).expand_as(keep)[keep >= 0]
+    cols = keep[keep >= 0]
+    kv = fa.gram[rows, cols].double()
+    lv = fb.gram[rows, cols].double()
+    keys = (rows * m + cols).sort().values
+    transposed = cols * m + rows
+    if len(keys):
+        both = keys[torch.searchsorted(keys, transposed).clamp(max=len(keys) - 1)] == transposed
+    else:  # no shared neighbours at all
+        both = torch.zeros(0, dtype=torch.bool, device=keys.device)
+    trace = (kv * fb.gram[cols, rows].double())[both].sum()
+    col_k = torch.zeros(m, dtype=torch.float64, device=kv.device).index_add_(0, cols, kv)
+    row_l = torch.zeros(m, dtype=torch.float64, device=kv.device).index_add_(0, rows, lv)
+    value = trace + kv.sum() * lv.sum() / ((m - 1) * (m - 2)) - 2 * (col_k @ row_l) / (m - 2)
+    return value / (m * (m - 3))
 
 
 def _as_tensor(x: Any, name: str) -> Tensor:
@@ -162,31 +241,6 @@ def _check_topk(topk: int, n: int, minimum: int = 1) -> int:
     return int(topk)
 
 
-def _hsic_biased(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741 - K and L are the papers' names
-    """tr(K H L H) with H = I - 11^T/n, computed as <HKH, L^T> in O(n^2) (no n^3 products)."""
-    centered = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
-    return (centered * l.T).sum()
-
-
-def _hsic_unbiased(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
-    """Song et al.'s unbiased HSIC (eq. 5), unnormalised as the reference: it divides by m(m-3) only.
-
-    K and L need not be symmetric (CKNNA masks rows), so L^T is kept where the formula has it, and
-    sum(K L) = colsum(K) . rowsum(L) avoids the n^3 product.
-    """
-    m = k.shape[0]
-    kt = k.clone()
-    kt.fill_diagonal_(0)
-    lt = l.clone()
-    lt.fill_diagonal_(0)
-    value = (
-        (kt * lt.T).sum()
-        + kt.sum() * lt.sum() / ((m - 1) * (m - 2))
-        - 2 * (kt.sum(dim=0) @ lt.sum(dim=1)) / (m - 2)
-    )
-    return value / (m * (m - 3))
-
-
 def _levenshtein(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise edit distance between integer sequences x [N, k] and y [N, l] (unit costs), vectorised over N."""
     n, k = x.shape
@@ -221,16 +275,14 @@ def _metric(name: str, fa: Features, fb: Features, topk: int) -> float:
         if name == "unbiased_cka" and n < 4:
             raise ValueError(f"unbiased_cka needs at least 4 rows (it divides by N(N-3)), got {n}")
         kind = "biased" if name == "cka" else "unbiased"
-        hsic = _hsic_biased if name == "cka" else _hsic_unbiased
-        kl = hsic(fa.gram64, fb.gram64)
-        return float(kl / (torch.sqrt(fa.self_term(kind) * fb.self_term(kind)) + _EPS))
+        kl = _hsic_biased(fa, fb) if name == "cka" else _hsic_unbiased(fa, fb)
+        return float(kl / (torch.sqrt(fa.hsic_self(kind) * fb.hsic_self(kind)) + _EPS))
     if name == "cknna":
         topk = _check_topk(topk, n, minimum=2)
         if n < 4:
             raise ValueError(f"cknna needs at least 4 rows (it divides by N(N-3)), got {n}")
-        mask = fa.topk_mask(topk) * fb.topk_mask(topk)
-        kl = _hsic_unbiased(mask * fa.gram64, mask * fb.gram64)
-        return float(kl / (torch.sqrt(fa.self_term("cknna", topk) * fb.self_term("cknna", topk)) + _EPS))
+        kl = _cknna_hsic(fa, fb, topk)
+        return float(kl / (torch.sqrt(fa.hsic_self("cknna", topk) * fb.hsic_self("cknna", topk)) + _EPS))
     raise ValueError(f"unknown alignment metric {name!r}; expected one of {', '.join(METRICS)}")
 
 
