@@ -9,6 +9,12 @@ Prompts come from `arr/templates/*.txt` (version `TEMPLATE_VERSION`, part of eve
 a template invalidates cached judgments). User-supplied text (the prompt or editing instruction, the rubric criteria
 and the guide) is quoted as data inside delimited fields (<prompt>...</prompt>) after escaping `&`, `<` and `>`, so
 a hostile prompt can neither close its field nor smuggle in chat-control tokens such as `<|im_end|>`.
+
+Ordinal criteria (`Criterion.levels = N`) are asked as "rate from 1 to N" questions (templates
+`user_criterion_ordinal_*`, `system_criterion_ordinal`) with the choices "1".."N". Their `CriterionVerdict.prob_yes`
+carries the criterion's *credit* in [0, 1] rather than a probability: the expected (level - 1) / (N - 1) under the
+judge's renormalised distribution over the N digits where a backend reads token probabilities, or the parsed
+rating's credit where it reads text. `Rubric.score` weighs it exactly like a yes-probability.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ CRITERION_CHOICES: tuple[str, str] = ("yes", "no")
 # The answer is teacher-forced up to the choice token when a backend can score it (hf mode="probs").
 PAIR_ANSWER_PREFIX = '{"rank": ['
 CRITERION_ANSWER_PREFIX = ""
+ORDINAL_ANSWER_PREFIX = ""
 
 _IMAGE_MARKER = re.compile(r"\[\[image:(base|1|2)\]\]")
 
@@ -87,8 +94,10 @@ def format_guide(guide: Sequence[GuideCategory]) -> str:
     return Template(load_template("guide")).substitute(guide="\n".join(lines))
 
 
-def _system_message(kind: str, guide: Sequence[GuideCategory]) -> dict[str, Any]:
-    text = Template(load_template(f"system_{kind}")).substitute(guide=format_guide(guide))
+def _system_message(
+    kind: str, guide: Sequence[GuideCategory], fields: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    text = Template(load_template(f"system_{kind}")).substitute(dict(fields or {}), guide=format_guide(guide))
     return {"role": "system", "content": [{"type": "text", "text": text.strip()}]}
 
 
@@ -115,16 +124,19 @@ def _user_message(
 class ChatRequest:
     """One judge question as chat messages (OpenAI-style parts; images are PIL images in `{"type": "image"}`).
 
-    `choices` are the two answer tokens whose probabilities decide the verdict (first = Image 1 wins / yes);
-    `answer_prefix` is the start of the answer a backend may teacher-force before reading them. Kind "text" is a
-    free-text request (rubric writing, arr/generate.py): it is always answered by generation and has no choices.
+    `choices` are the answer tokens whose probabilities decide the verdict: two for pairs (first = Image 1 wins)
+    and yes/no criteria (first = yes), "1".."N" for an ordinal criterion, which also sets `levels` = N (so that a
+    2-level ordinal item, rated "1"/"2", is not read as yes/no). `answer_prefix` is the start of the answer a backend
+    may teacher-force before reading them. Kind "text" is a free-text request (rubric writing, arr/generate.py): it
+    is always answered by generation and has no choices.
     """
 
     kind: Literal["pair", "criterion", "text"]
     messages: list[dict[str, Any]]
-    choices: tuple[str, str]
+    choices: tuple[str, ...]
     answer_prefix: str
     max_new_tokens: int | None = None  # "text" requests: the answer budget (None: the backend's default)
+    levels: int | None = None  # ordinal criterion requests: the scale 1..levels (None: not ordinal)
 
     @property
     def images(self) -> list[Image.Image]:
@@ -140,7 +152,7 @@ class ChatResult:
     """
 
     text: str | None = None
-    choice_probs: tuple[float, float] | None = None
+    choice_probs: tuple[float, ...] | None = None  # one unnormalised probability per request choice, in order
     error: str | None = None
     unreachable: bool = False
     # Token counts where the transport knows them (hf counts them, OpenAI-compatible servers report usage).
@@ -191,13 +203,30 @@ def render_pair(q: PairQuery) -> ChatRequest:
     return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
 
 
+def ordinal_choices(levels: int) -> tuple[str, ...]:
+    """The answers of a 1..levels rating, as the strings the judge writes: "1", "2", ..."""
+    return tuple(str(level) for level in range(1, levels + 1))
+
+
 def render_criterion(q: CriterionQuery) -> ChatRequest:
-    """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data."""
+    """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data.
+
+    A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels.
+    """
     edit = _is_edit(q.prompt, q.rubric.task, q.source)
     images = {"1": q.image}
     if edit:
         images["base"] = q.source
     fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    levels = q.criterion.levels
+    if levels is not None:
+        fields["levels"] = str(levels)
+        template = load_template("user_criterion_ordinal_edit" if edit else "user_criterion_ordinal_t2i")
+        system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)})
+        messages = [system, _user_message(template, images, fields)]
+        return ChatRequest(
+            "criterion", messages, ordinal_choices(levels), ORDINAL_ANSWER_PREFIX, levels=levels
+        )
     template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
     messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
     return ChatRequest("criterion", messages, CRITERION_CHOICES, CRITERION_ANSWER_PREFIX)
@@ -232,6 +261,14 @@ _RANK_RE = re.compile(
 )
 _REASON_RE = re.compile(r"""["']?reason["']?\s*:\s*"((?:[^"\\]|\\.)*)""", re.DOTALL)
 _YES_NO = re.compile(r"^[\s\W]*(?:answer\s*[:=-]?\s*[\W]*)?(yes|no)\b[\s\W]*", re.IGNORECASE)
+# A leading rating, optionally labelled ("Rating: 4") and optionally out of the scale ("4/5", "4 out of 5"); a
+# decimal ("3.5") is no rating, and the separator before the reason is consumed.
+_LEADING_RATING = re.compile(
+    r"^[\s\W]*(?:(?:rating|score|level|answer|grade)\s*[:=-]?\s*[\W]*)?(\d+)(?!\d|[.,]\d)"
+    r"(?:[\s*_]*(?:/|out\s+of)\s*\d+)?[\s\W]*",
+    re.IGNORECASE,
+)
+_RATING_KEYS = ("rating", "score", "level", "answer", "grade")
 
 
 def _json_objects(text: str) -> Iterable[dict[str, Any]]:
@@ -318,6 +355,44 @@ def parse_criterion_answer(text: str) -> CriterionVerdict:
     )
 
 
+def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
+    """Turn a "4: reason" rating answer into a verdict carrying the credit (level - 1) / (levels - 1).
+
+    Accepts a labelled rating ("Rating: 2 - ..."), "4/5", markdown around the number and JSON such as
+    `{"rating": 4, "reason": ...}`; a rating outside 1..levels or no leading number -> prob None with `error`.
+    """
+    cleaned = _FENCE.sub("", text).strip()
+    for obj in _json_objects(cleaned):
+        for key in _RATING_KEYS:
+            value = obj.get(key)
+            if isinstance(value, str) and value.strip().isdigit():
+                value = int(value.strip())
+            elif isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                reason = obj.get("reason")
+                return _rated(value, levels, reason if isinstance(reason, str) else "", text)
+    m = _LEADING_RATING.match(cleaned)
+    if m:
+        return _rated(int(m.group(1)), levels, cleaned[m.end() :], text)
+    return CriterionVerdict(
+        None,
+        raw=text,
+        error=f"unparseable judge answer (expected a rating 1..{levels} first): {text[:120]!r}",
+    )
+
+
+def _rated(level: int, levels: int, reason: str, raw: str) -> CriterionVerdict:
+    if not 1 <= level <= levels:
+        return CriterionVerdict(
+            None,
+            reason=reason,
+            raw=raw,
+            error=f"judge answered rating {level}; expected 1..{levels}: {raw[:120]!r}",
+        )
+    return CriterionVerdict((level - 1) / (levels - 1), reason=reason, raw=raw)
+
+
 # ---- choice-token probabilities ---------------------------------------------------------------------------------
 
 
@@ -332,21 +407,19 @@ def normalize_token(token: str) -> str:
     return token.strip().lower()
 
 
-def sum_choice_probs(
-    token_probs: Iterable[tuple[str, float]], choices: tuple[str, str]
-) -> tuple[float, float]:
+def sum_choice_probs(token_probs: Iterable[tuple[str, float]], choices: tuple[str, ...]) -> tuple[float, ...]:
     """Sum the probabilities of every token string that spells each choice (e.g. "yes", " Yes", "YES")."""
     targets = [c.lower() for c in choices]
-    total = [0.0, 0.0]
+    total = [0.0] * len(choices)
     for token, prob in token_probs:
         norm = normalize_token(token)
         for k, t in enumerate(targets):
             if norm == t:
                 total[k] += prob
-    return total[0], total[1]
+    return tuple(total)
 
 
-def prob_of_first(choice_probs: tuple[float, float]) -> float | None:
+def prob_of_first(choice_probs: tuple[float, ...]) -> float | None:
     """P(first choice | one of the two choices), or None when the judge put no mass on either."""
     p1, p2 = choice_probs
     total = p1 + p2
@@ -355,11 +428,23 @@ def prob_of_first(choice_probs: tuple[float, float]) -> float | None:
     return p1 / total
 
 
-def _probs_raw(choices: tuple[str, str], choice_probs: tuple[float, float]) -> str:
-    return json.dumps({choices[0]: choice_probs[0], choices[1]: choice_probs[1]})
+def expected_credit(choice_probs: Sequence[float]) -> float | None:
+    """The expected credit (level - 1) / (N - 1) of a 1..N rating under P(level) renormalised over the N choices.
+
+    None when the judge put no mass on any rating (or the probabilities are not finite).
+    """
+    total = sum(choice_probs)
+    if len(choice_probs) < 2 or not math.isfinite(total) or total <= 0.0:
+        return None
+    top = len(choice_probs) - 1
+    return sum(p * k / top for k, p in enumerate(choice_probs)) / total
 
 
-def pair_verdict(result: ChatResult, choices: tuple[str, str] = PAIR_CHOICES) -> PairVerdict:
+def _probs_raw(choices: tuple[str, ...], choice_probs: tuple[float, ...]) -> str:
+    return json.dumps(dict(zip(choices, choice_probs, strict=True)))
+
+
+def pair_verdict(result: ChatResult, choices: tuple[str, ...] = PAIR_CHOICES) -> PairVerdict:
     """A pair verdict from choice probabilities when present (reason from the text), else from the text."""
     parsed = parse_pair_answer(result.text) if result.text is not None else None
     if result.choice_probs is not None:
@@ -373,11 +458,24 @@ def pair_verdict(result: ChatResult, choices: tuple[str, str] = PAIR_CHOICES) ->
     return PairVerdict(None, error=result.error or "judge returned neither text nor choice probabilities")
 
 
-def criterion_verdict(result: ChatResult, choices: tuple[str, str] = CRITERION_CHOICES) -> CriterionVerdict:
-    """A criterion verdict from choice probabilities when present (reason from the text), else from the text."""
-    parsed = parse_criterion_answer(result.text) if result.text is not None else None
+def criterion_verdict(
+    result: ChatResult, choices: tuple[str, ...] = CRITERION_CHOICES, levels: int | None = None
+) -> CriterionVerdict:
+    """A criterion verdict from choice probabilities when present (reason from the text), else from the text.
+
+    With `levels` (an ordinal request, choices "1".."levels") `prob_yes` is the credit in [0, 1]: the expected
+    credit under the choice probabilities, or the parsed rating's credit.
+    """
+    if levels is not None and len(choices) != levels:
+        raise ValueError(f"ordinal criterion with {levels} levels needs {levels} choices, got {choices!r}")
+    if result.text is None:
+        parsed = None
+    elif levels is None:
+        parsed = parse_criterion_answer(result.text)
+    else:
+        parsed = parse_ordinal_answer(result.text, levels)
     if result.choice_probs is not None:
-        p = prob_of_first(result.choice_probs)
+        p = prob_of_first(result.choice_probs) if levels is None else expected_credit(result.choice_probs)
         if p is not None:
             reason = parsed.reason if parsed is not None else ""
             raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
@@ -447,5 +545,6 @@ class ChatBackend(ABC):
     def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
         requests = [render_criterion(q) for q in queries]
         return [
-            criterion_verdict(r, req.choices) for r, req in zip(self._ask(requests), requests, strict=True)
+            criterion_verdict(r, req.choices, req.levels)
+            for r, req in zip(self._ask(requests), requests, strict=True)
         ]

@@ -11,7 +11,11 @@ without them (or with others) are never served.
     judge = RubricJudge(FewShotBackend(load_backend("openai", model=...), [
         CriterionExample(red_square, "The square is red.", holds=True, reason="the square is red"),
         PairExample(good, bad, better=1, prompt="a red square", reason="Image 2 has an extra circle"),
+        RatingExample(small_square, "The square fills the image.", level=2, levels=5, reason="it is tiny"),
     ]))
+
+Yes/no questions are shown the `CriterionExample`s, ordinal questions (`Criterion.levels`) the `RatingExample`s,
+so each example is asked and answered in the format of the question that follows it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from arr.backends.chat import (
 )
 from arr.rubric import Criterion, Rubric
 
-__all__ = ["CriterionExample", "FewShotBackend", "PairExample"]
+__all__ = ["CriterionExample", "FewShotBackend", "PairExample", "RatingExample"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,30 @@ class CriterionExample:
     holds: bool
     reason: str = ""
     prompt: str = ""
+
+
+@dataclass(frozen=True)
+class RatingExample:
+    """An ordinal example: `criterion` is satisfied at `level` on a 1..`levels` scale for `image`."""
+
+    image: Image.Image
+    criterion: str
+    level: int
+    levels: int
+    reason: str = ""
+    prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
+            raise ValueError(f"RatingExample.levels must be an integer >= 2, got {self.levels!r}")
+        if (
+            isinstance(self.level, bool)
+            or not isinstance(self.level, int)
+            or not 1 <= self.level <= self.levels
+        ):
+            raise ValueError(
+                f"RatingExample.level must be an integer in 1..{self.levels}, got {self.level!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -78,20 +106,27 @@ def _turns(user: dict[str, Any], answer: str) -> list[dict[str, Any]]:
 class FewShotBackend:
     """A `JudgeBackend` that asks `inner` (a `ChatBackend`) with worked examples before each question."""
 
-    def __init__(self, inner: ChatBackend, examples: Sequence[CriterionExample | PairExample]) -> None:
+    def __init__(
+        self, inner: ChatBackend, examples: Sequence[CriterionExample | PairExample | RatingExample]
+    ) -> None:
         if not isinstance(inner, ChatBackend):
             raise TypeError(
                 f"FewShotBackend wraps a chat judge (hf, openai), got {type(inner).__name__}: "
                 "other backends have no prompt to put examples in"
             )
-        bad = [type(e).__name__ for e in examples if not isinstance(e, (CriterionExample, PairExample))]
+        kinds = (CriterionExample, PairExample, RatingExample)
+        bad = [type(e).__name__ for e in examples if not isinstance(e, kinds)]
         if bad:
-            raise TypeError(f"FewShotBackend examples must be CriterionExample or PairExample, got {bad[0]}")
+            raise TypeError(
+                f"FewShotBackend examples must be CriterionExample, PairExample or RatingExample, got {bad[0]}"
+            )
         self.inner = inner
         self.name = f"{inner.name}+fewshot"
         self.criterion_examples = [e for e in examples if isinstance(e, CriterionExample)]
         self.pair_examples = [e for e in examples if isinstance(e, PairExample)]
+        self.rating_examples = [e for e in examples if isinstance(e, RatingExample)]
         self._criterion_turns = [t for e in self.criterion_examples for t in self._criterion_turn(e)]
+        self._rating_turns = [t for e in self.rating_examples for t in self._rating_turn(e)]
         self._pair_turns = [t for e in self.pair_examples for t in self._pair_turn(e)]
 
     def fingerprint(self) -> str:
@@ -100,6 +135,11 @@ class FewShotBackend:
         ] + [
             [e.better, e.reason, e.prompt, list(e.criteria), _digest(e.image_1), _digest(e.image_2)]
             for e in self.pair_examples
+        ]
+        # Appended only when present, so fingerprints (and caches) made before rating examples existed still match.
+        parts += [
+            ["rating", e.criterion, e.level, e.levels, e.reason, e.prompt, _digest(e.image)]
+            for e in self.rating_examples
         ]
         digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
         return f"{self.inner.fingerprint()}|fewshot={digest}"
@@ -114,6 +154,15 @@ class FewShotBackend:
         return _turns(request.messages[-1], answer)
 
     @staticmethod
+    def _rating_turn(e: RatingExample) -> list[dict[str, Any]]:
+        criterion = Criterion("example", e.criterion, levels=e.levels)
+        request = render_criterion(
+            CriterionQuery(e.prompt, e.image, Rubric(e.prompt, [criterion]), criterion)
+        )
+        answer = str(e.level) + (f": {e.reason}" if e.reason else "")
+        return _turns(request.messages[-1], answer)
+
+    @staticmethod
     def _pair_turn(e: PairExample) -> list[dict[str, Any]]:
         criteria = [Criterion(f"c{i + 1}", text) for i, text in enumerate(e.criteria)]
         request = render_pair(PairQuery(e.prompt, (e.image_1, e.image_2), Rubric(e.prompt, criteria)))
@@ -124,13 +173,21 @@ class FewShotBackend:
     def _with(request: ChatRequest, turns: list[dict[str, Any]]) -> ChatRequest:
         # The system prompt stays first and the real question last; the examples go between.
         messages = [*request.messages[:-1], *turns, request.messages[-1]]
-        return ChatRequest(request.kind, messages, request.choices, request.answer_prefix)
+        return ChatRequest(
+            request.kind,
+            messages,
+            request.choices,
+            request.answer_prefix,
+            request.max_new_tokens,
+            request.levels,
+        )
 
     def render_pair(self, q: PairQuery) -> ChatRequest:
         return self._with(render_pair(q), self._pair_turns)
 
     def render_criterion(self, q: CriterionQuery) -> ChatRequest:
-        return self._with(render_criterion(q), self._criterion_turns)
+        turns = self._criterion_turns if q.criterion.levels is None else self._rating_turns
+        return self._with(render_criterion(q), turns)
 
     def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
         requests = [self.render_pair(q) for q in queries]
@@ -140,4 +197,6 @@ class FewShotBackend:
     def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
         requests = [self.render_criterion(q) for q in queries]
         results = self.inner._ask(requests)
-        return [criterion_verdict(r, req.choices) for r, req in zip(results, requests, strict=True)]
+        return [
+            criterion_verdict(r, req.choices, req.levels) for r, req in zip(results, requests, strict=True)
+        ]

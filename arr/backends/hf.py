@@ -2,9 +2,11 @@
 
 Two ways to answer, chosen by `mode`:
 - "probs" (default): one forward pass per question, batched with left padding. The answer is teacher-forced up to
-  the choice token (`{"rank": [` for pairs, nothing for yes/no) after the chat template's generation prompt, and
-  the verdict is the probability of the first choice token against the second, read from the last position's
-  logits. Fast (no decoding) and a calibrated probability rather than a 0/1 vote; gives no reason text.
+  the choice token (`{"rank": [` for pairs, nothing for yes/no and ratings) after the chat template's generation
+  prompt, and the verdict is read from the last position's logits: the probability of the first choice token
+  against the second, or for an ordinal criterion (choices "1".."N") the expected credit (level - 1) / (N - 1)
+  under the N digits' renormalised probabilities. Fast (no decoding) and calibrated rather than a vote; gives no
+  reason text.
 - "generate": greedy `generate()` of up to `max_new_tokens`, parsed as text; slower, but with a reason.
 """
 
@@ -154,7 +156,7 @@ class HFBackend(ChatBackend):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._stamp = _weights_stamp(self.model_name)
-        self._choice_ids: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        self._choice_ids: dict[tuple[str, ...], tuple[list[int], ...]] = {}
         self._torch = torch
 
     def __repr__(self) -> str:
@@ -175,8 +177,12 @@ class HFBackend(ChatBackend):
 
     # ---- transport ----------------------------------------------------------------------------------------------
 
-    def choice_token_ids(self, choices: tuple[str, str]) -> tuple[list[int], list[int]]:
-        """Token ids that spell each choice as one token (case and leading-space variants), cached."""
+    def choice_token_ids(self, choices: tuple[str, ...]) -> tuple[list[int], ...]:
+        """Token ids that spell each choice as one token (case and leading-space variants), cached.
+
+        A choice that no variant spells as one token (e.g. "10" in a tokenizer that splits digits) cannot be read
+        from a single position's logits: that is an error, not a silently dropped answer.
+        """
         if choices not in self._choice_ids:
             found: list[list[int]] = []
             for choice in choices:
@@ -191,7 +197,7 @@ class HFBackend(ChatBackend):
                         f"vocabulary, so mode='probs' cannot score it; use mode='generate'"
                     )
                 found.append(ids)
-            self._choice_ids[choices] = (found[0], found[1])
+            self._choice_ids[choices] = tuple(found)
         return self._choice_ids[choices]
 
     def _encode(self, requests: Sequence[ChatRequest]) -> Any:
@@ -236,10 +242,8 @@ class HFBackend(ChatBackend):
         probs = torch.softmax(logits.float(), dim=-1)
         out = []
         for row, req in zip(probs, requests, strict=True):
-            first_ids, second_ids = self.choice_token_ids(req.choices)
-            p1 = float(row[first_ids].sum())
-            p2 = float(row[second_ids].sum())
-            out.append(ChatResult(choice_probs=(p1, p2)))
+            ids = self.choice_token_ids(req.choices)
+            out.append(ChatResult(choice_probs=tuple(float(row[i].sum()) for i in ids)))
         for r, n in zip(out, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
             r.prompt_tokens, r.completion_tokens = int(n), 0
         return out

@@ -11,8 +11,10 @@ reach the server raises `JudgeUnavailableError`, so training can tell "server do
 
 Probabilities: the backend asks for `logprobs` with 20 `top_logprobs`. Where the server returns them (vLLM,
 SGLang, OpenAI), the verdict is P(first choice) at the answer token (the rank digit after `"rank": [`, or the first
-yes/no token), summed over spelling variants. Where it does not (`transformers serve` ignores the field), the
-answer text is parsed instead, giving 0, 0.5 or 1.
+yes/no token), summed over spelling variants; for an ordinal criterion it is the expected credit
+(level - 1) / (N - 1) over the digits "1".."N" at the leading rating token. Where the server gives no log-probabilities
+(`transformers serve` ignores the field), the answer text is parsed instead, giving 0, 0.5 or 1 (a rating's credit
+for ordinal criteria).
 
 The API key is read from the environment variable named by `api_key_env` (absent is fine for local servers); it is
 kept out of reprs, fingerprints, logs and error messages.
@@ -48,9 +50,14 @@ from arr.backends.chat import (
 logger = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20
-# Where the answer token sits in the answer text: the first rank digit, or a leading yes/no.
+# Where the answer token sits in the answer text: the first rank digit, a leading yes/no, or a leading rating
+# (optionally labelled, "Rating: 4"; the whole number, so that a "1" token starting "10" is not read as rating 1).
 _RANK_DIGIT = re.compile(r"""rank["']?\s*[:=]\s*\[\s*["']?(\d)""")
 _LEADING_YES_NO = re.compile(r"^[\s\W]*(yes|no)\b", re.IGNORECASE)
+_LEADING_RATING = re.compile(
+    r"^[\s\W]*(?:(?:rating|score|level|answer|grade)\s*[:=-]?\s*[\W]*)?(\d+)", re.IGNORECASE
+)
+_ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": _LEADING_RATING}
 # A server's Retry-After is honoured up to this many seconds (or the request timeout, if smaller).
 _MAX_RETRY_AFTER = 30.0
 
@@ -80,17 +87,20 @@ def _server_message(resp: httpx.Response) -> str:
 
 
 def answer_choice_probs(
-    tokens: Sequence[dict[str, Any]], kind: str, choices: tuple[str, str]
-) -> tuple[float, float] | None:
+    tokens: Sequence[dict[str, Any]], kind: str, choices: tuple[str, ...]
+) -> tuple[float, ...] | None:
     """Choice probabilities at the answer token of an OpenAI `logprobs.content` list, or None if not found.
 
-    The answer token is the first rank digit after `"rank": [` (pairs) or the leading yes/no (criteria). Only a token
-    that is exactly that answer (up to whitespace and case) is used: if the server's tokenizer merged it with other
-    characters, its alternatives are not comparable and the caller falls back to parsing the text.
+    `kind` is "pair", "criterion" (yes/no) or "ordinal" (a 1..N rating). The answer token is the first rank digit
+    after `"rank": [` (pairs), the leading yes/no or the leading rating number. Only a token that is exactly that
+    answer (up to whitespace and case) is used: if the server's tokenizer merged it with other characters, its
+    alternatives are not comparable and the caller falls back to parsing the text.
     """
+    if kind not in _ANSWER_TOKEN:
+        raise ValueError(f"answer_choice_probs: kind must be one of {sorted(_ANSWER_TOKEN)}, got {kind!r}")
     texts = [str(t.get("token", "")) for t in tokens]
     full = "".join(texts)
-    m = (_RANK_DIGIT if kind == "pair" else _LEADING_YES_NO).search(full)
+    m = _ANSWER_TOKEN[kind].search(full)
     if m is None:
         return None
     target = m.start(1)
@@ -107,7 +117,7 @@ def answer_choice_probs(
             if tok.get("logprob") is not None and all(a[0] != text for a in alternatives):
                 alternatives.append((text, math.exp(float(tok["logprob"]))))
             probs = sum_choice_probs(alternatives, choices)
-            return probs if probs[0] + probs[1] > 0 else None
+            return probs if sum(probs) > 0 else None
         pos += len(text)
     return None
 
@@ -298,7 +308,8 @@ class OpenAIBackend(ChatBackend):
         logprobs = choice.get("logprobs")
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
         if isinstance(content, list) and content and request.kind != "text":
-            probs = answer_choice_probs(content, request.kind, request.choices)
+            kind = "ordinal" if request.levels is not None else request.kind
+            probs = answer_choice_probs(content, kind, request.choices)
         usage = data.get("usage") if isinstance(data, dict) else None
         tokens = [
             usage.get(k) if isinstance(usage, dict) else None for k in ("prompt_tokens", "completion_tokens")
