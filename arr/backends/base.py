@@ -53,7 +53,8 @@ class CriterionQuery:
 
 @dataclass
 class CriterionVerdict:
-    """`prob_yes` is P(criterion holds); `None` when the backend failed (see `error`)."""
+    """`prob_yes` is P(criterion holds) — for an ordinal criterion (`levels` set) its credit in [0, 1], the
+    expected (level - 1) / (levels - 1) — or `None` when the backend failed (see `error`)."""
 
     prob_yes: float | None
     reason: str = ""
