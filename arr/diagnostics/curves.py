@@ -110,8 +110,10 @@ def plot_alignment(
         ({k[len("align/") :]: series(rows, k) for k in keys}, top),
         ({target: series(rows, target)}, top + panel_h + 20),
     ]
-    for named, y_top in panels:
-        _panel(draw, font, named, (margin_l, y_top, width - margin_r, y_top + panel_h - 30), (x0, x1))
+    for i, (named, y_top) in enumerate(panels):
+        box = (margin_l, y_top, width - margin_r, y_top + panel_h - 30)
+        # The eval curve takes the colour after the alignment curves', so no two lines share one.
+        _panel(draw, font, named, box, (x0, x1), first_colour=0 if i == 0 else len(keys))
     draw.text(((margin_l + width - margin_r) // 2 - 10, height - 18), "step", fill="black", font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +127,7 @@ def _panel(
     named: dict[str, list[tuple[float, float]]],
     box: tuple[int, int, int, int],
     xrange: tuple[float, float],
+    first_colour: int = 0,
 ) -> None:
     left, top, right, bottom = box
     x0, x1 = xrange
@@ -152,7 +155,7 @@ def _panel(
         draw.text((sx(xv) - 8, bottom + 4), f"{xv:.4g}", fill="black", font=font)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="#999999")
     for i, (name, pts) in enumerate(named.items()):
-        color = PALETTE[i % len(PALETTE)]
+        color = PALETTE[(first_colour + i) % len(PALETTE)]
         xy = [(sx(x), sy(y)) for x, y in pts]
         if len(xy) > 1:
             draw.line(xy, fill=color, width=2)
