@@ -138,3 +138,31 @@ def test_probe_does_not_change_training(tmp_path):
                 assert ra[k] == rb[k], (ra["step"], k)
     for pa, pb in zip(plain.params, probed.params, strict=True):
         assert torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen_image"])
+def test_policy_features_of_every_family(family):
+    import contextlib
+    from types import SimpleNamespace
+
+    from tests.test_policies_families import build
+
+    policy = build(family)
+    trainer = SimpleNamespace(
+        policy=policy,
+        args=SimpleNamespace(num_sampling_steps=2, sample_batch_size=3, guidance_scale=1.0),
+        accelerator=SimpleNamespace(autocast=contextlib.nullcontext),
+        eval_records=[],
+        train_records=[],
+    )
+    prompts = ["a red circle", "two blue squares", "a green triangle", "a cat", "a dog"]
+    probe = AlignmentProbe(prompts, topk=2, judge_features=colour_features)
+    layers, images = probe.policy_features(trainer)
+    expected = {"transformer_blocks.0"} | ({"single_transformer_blocks.0"} if family == "flux" else set())
+    assert set(layers) == expected
+    assert len(images) == 5 and all(v.shape[0] == 5 and v.dim() == 2 for v in layers.values())
+    # Different prompts and seeds give different features (the hooks read the image stream, not a constant).
+    for v in layers.values():
+        assert torch.cdist(v, v).max() > 0
+    out = probe.measure(trainer)
+    assert out["align/mutual_knn_layer"].split("|")[0] in expected
