@@ -35,6 +35,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "arr.cli:_register_rubric",
     ),
     "eval": ("evaluate judges: `arr eval preference SUITE.yaml --judge ...`", "arr.evaluation.cli:register"),
+    "align": (
+        "representation alignment: metrics of two .npy feature files, or a run's align/* curves",
+        "arr.diagnostics.cli:register",
+    ),
     "serve": ("serve a rubric judge over HTTP (score, compare, group; /health)", "arr.serve:register"),
     "shapes": (
         "the built-in shapes world: sample, edit, pretrain its tiny models",

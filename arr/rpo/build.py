@@ -128,6 +128,15 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     reward = build_reward(judge, recipe)
     train, evals, evaluator = build_data(recipe.data, recipe)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
+    diag = recipe.diagnostics
+    if diag.align_every > 0:
+        from arr.diagnostics.probe import AlignmentProbe
+
+        metrics = diag.align_metrics if diag.align_metrics == "all" else diag.align_metrics.split(",")
+        probe = AlignmentProbe(
+            num_prompts=diag.align_num_prompts, align_every=diag.align_every, metrics=metrics
+        )
+        callbacks = [probe, *callbacks]
     return RPOTrainer(
         policy,
         reward,

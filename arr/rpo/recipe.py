@@ -73,7 +73,23 @@ class DataArguments:
     num_train_prompts: int = field(default=2000, metadata={"help": "training prompts drawn (shapes world)"})
 
 
-RECIPE_TYPES = (RPOConfig, PolicyArguments, JudgeArguments, DataArguments)
+@dataclass
+class DiagnosticsArguments:
+    """Optional diagnostics logged during training."""
+
+    align_every: int = field(
+        default=0,
+        metadata={"help": "log policy-judge representation alignment (align/*) every N steps; 0: off"},
+    )
+    align_num_prompts: int = field(
+        default=64, metadata={"help": "probe prompts for the alignment diagnostic"}
+    )
+    align_metrics: str = field(
+        default="mutual_knn,cknna", metadata={"help": "comma-separated alignment metrics, or 'all'"}
+    )
+
+
+RECIPE_TYPES = (RPOConfig, PolicyArguments, JudgeArguments, DataArguments, DiagnosticsArguments)
 
 
 @dataclass
@@ -82,11 +98,12 @@ class Recipe:
     policy: PolicyArguments
     judge: JudgeArguments
     data: DataArguments
+    diagnostics: DiagnosticsArguments = field(default_factory=DiagnosticsArguments)
 
     def to_dict(self) -> dict[str, Any]:
         """A flat mapping that is itself a valid recipe (saved as the run's config.yaml)."""
         out: dict[str, Any] = {}
-        for part in (self.policy, self.judge, self.data, self.rpo):
+        for part in (self.policy, self.judge, self.data, self.diagnostics, self.rpo):
             out.update(asdict(part))
         return out
 
@@ -117,12 +134,19 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
         args = ["--config", str(path), *args[1:]]
     parser = TrlParser(RECIPE_TYPES)
     try:
-        rpo, policy, judge, data = parser.parse_args_and_config(args)
+        rpo, policy, judge, data, diagnostics = parser.parse_args_and_config(args)
     except SystemExit as e:  # argparse already printed the problem (unknown flag, bad type)
         raise ConfigError("invalid command-line arguments (see the message above)") from e
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    return Recipe(rpo, policy, judge, data)
+    if diagnostics.align_every < 0:
+        raise ConfigError(f"align_every={diagnostics.align_every}: must be >= 0 (0 turns the diagnostic off)")
+    if diagnostics.align_every > 0 and diagnostics.align_num_prompts > rpo.eval_num_prompts:
+        raise ConfigError(
+            f"align_num_prompts={diagnostics.align_num_prompts} exceeds eval_num_prompts={rpo.eval_num_prompts}: "
+            "the alignment probe uses held-out prompts; lower align_num_prompts or raise eval_num_prompts"
+        )
+    return Recipe(rpo, policy, judge, data, diagnostics)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
