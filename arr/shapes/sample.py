@@ -13,7 +13,7 @@ from PIL import Image
 
 from arr.shapes.models import ShapesFlowModel
 
-DEFAULT_GUIDANCE = 2.0
+DEFAULT_GUIDANCE = 1.5  # best held-out GenEval of the shipped t2i model (1.5: 0.399, 2.0: 0.395)
 DEFAULT_STEPS = 20
 
 
