@@ -183,7 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The shared 2-core machines this often runs on lose ~4x throughput to busy-waiting OpenMP threads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Recipe overrides (`arr demo --max_steps 5`) are not declared to argparse: commands that take them set
+    # `passthrough` and receive the rest; for every other command an unknown argument is an error.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "passthrough", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         return args.run(args)
     except CLIError as e:

@@ -24,8 +24,8 @@ def register_train(sub: argparse._SubParsersAction, name: str, help: str) -> Non
 def register_demo(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--output_dir", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="recipe overrides, e.g. --max_steps 10")
-    p.set_defaults(run=_run_demo)
+    p.epilog = "Any recipe key can be overridden, e.g. `arr demo --max_steps 10 --reward_mode pointwise`."
+    p.set_defaults(run=_run_demo, passthrough=True, overrides=[])
 
 
 def demo_recipe_path() -> Path:
