@@ -69,8 +69,16 @@ def load_template(name: str) -> str:
         raise ValueError(f"no judge prompt template {name!r} (expected arr/templates/{name}.txt)") from None
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def escape_field(text: str) -> str:
-    """Escape text quoted inside a <field>...</field> so it cannot close the field or form special tokens."""
+    """Escape text quoted inside a <field>...</field> so it cannot close the field or form special tokens.
+
+    Lone surrogates (bytes that were not UTF-8, decoded with surrogateescape, e.g. from argv) become U+FFFD:
+    neither JSON-over-HTTP nor tokenizers can encode them, and the judge could not read those bytes anyway.
+    """
+    text = _LONE_SURROGATE.sub("\ufffd", text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -82,8 +82,15 @@ def load_records(source: str, split: str) -> list[PromptRecord]:
     if path.suffix == ".jsonl":
         if not path.is_file():
             raise ConfigError(f"dataset file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"dataset file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
+                "re-encode it as UTF-8"
+            ) from None
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -126,7 +126,8 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
                 f"recipe {path} must be a YAML mapping of key: value, got {type(data).__name__}"
             )
         known = {f for t in RECIPE_TYPES for f in t.__dataclass_fields__}
-        unknown = sorted(set(data) - known - {"env"})
+        # str(): YAML keys may be numbers or booleans (`1: 2`), which neither sort with strings nor name a field.
+        unknown = sorted(str(k) for k in set(data) - known - {"env"})
         if unknown:
             raise ConfigError(f"recipe {path}: unknown keys {unknown}; see `arr train --help` for valid keys")
         for key, value in data.items():
