@@ -253,7 +253,8 @@ def pretrain(
     start = 0
     latest = _latest_checkpoint(out_dir) if resume else None
     if latest is not None:
-        state = torch.load(latest / "state.pt", weights_only=False)
+        # weights_only: no pickle; the state holds only tensors, dicts, tuples and numbers (RNG states included).
+        state = torch.load(latest / "state.pt", weights_only=True)
         saved = PretrainConfig(
             **{**state["config"], "model": ShapesModelConfig.from_dict(state["config"]["model"])}
         )
