@@ -213,11 +213,6 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     sys.stderr.write(f"crash summary: {json.dumps(summary)}\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: _truncate_metrics rewrites metrics.jsonl in place (Path.write_text truncates first), so "
-    "a kill during resume loses the rows logged before the checkpoint; write a temporary file and os.replace it",
-)
 def test_metrics_rows_before_the_checkpoint_survive_a_kill_during_resume(tmp_path, monkeypatch):
     """Resume rewrites metrics.jsonl to drop rows past the checkpoint; a kill in that rewrite must not lose the rest.
 

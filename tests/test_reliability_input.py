@@ -204,11 +204,6 @@ def test_bad_dataset_rows_name_the_row(tmp_path, row, words):
     assert words in str(e.value) and "data.jsonl" in str(e.value) and one_line(str(e.value)), str(e.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: arr/rpo/trainer.py as_record accepts a non-string prompt and a rubric that is neither a "
-    "Rubric, dict nor JSON text (e.g. a number), so the row fails much later inside the policy or the judge",
-)
 @pytest.mark.parametrize(
     "row", [b'{"prompt": 5, "rubric": {"criteria": ["x"]}}', b'{"prompt": "a", "rubric": 7}']
 )
@@ -251,11 +246,6 @@ def test_bad_recipes_are_one_line_config_errors(tmp_path, data, words):
     assert "Traceback" not in str(e.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config bug: RPOConfig.__post_init__ accepts learning_rate nan/inf and lora_rank 0 (checks like "
-    "`learning_rate <= 0` are False for nan); training then fails deep in peft or produces NaN weights",
-)
 @pytest.mark.parametrize("data", ["learning_rate: .nan\n", "learning_rate: .inf\n", "lora_rank: 0\n"])
 def test_non_finite_or_zero_hyperparameters_are_refused(tmp_path, data):
     with pytest.raises(ConfigError):

@@ -171,12 +171,6 @@ def test_failure_rate_over_the_limit_stops_with_a_checkpoint_and_resume_loses_no
     _same_rows(direct, rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trainer bug: JudgeUnavailableError (every request of a batch unreachable) escapes "
-    "RPOTrainer.training_step, so a judge server that goes down stops training with a traceback and "
-    "without a checkpoint, instead of TrainingStopped + checkpoint like any other judge failure rate over the limit",
-)
 def test_judge_server_down_stops_with_a_checkpoint(tmp_path, server):
     with pytest.raises(TrainingStopped, match="max_judge_failure_rate"):
         _train(

@@ -9,6 +9,7 @@ values received and the fix (STYLE.md row 1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,6 +121,12 @@ class RPOConfig:
         def fail(name: str, rule: str, fix: str) -> None:
             raise ConfigError(f"RPOConfig.{name}={getattr(self, name)!r}: {rule}; {fix}")
 
+        for name in ("learning_rate", "eta", "shift", "guidance_scale", "beta", "clip_range", "adv_clip",
+                     "win_reward", "lose_reward", "max_grad_norm", "weight_decay", "adam_epsilon"):  # fmt: skip
+            if not math.isfinite(getattr(self, name)):
+                fail(name, "must be a finite number", "check the recipe for nan/inf")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            fail("lora_rank", "LoRA rank must be >= 1 and lora_alpha > 0", "the paper uses r16/alpha32")
         if self.group_size < 2:
             fail(
                 "group_size",

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from arr.backends.chat import JudgeUnavailableError
 from arr.policies.base import FlowPolicy, Trajectory
 from arr.policies.sde import gaussian_kl
 from arr.rewards import GroupReward
@@ -65,7 +66,15 @@ def as_record(row: Any) -> PromptRecord:
         raise ConfigError(
             f"a dataset row needs 'prompt' and 'rubric' fields, got {sorted(row) if isinstance(row, dict) else type(row).__name__}"
         )
+    if not isinstance(row["prompt"], str):
+        raise ConfigError(
+            f"a dataset row's 'prompt' must be a string, got {type(row['prompt']).__name__}: {row['prompt']!r:.60}"
+        )
     rubric = row["rubric"]
+    if not isinstance(rubric, (Rubric, dict, str, bytes)):
+        raise ConfigError(
+            f"the 'rubric' of prompt {row['prompt'][:60]!r} must be a Rubric, a dict or JSON text, got {type(rubric).__name__}"
+        )
     if isinstance(rubric, dict):
         rubric = Rubric.from_dict(rubric)
     elif isinstance(rubric, (str, bytes)):
@@ -536,7 +545,16 @@ class RPOTrainer:
         rollout = self.sample(self.step)
         t1 = time.perf_counter()
         judge_stats_before = self._judge_stats()
-        rewards, info = self.judge(rollout)
+        try:
+            rewards, info = self.judge(rollout)
+        except JudgeUnavailableError as e:
+            # The judge server is down (every request failed to connect): keep the work done so far.
+            self.save_checkpoint()
+            raise TrainingStopped(
+                f"step {self.step + 1}: the judge is unreachable ({e}), so 100% of samples got no judgment, over "
+                f"max_judge_failure_rate={self.args.max_judge_failure_rate:.0%}; a checkpoint was saved in "
+                f"{self.checkpoint_dir}; restart the judge server and resume with --resume_from_checkpoint latest"
+            ) from None
         t2 = time.perf_counter()
         judge_stats = {k: v - judge_stats_before.get(k, 0) for k, v in self._judge_stats().items()}
         advantages, mask = self.compute_advantages(rewards, rollout.group_size)
@@ -665,9 +683,15 @@ class RPOTrainer:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             with open(tmp / "trainer_state.json", "rb") as f:
                 os.fsync(f.fileno())
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if (
+                final.exists()
+            ):  # re-saving a step: move the old copy aside first, never half-delete it in place
+                old = self.checkpoint_dir / f".old_{final.name}_{os.getpid()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
             self._prune_checkpoints()
         acc.wait_for_everyone()
         return final
@@ -790,7 +814,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a row cut by a crash
         if step > 0 and row.get("step", 0) <= step:
             keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    # Write beside and rename: a crash mid-rewrite must not lose the rows logged before the checkpoint.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
