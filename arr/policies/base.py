@@ -204,7 +204,7 @@ class FlowMatchingPolicy(ABC):
         eta: float = 0.3,
         guidance_scale: float = 1.0,
         shift: float | None = 3.0,
-        reduction: Reduction = DEFAULT_REDUCTION,
+        reduction: Reduction | None = None,
         gradient_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
@@ -215,7 +215,7 @@ class FlowMatchingPolicy(ABC):
         self.eta = float(eta)
         self.guidance_scale = float(guidance_scale)
         self.shift = shift
-        self.reduction: Reduction = reduction
+        self.reduction: Reduction = reduction or DEFAULT_REDUCTION
         if device is not None:
             self.transformer.to(device)
         # Only LoRA weights train: the base network is frozen before any adapter is added.

@@ -72,7 +72,6 @@ class FluxPolicy(FlowMatchingPolicy):
         gradient_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        extra = {} if reduction is None else {"reduction": reduction}
         super().__init__(
             transformer,
             height=height,
@@ -83,7 +82,7 @@ class FluxPolicy(FlowMatchingPolicy):
             shift=shift,
             gradient_checkpointing=gradient_checkpointing,
             device=device,
-            **extra,
+            reduction=reduction,
         )
         self.vae = vae.to(self.device).requires_grad_(False)
         self.encode_fn = encode_fn

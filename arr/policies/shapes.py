@@ -37,7 +37,6 @@ class ShapesPolicy(FlowMatchingPolicy):
         gradient_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        extra = {} if reduction is None else {"reduction": reduction}
         size = model.config.image_size
         super().__init__(
             model.transformer,
@@ -49,7 +48,7 @@ class ShapesPolicy(FlowMatchingPolicy):
             shift=shift,
             gradient_checkpointing=gradient_checkpointing,
             device=device,
-            **extra,
+            reduction=reduction,
         )
         self.model = model.to(self.device).requires_grad_(False)
         self.negative_prompt = negative_prompt
