@@ -19,7 +19,7 @@ shipped = pytest.mark.skipif(
     not (ASSETS_DIR / "t2i" / CONFIG_NAME).is_file(), reason="shipped t2i weights missing"
 )
 TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts", "4", "--num_train_prompts", "8",
-            "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none"]  # fmt: skip
+            "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none", "--align_every", "0"]  # fmt: skip
 
 
 def arr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
