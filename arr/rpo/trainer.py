@@ -206,6 +206,7 @@ class RPOTrainer:
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
         self.history: list[dict[str, Any]] = []
+        self._orders: dict[int, np.ndarray] = {}
 
     # ---- data ----------------------------------------------------------------------------------------------
 
@@ -215,13 +216,20 @@ class RPOTrainer:
         per_step = self.args.prompts_per_step
         out = []
         for k in range(per_step):
-            pos = step * per_step + k
-            epoch, offset = divmod(pos, n)
-            order = np.random.default_rng(_seed_for(self.args.seed, 0xDA7A, epoch)).permutation(n)
-            out.append((k, self.train_records[int(order[offset])]))
+            epoch, offset = divmod(step * per_step + k, n)
+            out.append((k, self.train_records[int(self._epoch_order(epoch)[offset])]))
         share = per_step // self.accelerator.num_processes
         rank = self.accelerator.process_index
         return out[rank * share : (rank + 1) * share]
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The shuffled order of the training records in `epoch` (memoised: every step of an epoch reuses it)."""
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a step spans at most two epochs
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng(_seed_for(self.args.seed, 0xDA7A, epoch))
+            self._orders[epoch] = rng.permutation(len(self.train_records))
+        return self._orders[epoch]
 
     # ---- stages --------------------------------------------------------------------------------------------
 
