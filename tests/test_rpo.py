@@ -86,7 +86,9 @@ def test_reward_rises_and_lora_trains(tmp_path, mode):
     policy = tiny_policy()
     judge = RubricJudge(BrightnessBackend())
     reward = RubricPairwiseReward(judge) if mode == "pairwise" else RubricPointwiseReward(judge)
-    args = make_args(tmp_path, max_steps=8, reward_mode=mode, eval_num_prompts=8, learning_rate=3e-2, beta=0.0)
+    args = make_args(
+        tmp_path, max_steps=8, reward_mode=mode, eval_num_prompts=8, learning_rate=3e-2, beta=0.0
+    )
     trainer = RPOTrainer(
         policy, reward, args, t2i_records(16, "train"), t2i_records(8, "heldout"), brightness_eval
     )
