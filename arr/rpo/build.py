@@ -6,6 +6,7 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +19,47 @@ EVAL_SEED = (
 )
 
 
+def policy_device(cpu: bool) -> str:
+    """This process's device: its own GPU under `accelerate launch` (LOCAL_RANK), else the CPU.
+
+    The policy is built before the trainer's Accelerator exists, so the rank's GPU is read from the launcher's
+    environment; loading every rank onto cuda:0 would put 8 copies of FLUX on one card.
+    """
+    import torch
+
+    if cpu or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
 def build_policy(args: PolicyArguments, recipe: Recipe):
+    import torch
+
     from arr.policies import make_policy
 
     rpo = recipe.rpo
+    dtype = getattr(torch, args.torch_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ConfigError(
+            f"torch_dtype={args.torch_dtype!r} is not a torch dtype; use float32, bfloat16 or float16"
+        )
     common = dict(
-        num_steps=rpo.num_sampling_steps, eta=rpo.eta, shift=rpo.shift, reduction=rpo.logprob_reduction
+        num_steps=rpo.num_sampling_steps,
+        eta=rpo.eta,
+        shift=rpo.shift,
+        reduction=rpo.logprob_reduction,
+        guidance_scale=rpo.guidance_scale,
+        device=policy_device(rpo.cpu),
     )
     if args.policy == "shapes":
         from arr.policies.shapes import ShapesPolicy
 
-        return ShapesPolicy.from_pretrained(
-            args.model_name_or_path, guidance_scale=rpo.guidance_scale, **common
-        )
+        try:
+            return ShapesPolicy.from_pretrained(args.model_name_or_path, **common)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load shapes model {args.model_name_or_path!r}: {e}") from None
     try:
-        return make_policy(
-            args.policy,
-            model_id=args.model_name_or_path,
-            torch_dtype=args.torch_dtype,
-            guidance_scale=rpo.guidance_scale,
-            **common,
-        )
+        return make_policy(args.policy, model_id=args.model_name_or_path, torch_dtype=dtype, **common)
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"cannot load policy {args.policy!r} from {args.model_name_or_path!r}: {e}"
