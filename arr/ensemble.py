@@ -121,42 +121,20 @@ class EnsembleBackend:
 
     def judge_criteria(self, queries: Sequence[CriterionQuery]) -> list[CriterionVerdict]:
         rows = self._gather(lambda m: m.judge_criteria(queries), len(queries))
-        out = []
-        for verdicts in rows:
-            values = [v.prob_yes for v in verdicts]
-            raw, reason = self._summary(verdicts, values)
-            answered = [p for p in values if p is not None]
-            if len(answered) < self.min_answers:
-                errors = "; ".join(v.error or "no probability" for v in verdicts if v.prob_yes is None)
-                out.append(
-                    CriterionVerdict(
-                        None,
-                        reason,
-                        raw,
-                        error=f"{len(answered)} of {len(values)} members answered: {errors}",
-                    )
-                )
-            else:
-                out.append(CriterionVerdict(aggregate_criterion(answered, self.aggregation), reason, raw))
-        return out
+        return [self._combine(v, "prob_yes", CriterionVerdict, aggregate_criterion) for v in rows]
 
     def judge_pairs(self, queries: Sequence[PairQuery]) -> list[PairVerdict]:
         rows = self._gather(lambda m: m.judge_pairs(queries), len(queries))
-        out = []
-        for verdicts in rows:
-            values = [v.prob_first for v in verdicts]
-            raw, reason = self._summary(verdicts, values)
-            answered = [p for p in values if p is not None]
-            if len(answered) < self.min_answers:
-                errors = "; ".join(v.error or "no probability" for v in verdicts if v.prob_first is None)
-                out.append(
-                    PairVerdict(
-                        None,
-                        reason,
-                        raw,
-                        error=f"{len(answered)} of {len(values)} members answered: {errors}",
-                    )
-                )
-            else:
-                out.append(PairVerdict(aggregate_pair(answered, self.aggregation), reason, raw))
-        return out
+        return [self._combine(v, "prob_first", PairVerdict, aggregate_pair) for v in rows]
+
+    def _combine(self, verdicts: Sequence[Any], field: str, verdict_cls: type, aggregate: Callable) -> Any:
+        """One question's member verdicts -> the aggregated verdict, or a failure when too few answered."""
+        values = [getattr(v, field) for v in verdicts]
+        raw, reason = self._summary(verdicts, values)
+        answered = [p for p in values if p is not None]
+        if len(answered) < self.min_answers:
+            errors = "; ".join(v.error or "no probability" for v in verdicts if getattr(v, field) is None)
+            return verdict_cls(
+                None, reason, raw, error=f"{len(answered)} of {len(values)} members answered: {errors}"
+            )
+        return verdict_cls(aggregate(answered, self.aggregation), reason, raw)
