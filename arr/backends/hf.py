@@ -7,12 +7,18 @@ Two ways to answer, chosen by `mode`:
   against the second, or for an ordinal criterion (choices "1".."N") the expected credit (level - 1) / (N - 1)
   under the N digits' renormalised probabilities. Fast (no decoding) and calibrated rather than a vote; gives no
   reason text.
+  Questions about the same image(s) (pointwise scoring asks one per rubric criterion) share a long prefix: system
+  prompt, image tokens, prompt. With `share_prefix=True` that prefix is encoded once (vision tower and language
+  model) into a KV cache, and only each question's short suffix (criterion, answer instructions) runs per question,
+  batched against copies of the cache: the same tokens at the same positions, so the same probabilities.
 - "generate": greedy `generate()` of up to `max_new_tokens`, parsed as text; slower, but with a reason.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,8 @@ class HFBackend(ChatBackend):
         mode: "probs" (one forward pass, choice-token probabilities) or "generate" (greedy text, with reasons).
         max_new_tokens: generation budget in "generate" mode.
         trust_remote_code: allow custom code from the model folder; off unless the model needs it.
+        share_prefix: in "probs" mode, encode the common prefix of questions about the same images once and reuse
+            its KV cache (see the module docstring); False runs every question in full.
     """
 
     name = "hf"
@@ -93,6 +101,7 @@ class HFBackend(ChatBackend):
         mode: str = "probs",
         max_new_tokens: int = 128,
         trust_remote_code: bool = False,
+        share_prefix: bool = True,
     ) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
@@ -106,6 +115,7 @@ class HFBackend(ChatBackend):
         self.mode = mode
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.share_prefix = share_prefix
 
         if isinstance(model, PreTrainedModel):
             if processor is None:
@@ -225,6 +235,8 @@ class HFBackend(ChatBackend):
             generated = r.kind == "text" or self.mode == "generate"
             groups.setdefault((generated, bool(r.images)), []).append(i)
         for (generated, _), indices in groups.items():
+            if not generated and self.share_prefix:
+                indices = self._probs_by_prefix(requests, indices, results)
             for start in range(0, len(indices), self.batch_size):
                 chunk_ids = indices[start : start + self.batch_size]
                 chunk = [requests[i] for i in chunk_ids]
@@ -247,6 +259,127 @@ class HFBackend(ChatBackend):
         for r, n in zip(out, inputs["attention_mask"].sum(dim=1).tolist(), strict=True):
             r.prompt_tokens, r.completion_tokens = int(n), 0
         return out
+
+    # ---- shared-prefix scoring -------------------------------------------------------------------------------------
+
+    def _probs_by_prefix(
+        self, requests: Sequence[ChatRequest], indices: list[int], results: list[ChatResult | None]
+    ) -> list[int]:
+        """Answer, into `results`, the requests of `indices` that share their images with another; return the rest.
+
+        Requests are grouped by the identity of their image objects (`RubricJudge.score_many` passes one image
+        object to all of an item's criteria) and their choices; a group whose token prefix cannot be split cleanly is left to the
+        full path.
+        """
+        by_images: dict[tuple[Any, ...], list[int]] = {}
+        for i in indices:
+            # The choices select the system prompt too (yes/no vs a 1..N rating), so they are part of the key.
+            key = (requests[i].choices, *(id(im) for im in requests[i].images))
+            by_images.setdefault(key, []).append(i)
+        rest: list[int] = []
+        for group in by_images.values():
+            answers = self._probs_shared([requests[i] for i in group]) if len(group) > 1 else None
+            if answers is None:
+                rest.extend(group)
+                continue
+            for i, answer in zip(group, answers, strict=True):
+                results[i] = answer
+        return sorted(rest)
+
+    def _split_prefix(self, texts: list[str]) -> tuple[str, list[list[int]]] | None:
+        """The common prefix text of `texts` and each text's suffix token ids, or None when no clean split exists.
+
+        The split is made in token space (the longest common run of token ids, keeping at least one suffix token),
+        then checked: the prefix text must tokenize to exactly that run and hold every image placeholder, so that
+        prefix + suffix are the very tokens a full pass would see.
+        """
+        tok = self.tokenizer
+        if not getattr(tok, "is_fast", False):
+            return None  # offsets are needed to cut the text at a token boundary
+        enc = tok(texts, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        n = min(len(row) for row in ids) - 1
+        first = ids[0]
+        for row in ids[1:]:
+            k = 0
+            while k < n and row[k] == first[k]:
+                k += 1
+            n = k
+        if n <= 0:
+            return None
+        prefix_text = texts[0][: enc["offset_mapping"][0][n - 1][1]]
+        if tok(prefix_text)["input_ids"] != first[:n]:
+            return None
+        image_token = getattr(self.processor, "image_token", None)
+        if image_token is not None:
+            image_id = tok.convert_tokens_to_ids(image_token)
+            if any(image_id in row[n:] for row in ids):
+                return None
+        return prefix_text, [row[n:] for row in ids]
+
+    def _probs_shared(self, requests: Sequence[ChatRequest]) -> list[ChatResult] | None:
+        """Choice probabilities of requests with the same images: one prefix pass, then batched suffix passes."""
+        torch = self._torch
+        texts = [
+            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            + r.answer_prefix
+            for r in requests
+        ]
+        split = self._split_prefix(texts)
+        if split is None:
+            return None
+        prefix_text, suffixes = split
+        images = requests[0].images
+        prefix = self.processor(
+            text=[prefix_text], images=[images] if images else None, return_tensors="pt"
+        ).to(self.device)
+        pad = self.tokenizer.pad_token_id
+        out: list[ChatResult] = []
+        with torch.inference_mode():
+            prefix_cache = self._cache_of(self.model(**prefix, use_cache=True, logits_to_keep=1))
+            prefix_len = int(prefix["input_ids"].shape[1])
+            for start in range(0, len(requests), self.batch_size):
+                rows = suffixes[start : start + self.batch_size]
+                width = max(len(r) for r in rows)
+                # Right padding: each row's real tokens come first, and the causal mask keeps them from seeing the
+                # pads after them, so no attention mask is needed (and the model derives positions from the cache
+                # length, continuing the prefix's positions, M-RoPE offsets included).
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+                last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+                keep = torch.unique(last)
+                cache = prefix_cache
+                if start + self.batch_size < len(requests):
+                    cache = copy.deepcopy(
+                        prefix_cache
+                    )  # the suffix pass appends to it; later chunks need a clean one
+                cache.batch_repeat_interleave(len(rows))
+                logits = self.model(
+                    input_ids=ids, **{self._cache_arg: cache}, use_cache=True, logits_to_keep=keep
+                ).logits
+                picked = logits[torch.arange(len(rows), device=self.device), torch.searchsorted(keep, last)]
+                # Softmax in float32: bf16 logits would round small choice probabilities to zero.
+                probs = torch.softmax(picked.float(), dim=-1)
+                for row, req, suffix in zip(probs, requests[start : start + len(rows)], rows, strict=True):
+                    ids_ = self.choice_token_ids(req.choices)
+                    out.append(
+                        ChatResult(
+                            choice_probs=tuple(float(row[i].sum()) for i in ids_),
+                            prompt_tokens=prefix_len + len(suffix),
+                            completion_tokens=0,
+                        )
+                    )
+        return out
+
+    @property
+    def _cache_arg(self) -> str:
+        # transformers renamed `past_key_values` to `cache` (5.2x); pass it under the name this version takes.
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    @staticmethod
+    def _cache_of(output: Any) -> Any:
+        cache = getattr(output, "cache", None)
+        return cache if cache is not None else output.past_key_values
 
     def _generate(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         torch = self._torch
