@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ TINY = ShapesModelConfig(
     text_layers=1,
     text_heads=2,
 )
-TIMING = {"judge_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+TIMING = {"judge_seconds", "judge_wait_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
 
 
 def tiny_policy(**kw) -> ShapesPolicy:
@@ -213,3 +214,50 @@ def test_two_processes_equal_one(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         for k in ("reward_mean", "loss", "kl", "clip_frac", "ratio_mean", "grad_norm"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-7), k
+
+
+class _RemoteBrightness(BrightnessBackend):
+    """A 'remote' judge (as the openai backend declares itself) that logs when each request batch arrives."""
+
+    remote = True
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def judge_pairs(self, queries):
+        self.events.append("judge")
+        return super().judge_pairs(queries)
+
+
+def test_overlapped_judging_starts_before_sampling_ends_and_changes_nothing(tmp_path):
+    results = {}
+    for mode in ("auto", "off"):
+        events: list[str] = []
+        reward = RubricPairwiseReward(RubricJudge(_RemoteBrightness(events)))
+        # 4 prompts x 2 samples in chunks of 2 images: 4 chunks per step.
+        args = make_args(tmp_path / mode, max_steps=2, sample_batch_size=2, overlap_judging=mode)
+        trainer = RPOTrainer(tiny_policy(), reward, args, t2i_records(16, "train"), t2i_records(4, "heldout"))
+        assert trainer.overlaps_judging() == (mode == "auto")
+        chunks = trainer.sample_chunks
+
+        def logged_chunks(step, _chunks=chunks, _events=events, _mode=mode):
+            for i, chunk in enumerate(_chunks(step)):
+                _events.append("sampled")
+                yield chunk
+                if _mode == "auto" and i == 0:
+                    # The 2nd chunk waits (up to 10 s) for the judge: only a judge in the background can answer.
+                    deadline = time.monotonic() + 10
+                    while "judge" not in _events and time.monotonic() < deadline:
+                        time.sleep(0.01)
+
+        trainer.sample_chunks = logged_chunks
+        trainer.train()
+        first_step = events[: events.index("judge") + 1]
+        # With overlap the first chunk is judged while the others are still being sampled.
+        assert first_step.count("sampled") == (1 if mode == "auto" else 4), events[:12]
+        rows = read_rows(Path(args.output_dir))
+        results[mode] = [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+    assert len(results["auto"]) == len(results["off"]) == 3
+    for a, b in zip(results["auto"], results["off"], strict=True):
+        assert a == pytest.approx(b, rel=1e-6)

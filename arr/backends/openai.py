@@ -140,6 +140,7 @@ class OpenAIBackend(ChatBackend):
     """
 
     name = "openai"
+    remote = True  # requests wait on the network: the RPO trainer overlaps them with sampling
 
     def __init__(
         self,

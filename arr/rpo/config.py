@@ -53,6 +53,14 @@ class RPOConfig:
     sample_batch_size: int = field(
         default=16, metadata={"help": "images per sampling forward pass, per process"}
     )
+    overlap_judging: str = field(
+        default="auto",
+        metadata={
+            "help": "judge each sampled chunk in a background thread while the next chunk samples: on, off, or "
+            "auto (on for remote judges, e.g. the openai backend; a local judge would compete for the same "
+            "cores). Needs several chunks per step (sample_batch_size below the samples per process)"
+        },
+    )
 
     # ---- reward ----
     reward_mode: str = field(
@@ -163,6 +171,8 @@ class RPOConfig:
                 f"cannot exceed prompts_per_step={self.prompts_per_step} (groups are split)",
                 "lower it",
             )
+        if self.overlap_judging not in ("auto", "on", "off"):
+            fail("overlap_judging", "must be auto, on or off", "auto overlaps only with remote judges")
         if self.train_batch_size < 1 or self.sample_batch_size < 1:
             fail(
                 "train_batch_size",

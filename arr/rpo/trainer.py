@@ -8,6 +8,9 @@ One optimizer step runs five named stages, each a method that a subclass may ove
     optimize          PPO-clipped ratio + beta * KL(policy || LoRA-disabled reference) on transition means
     evaluate          held-out prompts sampled by the ODE, scored by the evaluation function
 
+With a remote judge, `sample_and_judge` sends each chunk of groups to the judge as soon as it is sampled and
+samples the next chunk meanwhile (`overlap_judging`), so network latency hides behind sampling.
+
 Distribution: each process samples and judges its share of the prompts; gradients of the LoRA parameters are
 all-reduced once per optimizer step (not per micro-batch), so N processes with the same global batch compute
 the same update as one. Every group's noise comes from a generator seeded by (seed, step, global group index),
@@ -24,7 +27,8 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,11 +245,14 @@ class RPOTrainer:
     @torch.no_grad()
     def sample(self, step: int) -> Rollout:
         """Sample G trajectories per prompt; each group's noise comes from its own (seed, step, index) generator."""
+        return _cat_rollouts(list(self.sample_chunks(step)))
+
+    @torch.no_grad()
+    def sample_chunks(self, step: int) -> Iterator[Rollout]:
+        """This step's rollout in chunks of `sample_batch_size` images, each yielded (decoded) as soon as it is
+        sampled, so a remote judge can start on it. Noise is drawn per group, so chunking does not change results."""
         args = self.args
         mine = self.prompts_for_step(step)
-        records = [r for _, r in mine]
-        trajs = []
-        # Groups are sampled in chunks for speed; noise is drawn per group so chunking does not change results.
         per_chunk = max(1, args.sample_batch_size // args.group_size)
         for c in range(0, len(mine), per_chunk):
             chunk = mine[c : c + per_chunk]
@@ -257,20 +264,51 @@ class RPOTrainer:
             )
             gens = [torch.Generator("cpu").manual_seed(_seed_for(args.seed, step, k)) for k, _ in chunk]
             with self.accelerator.autocast():
-                trajs.append(
-                    self.policy.sample(
-                        cond,
-                        group_size=args.group_size,
-                        num_steps=args.num_sampling_steps,
-                        eta=args.eta,
-                        guidance_scale=args.guidance_scale,
-                        sde_steps=self._sde_steps(),
-                        generators=gens,
-                    )
+                traj = self.policy.sample(
+                    cond,
+                    group_size=args.group_size,
+                    num_steps=args.num_sampling_steps,
+                    eta=args.eta,
+                    guidance_scale=args.guidance_scale,
+                    sde_steps=self._sde_steps(),
+                    generators=gens,
                 )
-        traj = trajs[0] if len(trajs) == 1 else _cat_trajectories(trajs)
-        images = self.policy.decode(traj.final)
-        return Rollout(traj, images, records, args.group_size)
+            yield Rollout(traj, self.policy.decode(traj.final), [r for _, r in chunk], args.group_size)
+
+    def overlaps_judging(self) -> bool:
+        """Whether `sample_and_judge` judges chunks in the background (see `RPOConfig.overlap_judging`)."""
+        mode = self.args.overlap_judging
+        if mode != "auto":
+            return mode == "on"
+        judge = getattr(self.reward, "judge", None)
+        return bool(getattr(getattr(judge, "backend", None), "remote", False))
+
+    def sample_and_judge(self, step: int) -> tuple[Rollout, list[float | None], dict[str, Any], float]:
+        """Sample and judge this step's batch; returns the rollout, rewards, reward info and the seconds spent
+        sampling. With overlap, each chunk goes to the judge (one background thread; the judge runs its own
+        requests concurrently) as soon as it is sampled, and only the last chunk's judging is left to wait for.
+        Rewards are per group, so they are the same either way."""
+        t0 = time.perf_counter()
+        if not self.overlaps_judging():
+            rollout = self.sample(step)
+            sample_seconds = time.perf_counter() - t0
+            rewards, info = self.judge(rollout)
+            return rollout, rewards, info, sample_seconds
+        chunks, futures = [], []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="arr-judge") as pool:
+            try:
+                for chunk in self.sample_chunks(step):
+                    chunks.append(chunk)
+                    futures.append(pool.submit(self.judge, chunk))
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            sample_seconds = time.perf_counter() - t0
+            results = [f.result() for f in futures]
+        rewards = [r for chunk_rewards, _ in results for r in chunk_rewards]
+        weights = [len(chunk.records) for chunk in chunks]
+        return _cat_rollouts(chunks), rewards, _merge_infos([i for _, i in results], weights), sample_seconds
 
     def judge(self, rollout: Rollout) -> tuple[list[float | None], dict[str, Any]]:
         """Rewards per sample (None = no judgment) and the reward's extra info."""
@@ -550,11 +588,9 @@ class RPOTrainer:
         """Sample, judge, compute advantages and optimize once; returns this step's metrics."""
         args, acc = self.args, self.accelerator
         t0 = time.perf_counter()
-        rollout = self.sample(self.step)
-        t1 = time.perf_counter()
         judge_stats_before = self._judge_stats()
         try:
-            rewards, info = self.judge(rollout)
+            rollout, rewards, info, sample_seconds = self.sample_and_judge(self.step)
         except JudgeUnavailableError as e:
             # The judge server is down (every request failed to connect): keep the work done so far.
             self.save_checkpoint()
@@ -563,6 +599,7 @@ class RPOTrainer:
                 f"max_judge_failure_rate={self.args.max_judge_failure_rate:.0%}; a checkpoint was saved in "
                 f"{self.checkpoint_dir}; restart the judge server and resume with --resume_from_checkpoint latest"
             ) from None
+        t1 = t0 + sample_seconds
         t2 = time.perf_counter()
         judge_stats = {k: v - judge_stats_before.get(k, 0) for k, v in self._judge_stats().items()}
         advantages, mask = self.compute_advantages(rewards, rollout.group_size)
@@ -603,6 +640,7 @@ class RPOTrainer:
             "judge_seconds": float(tot[5]),
             "step_seconds": t3 - t0,
             "sample_seconds": t1 - t0,
+            "judge_wait_seconds": t2 - t1,
             "optimize_seconds": t3 - t2,
         }
         row.update(
@@ -835,6 +873,32 @@ def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(_flat_scalars(v, f"{prefix}{k}/"))
         elif isinstance(v, (int, float, str, bool)):
             out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cat_rollouts(chunks: list[Rollout]) -> Rollout:
+    if len(chunks) == 1:
+        return chunks[0]
+    return Rollout(
+        _cat_trajectories([c.trajectory for c in chunks]),
+        [im for c in chunks for im in c.images],
+        [r for c in chunks for r in c.records],
+        chunks[0].group_size,
+    )
+
+
+def _merge_infos(infos: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
+    """Reward infos of chunks as one: counts (ints) add up, rates (floats) are averaged weighted by groups."""
+    total = max(sum(weights), 1)
+    out: dict[str, Any] = {}
+    for key in infos[0]:
+        values = [info.get(key) for info in infos]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(float(v) * w for v, w in zip(values, weights, strict=True)) / total
+        else:
+            out[key] = values[-1]
     return out
 
 

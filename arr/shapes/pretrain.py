@@ -61,6 +61,7 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    init_from: str | None = None  # warm start (e.g. "t2i" for the editing model); see `warm_start`
     model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
 
     def __post_init__(self) -> None:
@@ -161,6 +162,35 @@ def flow_loss(
     if cfg.loss == "x":
         return torch.mean((model.predict_x0(x_t, t, states, pooled, source) - x0) ** 2)
     return torch.mean((model.velocity(x_t, t, states, pooled, source) - (noise - x0)) ** 2)
+
+
+def warm_start(model: ShapesFlowModel, source: str) -> list[str]:
+    """Copy every weight whose shape matches from a trained model; returns the names that were not copied.
+
+    The editing model starts from the text-to-image model this way: text encoder and transformer carry over, and
+    the patch embedding's extra source-image input channels start at zero, so step 0 is the text-to-image model
+    that has not yet learned to look at the source. On 2 CPU cores this saves most of an hour of pretraining.
+    """
+    trained = load_pretrained(source).state_dict()
+    own = model.state_dict()
+    skipped = []
+    with torch.no_grad():
+        for name, value in own.items():
+            src = trained.get(name)
+            if src is not None and src.shape == value.shape:
+                value.copy_(src.to(value.dtype))
+            elif (
+                src is not None
+                and src.dim() == value.dim() == 4
+                and src.shape[0] == value.shape[0]
+                and src.shape[1] < value.shape[1]
+                and src.shape[2:] == value.shape[2:]
+            ):  # the patch embedding of a model with more input channels
+                value.zero_()
+                value[:, : src.shape[1]].copy_(src.to(value.dtype))
+            else:
+                skipped.append(name)
+    return skipped
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -268,6 +298,11 @@ def pretrain(
         rng.setstate(state["python_rng"])
         gen.set_state(state["torch_gen"])
         start = state["step"]
+    elif cfg.init_from:
+        skipped = warm_start(model, cfg.init_from)
+        if skipped:
+            raise ValueError(f"--init-from {cfg.init_from}: no matching weights for {skipped}")
+        ema.load_state_dict(model.state_dict())
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     data = T2IData(cfg.caption_dropout) if task == "t2i" else EditData(cfg.caption_dropout)
     log = (out_dir / "metrics.jsonl").open("a")

@@ -124,6 +124,7 @@ class FaultyJudgeServer:
         logprobs: send answer-token log-probabilities where the answerer gives them and the request asks.
         keep_bodies: keep every request body (for tests that inspect what the backend sent).
         counts_file: rewrite `counts` to this JSON file after every request (for a server in another process).
+        latency: seconds added before every answer (a remote judge's network + queueing time, for benchmarks).
     """
 
     def __init__(
@@ -139,6 +140,7 @@ class FaultyJudgeServer:
         logprobs: bool = True,
         keep_bodies: bool = False,
         counts_file: str | None = None,
+        latency: float = 0.0,
     ) -> None:
         unknown = sorted(set(faults) - set(FAULTS) - {LEAKY})
         if unknown:
@@ -154,6 +156,7 @@ class FaultyJudgeServer:
         self.logprobs = logprobs
         self.keep_bodies = keep_bodies
         self.counts_file = counts_file
+        self.latency = latency
         self.counts: Counter[str] = Counter()  # "ok", "unauthorized" and each fault name
         self.bodies: list[dict[str, Any]] = []
         self.auth_headers: Counter[str] = Counter()
@@ -316,6 +319,8 @@ class FaultyJudgeServer:
                     self._answer(body, fault, auth)
 
             def _answer(self, body: dict[str, Any], fault: str, auth: str) -> None:
+                if server.latency > 0:
+                    time.sleep(server.latency)
                 if fault == "timeout":
                     time.sleep(server.hang_seconds)
                     fault = "ok"
@@ -362,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--counts-file", default=None, help="write the per-fault counts here (JSON) on every request"
     )
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added before every answer")
     args = p.parse_args(argv)
     import os
     import sys
@@ -375,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hang_seconds=args.hang_seconds,
         api_key=key,
         counts_file=args.counts_file,
+        latency=args.latency,
     )
     sys.stdout.write(f"{server.base_url}\n")
     sys.stdout.flush()
