@@ -1,10 +1,15 @@
-"""`arr eval`: evaluate judges.
+"""`arr eval`: evaluate editing models on benchmarks, and judges on labelled pairs.
 
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai --model Qwen/Qwen2.5-VL-72B-Instruct \
+        --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
     arr eval preference eval/shapes_pairs.yaml --judge pixel --out runs/eval/shapes_pairs
     arr eval preference eval/mmrb2_sample.yaml --judge hf --model Qwen/Qwen2.5-VL-7B-Instruct \
         --rubrics rubrics.jsonl --guide guide.json
 
-Writes results.json and report.html to --out and prints the results as JSON.
+`arr eval SUITE.yaml` is short for `arr eval edit SUITE.yaml` (arr/evaluation/editing.py): it writes samples.jsonl,
+summary.json and report.html to --out, resumes an interrupted run in the same --out, and prints the summary.
+`arr eval preference` writes results.json and report.html to --out and prints the results as JSON.
 """
 
 from __future__ import annotations
@@ -13,12 +18,42 @@ import argparse
 import json
 
 
+class _AnyName:
+    """The subcommand names as argparse's `choices`, letting any word through its check; `_SuiteOrCommand` routes
+    a word that names no subcommand to `edit`."""
+
+    def __init__(self, names: dict) -> None:
+        self.names = names
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str)
+
+    def __iter__(self):
+        return iter(self.names)
+
+
+class _SuiteOrCommand(argparse._SubParsersAction):
+    """`arr eval SUITE.yaml ...` is `arr eval edit SUITE.yaml ...`: a first word that names no subcommand is a suite."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = _AnyName(self._name_parser_map)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if values and values[0] not in self._name_parser_map:
+            values = ["edit", *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
-    """Add `arr eval` (with its `preference` subcommand) to the `arr` parser."""
+    """Add `arr eval` (`arr eval SUITE.yaml` / `edit`, and `preference`) to the `arr` parser."""
     from arr.cli import _backend_args
 
     p = sub.add_parser(name, help=help, description=help)
-    esub = p.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
+    esub = p.add_subparsers(
+        dest="eval_command", metavar="SUITE.yaml | edit | preference", required=True, action=_SuiteOrCommand
+    )
+    _register_edit(esub)
     pref = esub.add_parser(
         "preference",
         help="preference accuracy, position-flip rate, ties and cost of a judge on labelled pairs",
@@ -121,4 +156,144 @@ def _run_preference(args: argparse.Namespace) -> int:
     json_path, html_path = write_report(result, out, f"Judge evaluation: {result['suite']['name']}")
     result["outputs"] = {"json": str(json_path), "html": str(html_path)}
     print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _register_edit(esub: argparse._SubParsersAction) -> None:
+    from arr.cli import _backend_args
+
+    edit = esub.add_parser(
+        "edit",
+        help="evaluate an editing model on a benchmark suite (GEdit-Bench, ImgEdit, MagicBrush, Emu Edit, shapes)",
+        description="Edit every sample of SUITE.yaml with --policy, score it with the suite's judge protocol and "
+        "metrics, and write samples.jsonl, summary.json and report.html to --out (resumable).",
+    )
+    edit.add_argument("suite", help="suite YAML (eval/shapes_edit.yaml, eval/gedit_bench.yaml, ...)")
+    edit.add_argument(
+        "--policy",
+        required=True,
+        help="shapes-edit | shapes:FOLDER | FAMILY:MODEL_ID (qwen_image:..., flux:...) | a diffusers pipeline id",
+    )
+    edit.add_argument(
+        "--policy-kwargs", default="{}", help="JSON: policy settings or pipeline call arguments"
+    )
+    edit.add_argument("--policy-device", help="device of the editing model (default: cuda if available)")
+    edit.add_argument("--policy-dtype", default="bfloat16", help="torch dtype of real editing models")
+    _backend_args(edit)
+    edit.add_argument(
+        "--judge",
+        dest="backend",
+        help="judge backend: pixel | hf | openai (same as --backend; default: the suite's)",
+    )
+    edit.set_defaults(backend=None)
+    edit.add_argument("--no-judge", action="store_true", help="compute the reference metrics only")
+    edit.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
+    edit.add_argument(
+        "--clip", help="CLIP model id or folder for CLIP-I / CLIP-T / CLIP-dir (default: the suite's)"
+    )
+    edit.add_argument("--dino", help="DINO model id or folder for the DINO metric (default: the suite's)")
+    edit.add_argument("--limit", type=int, help="evaluate at most this many samples")
+    edit.add_argument(
+        "--batch-size", type=int, default=8, help="samples edited and judged together (default 8)"
+    )
+    edit.add_argument(
+        "--seed", type=int, default=0, help="base seed; each sample's seed derives from it and its id"
+    )
+    edit.add_argument("--data-dir", help="where generated suites write their data (default: OUT/data)")
+    edit.add_argument("--out", help="output folder (default: runs/eval/<suite name>)")
+    edit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    edit.set_defaults(run=_run_edit)
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from arr.backends.chat import JudgeUnavailableError
+    from arr.cli import CLIError, backend_from_args
+    from arr.evaluation.edit_benchmarks import load_edit_suite
+    from arr.evaluation.edit_judges import make_edit_judge
+    from arr.evaluation.edit_metrics import EditMetrics
+    from arr.evaluation.editing import evaluate_edits
+    from arr.evaluation.editors import build_editor
+
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        policy_kwargs = json.loads(args.policy_kwargs)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--policy-kwargs is not JSON ({e.msg}): {args.policy_kwargs!r}") from None
+    if not isinstance(policy_kwargs, dict):
+        raise CLIError(f"--policy-kwargs must be a JSON object, got {args.policy_kwargs!r}")
+    suite_path = Path(args.suite)
+    if not suite_path.is_file():
+        raise CLIError(f"suite {suite_path} not found (and {args.suite!r} is no `arr eval` subcommand)")
+    out = Path(args.out) if args.out else Path("runs") / "eval" / suite_path.stem
+    try:
+        suite, samples = load_edit_suite(suite_path, Path(args.data_dir or out / "data"), args.limit)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if not samples:
+        raise CLIError(f"suite {suite_path} has no samples")
+
+    judge = None
+    if not args.no_judge:
+        if args.backend is None:
+            args.backend = suite.get("judge", "pixel")
+        if args.backend == "pixel":
+            from arr.backends import load_backend
+
+            backend = load_backend("pixel", **(suite.get("judge_kwargs") or {}))
+        else:
+            backend = backend_from_args(args)
+            if args.judge_concurrency is not None and hasattr(backend, "max_concurrency"):
+                backend.max_concurrency = args.judge_concurrency
+        try:
+            judge = make_edit_judge(suite.get("protocol", "viescore"), backend)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+
+    metric_config = dict(suite.get("metrics") or {})
+    for name in ("clip", "dino"):
+        if getattr(args, name):
+            metric_config[name] = getattr(args, name)
+    try:
+        metrics = EditMetrics.from_config(metric_config) if metric_config.get("names") else None
+        editor = build_editor(args.policy, args.policy_device, args.policy_dtype, **policy_kwargs)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if judge is None and metrics is None:
+        raise CLIError(f"suite {suite_path} has no metrics: it needs a judge (drop --no-judge)")
+
+    info = {
+        "suite": suite.get("name", suite_path.stem),
+        "suite_path": str(suite_path),
+        "schema": suite["schema_resolved"],
+        "source": suite["source"],
+    }
+    try:
+        summary = evaluate_edits(
+            samples,
+            editor,
+            out,
+            judge,
+            metrics,
+            info=info,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    except JudgeUnavailableError as e:
+        raise CLIError(
+            f"{e}; finished samples are saved in {out}: run the same command again to resume"
+        ) from None
+    summary["outputs"] = {
+        "summary": str(out / "summary.json"),
+        "samples": str(out / "samples.jsonl"),
+        "html": str(out / "report.html"),
+    }
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
