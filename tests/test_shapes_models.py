@@ -19,7 +19,7 @@ from arr.shapes.models import (
     load_pretrained,
     save_pretrained,
 )
-from arr.shapes.pretrain import PretrainConfig, SceneRenderer, lr_at, main, pretrain
+from arr.shapes.pretrain import PretrainConfig, SceneRenderer, lr_at, main, pretrain, warm_start
 from arr.shapes.prompts import CATEGORIES, all_prompts
 from arr.shapes.sample import (
     images_to_tensor,
@@ -192,6 +192,22 @@ def test_edit_pretraining_runs_and_samples(tmp_path):
     source = render(random_scene(random.Random(0)))
     edited = sample(model, ["remove the red circle"], [0], steps=2, source_images=[source])
     assert edited[0].size == (48, 48)
+
+
+def test_edit_model_warm_started_from_t2i_is_the_t2i_model_at_step_0(tmp_path):
+    t2i = build_t2i_model(tiny(), seed=1).eval()
+    save_pretrained(t2i, tmp_path / "t2i", dtype=torch.float32)
+    edit = build_edit_model(tiny("edit"), seed=2).eval()
+    assert warm_start(edit, str(tmp_path / "t2i")) == []
+    x = torch.randn(2, 3, 48, 48)
+    states, pooled = t2i.encode_text(["a red circle", "make the red circle blue"])
+    with torch.no_grad():
+        want = t2i.velocity(x, 0.7, states, pooled)
+        for source in (torch.zeros_like(x), torch.randn_like(x)):  # source channels start at zero weight
+            assert torch.allclose(edit.velocity(x, 0.7, states, pooled, source=source), want, atol=1e-5)
+    # A model of another size cannot be warm-started: every mismatched weight is named.
+    other = build_edit_model(tiny("edit", text_hidden_size=32))
+    assert "text_encoder" in " ".join(warm_start(other, str(tmp_path / "t2i")))
 
 
 def test_cli_runs(tmp_path):
