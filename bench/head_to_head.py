@@ -1,0 +1,387 @@
+"""Head-to-head in the shapes world: rubric RPO vs pointwise rubric scores vs a Bradley-Terry reward model vs a plain judge.
+
+    OMP_NUM_THREADS=1 python bench/head_to_head.py --steps 60 --seeds 0,1,2 --eval-prompts 300
+
+Every method trains the shipped shapes text-to-image model with the same recipe (arr/recipes/shapes_t2i_rpo.yaml,
+read at run time), the same budget and the same seeds; only the reward (and the advantage rule it needs) changes:
+- `rubric_pairwise`: RPO, the pixel judge compares each pair against the prompt's rubric (+1 / -0.1, ties 0);
+- `rubric_pointwise`: the pixel judge's rubric score per image, normalised within each group (GRPO-style);
+- `bt_reward_model`: a `PairwiseRewardModel` trained with the Bradley-Terry loss on `--bt-pairs` (100) shapes
+  preference pairs (training split, generation-like perturbations), its score normalised within each group;
+- `plain_judge`: the pairwise reward with no rubric (`HolisticShapesBackend`: one strict yes/no per image).
+Each run is evaluated on the same held-out prompts (strict shapes-GenEval per category) every `--eval-every`
+steps; besides the held-out score, every evaluation also scores the held-out samples with the BT model and the
+rubric, so reward hacking shows as a proxy rising while the strict held-out score falls.
+
+Writes bench/results/head_to_head.json (all curves and final figures), and with --doc the markdown table and the
+SVG plot (docs/head_to_head.md, docs/images/head_to_head.svg). The runs are CPU-heavy: about 2.5 min per
+60-step run with 300 evaluation prompts on 2 idle cores; 4 methods x 3 seeds take 30-60 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS = ("rubric_pairwise", "rubric_pointwise", "bt_reward_model", "plain_judge")
+LABELS = {
+    "rubric_pairwise": "(a) rubric pairwise (RPO)",
+    "rubric_pointwise": "(b) rubric pointwise",
+    "bt_reward_model": "(c) Bradley-Terry RM",
+    "plain_judge": "(d) plain judge",
+}
+COLORS = {
+    "rubric_pairwise": "#1f77b4",
+    "rubric_pointwise": "#2ca02c",
+    "bt_reward_model": "#d62728",
+    "plain_judge": "#9467bd",
+}
+
+
+def train_bt(
+    n_pairs: int, n_eval: int, epochs: int, out_dir: Path, seed: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """Train the Bradley-Terry reward model on `n_pairs` t2i training-split pairs; held-out accuracy on `n_eval`."""
+    import torch
+
+    from arr.reward_models.bradley_terry import (
+        BradleyTerryConfig,
+        BradleyTerryTrainer,
+        PairwiseRewardModel,
+        PairwiseRewardModelConfig,
+    )
+    from arr.shapes.pairs import make_pairs
+
+    t = time.perf_counter()
+    train = make_pairs(n_pairs, seed=seed + 1, split="train", task="t2i", perturb=True)
+    held = make_pairs(n_eval, seed=seed, split="heldout", task="t2i", perturb=True)
+    torch.manual_seed(seed)
+    model = PairwiseRewardModel(PairwiseRewardModelConfig())
+    result = BradleyTerryTrainer(model, BradleyTerryConfig(epochs=epochs, seed=seed), train, held).train()
+    model.save_pretrained(out_dir)
+    info = {
+        "train_pairs": n_pairs,
+        "eval_pairs": n_eval,
+        "epochs": epochs,
+        "train_accuracy": result.train_accuracy,
+        "heldout": result.eval,
+        "history": result.history,
+        "seconds": time.perf_counter() - t,
+        "path": str(out_dir),
+    }
+    return model, info
+
+
+def make_evaluator(bt_model):
+    """Strict shapes-GenEval + the proxies (BT score, rubric score) on the same held-out samples."""
+    from arr.shapes.training import geneval_scores
+
+    def evaluate(records, images):
+        out = geneval_scores(records, images)
+        scores = bt_model.score([r.prompt for r in records], list(images))
+        out["eval_bt_score"] = sum(scores) / max(len(scores), 1)
+        return out
+
+    return evaluate
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root: Path) -> dict[str, Any]:
+    import torch
+
+    from arr.backends.pixel import PixelBackend
+    from arr.judge import RubricJudge
+    from arr.reward_models.plain_judge import HolisticShapesBackend, PlainJudgeReward
+    from arr.reward_models.rewards import RewardModelReward
+    from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
+    from arr.rpo.build import build_data, build_policy
+    from arr.rpo.recipe import parse_recipe
+    from arr.rpo.trainer import RPOTrainer
+
+    mode = "pointwise" if method in ("rubric_pointwise", "bt_reward_model") else "pairwise"
+    out_dir = out_root / f"{method}_seed{seed}"
+    overrides = {
+        "output_dir": str(out_dir),
+        "seed": seed,
+        "max_steps": args.steps,
+        "eval_steps": args.eval_every,
+        "eval_num_prompts": args.eval_prompts,
+        "reward_mode": mode,
+        "save_steps": 10**6,
+        "sample_steps": 10**6,
+        "report_to": "none",
+        "align_every": 0,
+    }
+    argv = [args.recipe]
+    for k, v in overrides.items():
+        argv += [f"--{k}", str(v)]
+    recipe = parse_recipe(argv)
+    torch.manual_seed(seed)
+    policy = build_policy(recipe.policy, recipe)
+    train, evals, _ = build_data(recipe.data, recipe)
+    rpo = recipe.rpo
+    if method == "rubric_pairwise":
+        reward = RubricPairwiseReward(RubricJudge(PixelBackend()), rpo.win_reward, rpo.lose_reward)
+    elif method == "rubric_pointwise":
+        reward = RubricPointwiseReward(RubricJudge(PixelBackend()))
+    elif method == "bt_reward_model":
+        reward = RewardModelReward(bt_model)
+    else:
+        reward = PlainJudgeReward(RubricJudge(HolisticShapesBackend()), rpo.win_reward, rpo.lose_reward)
+    targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
+    trainer = RPOTrainer(
+        policy,
+        reward,
+        rpo,
+        train_dataset=train,
+        eval_dataset=evals,
+        evaluator=make_evaluator(bt_model),
+        lora_target_modules=targets or None,
+        run_config=recipe.to_dict(),
+    )
+    t = time.perf_counter()
+    trainer.train()
+    rows = trainer.history
+    train_curve = [{"step": r["step"], "reward_mean": r["reward_mean"]} for r in rows if "reward_mean" in r]
+    eval_curve = [
+        {k: v for k, v in r.items() if k == "step" or k.startswith("eval")} for r in rows if "eval_score" in r
+    ]
+    return {
+        "method": method,
+        "seed": seed,
+        "reward_mode": mode,
+        "seconds": time.perf_counter() - t,
+        "train_curve": train_curve,
+        "eval_curve": eval_curve,
+        "before": eval_curve[0],
+        "after": eval_curve[-1],
+        "best": max(eval_curve, key=lambda e: e["eval_score"]),
+    }
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: mean +- sd over seeds of the final held-out figures and of the change from the base model."""
+    out: dict[str, Any] = {}
+    for method in METHODS:
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
+        keys = sorted(k for k in mine[0]["after"] if k.startswith("eval"))
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
+        for k in keys:
+            row[k] = _mean_sd([r["after"][k] for r in mine])
+            row[f"delta/{k}"] = _mean_sd([r["after"][k] - r["before"][k] for r in mine])
+        out[method] = row
+    return out
+
+
+def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
+    """Two panels: own training reward (z-scored per method, mean over seeds) and held-out strict score vs step."""
+    w, h, pad = 900, 360, 50
+    panel_w = (w - 3 * pad) / 2
+
+    def series(method: str, key: str) -> list[tuple[int, float]]:
+        mine = [r for r in runs if r["method"] == method]
+        if key == "reward":
+            by: dict[int, list[float]] = {}
+            for r in mine:
+                vals = [c["reward_mean"] for c in r["train_curve"]]
+                # A running mean over 10 steps: single-step rewards are noisy (8 prompts per step).
+                for i, c in enumerate(r["train_curve"]):
+                    window = vals[max(0, i - 9) : i + 1]
+                    by.setdefault(c["step"], []).append(sum(window) / len(window))
+        else:
+            by = {}
+            for r in mine:
+                for c in r["eval_curve"]:
+                    by.setdefault(c["step"], []).append(c[key])
+        return sorted((s, statistics.fmean(v)) for s, v in by.items())
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 40}" font-family="sans-serif" font-size="12">'
+    ]
+    panels = [
+        ("reward", "training reward (own reward, 10-step mean; min-max scaled per method)"),
+        ("eval_score", "held-out strict shapes-GenEval"),
+    ]
+    for p, (key, title) in enumerate(panels):
+        x0 = pad + p * (panel_w + pad)
+        parts.append(f'<text x="{x0}" y="20">{title}</text>')
+        parts.append(f'<rect x="{x0}" y="30" width="{panel_w}" height="{h - 60}" fill="none" stroke="#888"/>')
+        all_series = {m: series(m, key) for m in METHODS}
+        all_series = {m: s for m, s in all_series.items() if s}
+        if not all_series:
+            continue
+        max_step = max(s for pts in all_series.values() for s, _ in pts) or 1
+        if key == "reward":  # different rewards live on different scales: scale each to [0, 1]
+            scaled = {}
+            for m, pts in all_series.items():
+                lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+                scaled[m] = [(s, (v - lo) / (hi - lo) if hi > lo else 0.5) for s, v in pts]
+            all_series, lo, hi = scaled, 0.0, 1.0
+        else:
+            vals = [v for pts in all_series.values() for _, v in pts]
+            lo, hi = min(vals) - 0.01, max(vals) + 0.01
+        for frac in (0.0, 0.5, 1.0):
+            y = 30 + (h - 60) * (1 - frac)
+            parts.append(f'<text x="{x0 - 45}" y="{y + 4:.0f}">{lo + frac * (hi - lo):.2f}</text>')
+        parts.append(f'<text x="{x0 + panel_w - 40}" y="{h - 15}">step {max_step}</text>')
+        for m, pts in all_series.items():
+            coords = " ".join(
+                f"{x0 + panel_w * s / max_step:.1f},{30 + (h - 60) * (1 - (v - lo) / (hi - lo)):.1f}"
+                for s, v in pts
+            )
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="{COLORS[m]}" stroke-width="2"/>')
+    for i, m in enumerate(METHODS):
+        x = pad + i * 210
+        parts.append(f'<rect x="{x}" y="{h + 15}" width="14" height="4" fill="{COLORS[m]}"/>')
+        parts.append(f'<text x="{x + 20}" y="{h + 21}">{LABELS[m]}</text>')
+    parts.append("</svg>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from arr.shapes.prompts import CATEGORIES
+
+    summary, cfg, bt = result["summary"], result["config"], result["bt"]
+    lines = [
+        f"Budget: {cfg['steps']} steps, seeds {cfg['seeds']}, {cfg['eval_prompts']} held-out prompts, recipe "
+        f"`{cfg['recipe']}`. Mean ± sd over seeds of the final held-out figures; Δ is the change from the base "
+        f"model on the same prompts and seeds.",
+        "",
+        "| reward | overall | Δ overall | " + " | ".join(CATEGORIES) + " | rubric score | BT score |",
+        "|---|---|---|" + "---|" * len(CATEGORIES) + "---|---|",
+    ]
+    for m in METHODS:
+        if m not in summary:
+            continue
+        s = summary[m]
+        cells = [f"{s[f'eval/{c}'][0]:.3f}" if f"eval/{c}" in s else "-" for c in CATEGORIES]
+        lines.append(
+            f"| {LABELS[m]} | {s['eval_score'][0]:.3f} ± {s['eval_score'][1]:.3f} | "
+            f"{s['delta/eval_score'][0]:+.3f} ± {s['delta/eval_score'][1]:.3f} | "
+            + " | ".join(cells)
+            + f" | {s['eval_rubric_score'][0]:.3f} | {s['eval_bt_score'][0]:+.2f} |"
+        )
+    base = [r["before"] for r in result["runs"] if r["method"] == METHODS[0]] or [
+        r["before"] for r in result["runs"]
+    ]
+    if base:
+        cells = [f"{statistics.fmean(b[f'eval/{c}'] for b in base):.3f}" for c in CATEGORIES]
+        lines.append(
+            f"| base model | {statistics.fmean(b['eval_score'] for b in base):.3f} | | "
+            + " | ".join(cells)
+            + f" | {statistics.fmean(b['eval_rubric_score'] for b in base):.3f} | "
+            f"{statistics.fmean(b['eval_bt_score'] for b in base):+.2f} |"
+        )
+    lines += [
+        "",
+        f"BT reward model: {bt['train_pairs']} training pairs, {bt['epochs']} epochs; held-out preference accuracy "
+        f"{bt['heldout']['accuracy']:.3f} on {bt['eval_pairs']} held-out pairs (train accuracy {bt['train_accuracy']:.3f}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(result: dict[str, Any], doc: Path = Path("docs/head_to_head.md")) -> None:
+    """Put the table between the doc's table markers and redraw docs/images/head_to_head.svg."""
+    begin, end = "<!-- head_to_head table begin -->", "<!-- head_to_head table end -->"
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else f"# Head-to-head\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{markdown(result)}{end}{tail}", encoding="utf-8")
+    svg_curves(result["runs"], doc.parent / "images" / "head_to_head.svg")
+
+
+def main() -> None:
+    from arr.rpo.cli import demo_recipe_path
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--eval-prompts", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=20)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--recipe", default=str(demo_recipe_path()))
+    p.add_argument("--bt-pairs", type=int, default=100)
+    p.add_argument("--bt-eval-pairs", type=int, default=200)
+    p.add_argument("--bt-epochs", type=int, default=80)
+    p.add_argument("--bt-model", help="use this trained reward model folder instead of training one")
+    p.add_argument("--out", default="bench/results/head_to_head.json")
+    p.add_argument("--runs-dir", default="runs/head_to_head")
+    p.add_argument(
+        "--doc", action="store_true", help="also write the table into docs/head_to_head.md and the SVG plot"
+    )
+    p.add_argument(
+        "--combine", help="comma-separated result JSONs (e.g. seeds run in parallel) to merge into --out"
+    )
+    args = p.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine.split(",")]
+        result = parts[0]
+        result["runs"] = [r for part in parts for r in part["runs"]]
+        result["config"]["seeds"] = sorted({r["seed"] for r in result["runs"]})
+        result["summary"] = summarise(result["runs"])
+        Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+        if args.doc:
+            write_doc(result)
+        print(json.dumps(result["summary"], indent=1, default=float))
+        return
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        p.error(f"unknown methods {bad}; choose from {list(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out_root = Path(args.runs_dir)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from arr.reward_models.bradley_terry import PairwiseRewardModel
+
+    if args.bt_model:
+        bt_model = PairwiseRewardModel.from_pretrained(args.bt_model)
+        bt_info = json.loads((Path(args.bt_model) / "training.json").read_text())
+    else:
+        bt_model, bt_info = train_bt(args.bt_pairs, args.bt_eval_pairs, args.bt_epochs, out_root / "bt_model")
+        (out_root / "bt_model" / "training.json").write_text(json.dumps(bt_info, indent=1))
+    result: dict[str, Any] = {
+        "config": {
+            "steps": args.steps,
+            "seeds": seeds,
+            "eval_prompts": args.eval_prompts,
+            "eval_every": args.eval_every,
+            "recipe": args.recipe,
+            "methods": methods,
+        },
+        "bt": {k: v for k, v in bt_info.items() if k != "history"},
+        "runs": [],
+    }
+    for seed in seeds:
+        for method in methods:
+            run = run_one(method, seed, args, bt_model, out_root)
+            result["runs"].append(run)
+            result["summary"] = summarise(result["runs"])
+            out.write_text(json.dumps(result, indent=1, default=float))
+            print(
+                f"{method} seed {seed}: {run['before']['eval_score']:.3f} -> {run['after']['eval_score']:.3f} "
+                f"({run['seconds']:.0f} s)",
+                flush=True,
+            )
+    if args.doc:
+        write_doc(result)
+    print(json.dumps(result["summary"], indent=1, default=float))
+    if any(not math.isfinite(r["after"]["eval_score"]) for r in result["runs"]):
+        raise SystemExit("a run ended with a non-finite held-out score")
+
+
+if __name__ == "__main__":
+    main()
