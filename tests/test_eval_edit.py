@@ -242,3 +242,48 @@ def test_diffusers_editor_calls_the_pipeline_per_image_with_its_seed():
         ("b", {"true_cfg_scale": 4.0, "num_inference_steps": 3})
     ]
     assert "true_cfg_scale" in editor.fingerprint()
+
+
+def test_rpo_checkpoint_lora_is_applied(assets, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    model_dir = assets / "assets" / "edit"
+    trained = build_editor(str(model_dir), num_steps=2)
+    trained.policy.add_lora(4, 8.0)
+    with torch.no_grad():
+        for name, p in trained.policy.transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_3"
+    ckpt.mkdir(parents=True)
+    save_file(
+        {k: v.contiguous() for k, v in trained.policy.lora_state_dict().items()}, ckpt / "lora.safetensors"
+    )
+    (tmp_path / "run" / "config.yaml").write_text("lora_rank: 4\nlora_alpha: 8\n")
+
+    loaded = build_editor(str(model_dir), num_steps=2, lora=str(ckpt))
+    base = build_editor(str(model_dir), num_steps=2)
+    src = [Image.new("RGB", (48, 48), (0, 0, 0))]
+    want = trained.edit(src, ["remove the red circle"], [5])[0]
+    assert loaded.edit(src, ["remove the red circle"], [5])[0].tobytes() == want.tobytes()
+    assert base.edit(src, ["remove the red circle"], [5])[0].tobytes() != want.tobytes()
+    assert loaded.fingerprint() != base.fingerprint() and "lora:" in loaded.fingerprint()
+    (tmp_path / "run" / "config.yaml").unlink()
+    with pytest.raises(ValueError, match="--lora-alpha"):
+        build_editor(str(model_dir), lora=str(ckpt))
+
+
+@pytest.mark.slow  # a tiny real Qwen2-VL generating answers on CPU
+def test_real_hf_judge_runs_the_gedit_protocol(shipped, tiny_vlm_path, tmp_path, capsys):
+    out = tmp_path / "gedit"
+    args = ["eval", str(ROOT / "eval" / "gedit_sample.yaml"), "--policy", "shapes-edit", "--policy-kwargs",
+            '{"num_steps": 2}', "--judge", "hf", "--model", str(tiny_vlm_path), "--trust-remote-code",
+            "--limit", "3", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    # A random tiny VLM rarely writes valid JSON scores: every sample is either scored in range or listed as failed.
+    assert summary["n_scored"] + len(summary["failed"]) == 3
+    for row in read_rows(out / "samples.jsonl").values():
+        assert row["error"] or 0 <= row["scores"]["O"] <= 10
+    capsys.readouterr()

@@ -179,6 +179,8 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     )
     edit.add_argument("--policy-device", help="device of the editing model (default: cuda if available)")
     edit.add_argument("--policy-dtype", default="bfloat16", help="torch dtype of real editing models")
+    edit.add_argument("--lora", help="LoRA to apply: an RPO checkpoint folder (RUN/checkpoints/step_N)")
+    edit.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: read from RUN/config.yaml)")
     _backend_args(edit)
     edit.add_argument(
         "--judge",
@@ -260,7 +262,9 @@ def _run_edit(args: argparse.Namespace) -> int:
             metric_config[name] = getattr(args, name)
     try:
         metrics = EditMetrics.from_config(metric_config) if metric_config.get("names") else None
-        editor = build_editor(args.policy, args.policy_device, args.policy_dtype, **policy_kwargs)
+        editor = build_editor(
+            args.policy, args.policy_device, args.policy_dtype, args.lora, args.lora_alpha, **policy_kwargs
+        )
     except ValueError as e:
         raise CLIError(str(e)) from None
     if judge is None and metrics is None:

@@ -38,12 +38,14 @@ class PolicyEditor:
 
     def __init__(self, policy: Any, name: str, eta: float = 0.0, **sample_kwargs: Any) -> None:
         self.policy, self.name, self.eta, self.sample_kwargs = policy, name, float(eta), sample_kwargs
+        self.lora: str | None = None  # stamp of loaded LoRA weights (see load_lora)
 
     def fingerprint(self) -> str:
         settings = {
             "eta": self.eta,
             "num_steps": getattr(self.policy, "num_steps", None),
             "guidance_scale": getattr(self.policy, "guidance_scale", None),
+            "lora": self.lora,
             **self.sample_kwargs,
         }
         return f"policy:{self.name}:{json.dumps(settings, sort_keys=True, default=str)}"
@@ -97,14 +99,54 @@ class DiffusersEditor:
         return out
 
 
+def load_lora(policy: Any, checkpoint: str | Path, alpha: float | None = None) -> str:
+    """Load an RPO checkpoint's LoRA (`checkpoints/step_N/lora.safetensors`) into `policy`; returns a stamp for the
+    fingerprint. The rank and target modules are read from the weights; alpha from the run's config.yaml beside
+    `checkpoints/` unless given."""
+    import hashlib
+
+    import yaml
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint)
+    file = path / "lora.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(
+            f"--lora {checkpoint}: no lora.safetensors there (expected an RPO checkpoints/step_N folder)"
+        )
+    state = load_file(str(file))
+    a_keys = [k for k in state if ".lora_A." in k]
+    if not a_keys:
+        raise ValueError(f"--lora {file}: no LoRA weights (no '.lora_A.' keys)")
+    rank = int(state[a_keys[0]].shape[0])
+    targets = sorted({k.split(".lora_A.")[0] for k in a_keys})
+    if alpha is None:
+        config = file.parent.parent.parent / "config.yaml"
+        try:
+            alpha = float(yaml.safe_load(config.read_text(encoding="utf-8"))["lora_alpha"])
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+            raise ValueError(
+                f"--lora {file}: cannot read lora_alpha from {config}; pass it with --lora-alpha"
+            ) from None
+    policy.add_lora(rank, alpha, targets)
+    policy.load_lora_state_dict(state)
+    return f"lora:{hashlib.sha256(file.read_bytes()).hexdigest()[:16]}:r{rank}:a{alpha:g}"
+
+
 SHAPES_DEFAULTS = {"num_steps": 20, "guidance_scale": 1.5}  # arr.shapes.sample's defaults
 
 
 def build_editor(
-    spec: str, device: str | None = None, torch_dtype: str = "bfloat16", **kwargs: Any
+    spec: str,
+    device: str | None = None,
+    torch_dtype: str = "bfloat16",
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
+    **kwargs: Any,
 ) -> Editor:
     """An editor for `arr eval --policy SPEC` (see the module docstring); `kwargs` are policy settings
-    (shapes / FlowPolicy: num_steps, guidance_scale, ...) or pipeline call arguments (diffusers)."""
+    (shapes / FlowPolicy: num_steps, guidance_scale, ...) or pipeline call arguments (diffusers). `lora` is an RPO
+    checkpoint folder (FlowPolicy editors) or LoRA weights diffusers' `load_lora_weights` reads (pipelines)."""
     from arr.policies import POLICIES
     from arr.shapes.models import CONFIG_NAME
 
@@ -123,7 +165,7 @@ def build_editor(
             raise ValueError(
                 f"shapes model {model!r} is a text-to-image model; --policy needs an editing model"
             )
-        return PolicyEditor(policy, spec)
+        return _with_lora(PolicyEditor(policy, spec), lora, lora_alpha)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_id and family in POLICIES:
         from arr.policies import make_policy
@@ -133,8 +175,19 @@ def build_editor(
             policy = make_policy(family, model_id=model_id, torch_dtype=dtype, device=device, **kwargs)
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load policy {family!r} from {model_id!r}: {e}") from None
-        return PolicyEditor(policy, spec)
-    return DiffusersEditor.from_pretrained(spec, torch_dtype=torch_dtype, device=device, **kwargs)
+        return _with_lora(PolicyEditor(policy, spec), lora, lora_alpha)
+    editor = DiffusersEditor.from_pretrained(spec, torch_dtype=torch_dtype, device=device, **kwargs)
+    if lora is not None:
+        editor.pipeline.load_lora_weights(str(lora))
+        editor.name = f"{spec}+{lora}"
+    return editor
 
 
-__all__ = ["DiffusersEditor", "Editor", "PolicyEditor", "build_editor"]
+def _with_lora(editor: PolicyEditor, lora: str | Path | None, alpha: float | None) -> PolicyEditor:
+    if lora is not None:
+        editor.lora = load_lora(editor.policy, lora, alpha)
+        editor.name = f"{editor.name}+{lora}"
+    return editor
+
+
+__all__ = ["DiffusersEditor", "Editor", "PolicyEditor", "build_editor", "load_lora"]
