@@ -128,6 +128,16 @@ def load_records(source: str, split: str) -> list[PromptRecord]:
     records = []
     for n, row in enumerate(rows, 1):
         try:
+            image_path = row.get("source_image") if isinstance(row, dict) else None
+            if isinstance(
+                image_path, str
+            ):  # editing records in JSONL name their source image, relative to the file
+                from arr.images import ImageLoadError, load_image
+
+                try:
+                    row = {**row, "source_image": load_image(path.parent / image_path)}
+                except ImageLoadError as e:
+                    raise ValueError(str(e)) from None
             records.append(as_record(row))
         except (ConfigError, ValueError) as e:
             raise ConfigError(f"{source} row {n}: {e}") from None
@@ -143,6 +153,12 @@ def build_data(args: DataArguments, recipe: Recipe):
         train = t2i_records(args.num_train_prompts, args.train_split, seed=rpo.seed)
         evals = balanced_t2i_records(rpo.eval_num_prompts, args.eval_split, seed=EVAL_SEED)
         return train, evals, geneval_scores
+    if args.dataset == "shapes_edit":
+        from arr.shapes.training import edit_records, edit_scores
+
+        train = edit_records(args.num_train_prompts, args.train_split, seed=rpo.seed)
+        evals = edit_records(rpo.eval_num_prompts, args.eval_split, seed=EVAL_SEED)
+        return train, evals, edit_scores
     train = load_records(args.dataset, args.train_split)
     evals = load_records(args.dataset, args.eval_split) if args.eval_split else []
     return train, evals, None

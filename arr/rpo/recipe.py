@@ -66,7 +66,10 @@ class DataArguments:
 
     dataset: str = field(
         default="shapes",
-        metadata={"help": "'shapes' (built-in world) or a JSONL file / folder of prompt records"},
+        metadata={
+            "help": "'shapes' / 'shapes_edit' (built-in world) or a JSONL file / Hub dataset of prompt records "
+            "(editing records add 'source_image': a path relative to the JSONL file, or an image column)"
+        },
     )
     train_split: str = field(default="train", metadata={"help": "split for training prompts"})
     eval_split: str = field(default="heldout", metadata={"help": "split for held-out evaluation prompts"})

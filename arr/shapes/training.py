@@ -1,7 +1,9 @@
-"""The shapes world as RPO training data and evaluation: prompt records with rubrics, and a GenEval-style scorer.
+"""The shapes world as RPO training data and evaluation: prompt records with rubrics, and the held-out scorers.
 
-`eval_score` is GenEval's overall: the mean over categories of the fraction of prompts whose image is strictly
-correct (exactly the requested objects, colours and relation, nothing else), judged by the pixel detector.
+Text-to-image: `eval_score` is GenEval's overall, the mean over categories of the fraction of prompts whose image is
+strictly correct (exactly the requested objects, colours and relation, nothing else), judged by the pixel detector.
+Editing: `eval_score` is GEdit-Bench's overall, the mean of sqrt(instruction x preservation) from the pixel judge,
+with instruction following, preservation and strict correctness (the detected scene is the target) beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,62 @@ def balanced_t2i_records(n: int, split: str, seed: int = 0) -> list[PromptRecord
     records = t2i_records(n, split, seed)
     random.Random(seed).shuffle(records)
     return records
+
+
+def edit_records(n: int, split: str, seed: int = 0) -> list[PromptRecord]:
+    """`n` edits of `split` (recolour, remove, add, move), each with its source image and instruction rubric."""
+    from arr.shapes.edits import rubric_for_edit, sample_edit
+    from arr.shapes.scene import render
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        edit = sample_edit(rng, split)
+        out.append(
+            PromptRecord(
+                edit.text,
+                rubric_for_edit(edit),
+                category=edit.kind,
+                source_image=render(edit.source),
+                extra={"edit": edit},
+            )
+        )
+    return out
+
+
+def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, float]:
+    """GEdit-style overall (`eval_score`), instruction, preservation and strict correctness, overall and per kind."""
+    from arr.backends.pixel import PixelBackend
+    from arr.shapes.edits import edit_correct
+
+    pixel = PixelBackend()
+    rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for rec, image in zip(records, images, strict=True):
+        edit = rec.extra.get("edit")
+        if edit is None:
+            raise ValueError(f"record {rec.prompt!r} has no shapes EditSpec; build records with edit_records")
+        d = pixel.score_details(image, rec.rubric, rec.source_image)
+        rows[edit.kind].append(
+            {
+                "score": float(d["score"]),
+                "instruction": float(d["instruction"]),
+                "preservation": float(1.0 if d["preservation"] is None else d["preservation"]),
+                "correct": float(edit_correct(edit, image)),
+            }
+        )
+    everything = [r for kind_rows in rows.values() for r in kind_rows]
+
+    def mean(items: list[dict[str, float]], key: str) -> float:
+        return sum(r[key] for r in items) / max(len(items), 1)
+
+    out = {
+        "eval_score": mean(everything, "score"),
+        "eval_instruction": mean(everything, "instruction"),
+        "eval_preservation": mean(everything, "preservation"),
+        "eval_correct": mean(everything, "correct"),
+    }
+    out.update({f"eval/{kind}": mean(r, "score") for kind, r in sorted(rows.items())})
+    return out
 
 
 def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, float]:
