@@ -50,6 +50,21 @@ def test_recomputed_log_probs_give_ratio_one_and_groups_share_noise(cfg):
     assert policy.decode(traj.final)[0].size == (12, 12)
 
 
+def test_independent_initial_noise_per_sample_keeps_ratio_one():
+    policy = t2i(eta=0.5)
+    gens = [torch.Generator().manual_seed(k) for k in (0, 1)]
+    traj = policy.sample(policy.encode(PROMPTS), group_size=2, generators=gens, shared_noise=False)
+    assert not torch.equal(traj.noise[0], traj.noise[1]) and not torch.equal(traj.noise[2], traj.noise[3])
+    # The first sample of each group starts from the noise a shared-noise group would have used.
+    shared = policy.sample(
+        policy.encode(PROMPTS), group_size=2, generators=[torch.Generator().manual_seed(k) for k in (0, 1)]
+    )
+    torch.testing.assert_close(traj.noise[[0, 2]], shared.noise[[0, 2]], rtol=0, atol=0)
+    for i in traj.train_steps:
+        out = policy.transition(traj, i)
+        assert torch.exp(out.log_prob - traj.log_probs[:, i]).sub(1).abs().max().item() < 1e-5
+
+
 def test_reference_and_kl_gradient():
     policy = t2i()
     traj = policy.sample(policy.encode(PROMPTS), seed=1)

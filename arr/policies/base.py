@@ -313,15 +313,18 @@ class FlowMatchingPolicy(ABC):
         height: int | None = None,
         width: int | None = None,
         reduction: Reduction | None = None,
+        shared_noise: bool = True,
     ) -> Trajectory:
-        """Sample `group_size` trajectories per prompt, all of a group from the same initial noise.
+        """Sample `group_size` trajectories per prompt, all of a group from the same initial noise (RPO's
+        design: a group differs only by its SDE noise) or, with `shared_noise=False`, each from its own
+        (flow-GRPO's design: more diverse groups, but part of a comparison is initial-noise luck).
 
         The batch is [p0 x G, p1 x G, ...]. `sde_steps` picks the stochastic steps (default: all; the others are
         Euler ODE steps with no log-probability, which halves the backward work when training half the steps).
         `eta = 0` samples the ODE everywhere. Noise comes from `generators` (one per prompt: that group's initial
         and step noise then depend only on its generator, so results do not depend on batching or on how prompts
         are split over processes), else `generator`, else a CPU generator seeded with `seed`, else torch's global
-        RNG; `noise` [P, ...] fixes the initial noise of each group.
+        RNG; `noise` [P, ...] fixes the initial noise of each group ([P x G, ...] without `shared_noise`).
         """
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -350,13 +353,19 @@ class FlowMatchingPolicy(ABC):
         n_groups = len(cond)
         if generators is not None and len(generators) != n_groups:
             raise ValueError(f"got {len(generators)} generators for {n_groups} prompts; pass one per prompt")
+        per_group = 1 if shared_noise else group_size
         if noise is None and generators is not None:
-            noise = torch.cat([self._initial_noise(1, h, w, g) for g in generators])
+            noise = torch.cat([self._initial_noise(per_group, h, w, g) for g in generators])
         elif noise is None:
-            noise = self._initial_noise(n_groups, h, w, generator)
-        elif noise.shape[0] != n_groups:
-            raise ValueError(f"noise has batch {noise.shape[0]}, expected one per prompt ({n_groups})")
-        x = noise.to(device=device, dtype=torch.float32).repeat_interleave(group_size, dim=0)
+            noise = self._initial_noise(n_groups * per_group, h, w, generator)
+        elif noise.shape[0] != n_groups * per_group:
+            raise ValueError(
+                f"noise has batch {noise.shape[0]}, expected {n_groups * per_group} "
+                f"({'one per prompt' if shared_noise else 'one per sample'})"
+            )
+        x = noise.to(device=device, dtype=torch.float32)
+        if shared_noise:
+            x = x.repeat_interleave(group_size, dim=0)
         full = cond.repeat_interleave(group_size) if group_size > 1 else cond
         extras = self._sample_extras(h, w)
         batch = x.shape[0]

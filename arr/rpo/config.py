@@ -50,6 +50,12 @@ class RPOConfig:
         default=1.0,
         metadata={"help": "fraction of the sampling steps that are stochastic and trained (the rest ODE)"},
     )
+    shared_noise: bool = field(
+        default=True,
+        metadata={
+            "help": "a group's samples start from the same initial noise (RPO); false: each from its own (flow-GRPO)"
+        },
+    )
     sample_batch_size: int = field(
         default=16, metadata={"help": "images per sampling forward pass, per process"}
     )

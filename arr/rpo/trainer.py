@@ -272,6 +272,7 @@ class RPOTrainer:
                     guidance_scale=args.guidance_scale,
                     sde_steps=self._sde_steps(),
                     generators=gens,
+                    shared_noise=args.shared_noise,
                 )
             yield Rollout(traj, self.policy.decode(traj.final), [r for _, r in chunk], args.group_size)
 
