@@ -156,6 +156,8 @@ def test_gedit_fixture_with_vlm_judge_reports_corrupt_rows_and_languages(assets,
     assert summary["languages"]["cn"]["n"] == 1 and summary["languages"]["en"]["n"] == 5
     assert summary["overall"]["O"] == pytest.approx(math.sqrt(42)) and summary["overall"]["SC"] == 6
     assert summary["languages"]["cn"]["PQ"] == 7
+    # Intersection_exist is true on even rows of the fixture: 0, 2, 4 of the six scored ones.
+    assert summary["subsets"]["intersection"]["n"] == 3
     assert "Per language" in (tmp_path / "report.html").read_text()
 
 
@@ -287,3 +289,55 @@ def test_real_hf_judge_runs_the_gedit_protocol(shipped, tiny_vlm_path, tmp_path,
     for row in read_rows(out / "samples.jsonl").values():
         assert row["error"] or 0 <= row["scores"]["O"] <= 10
     capsys.readouterr()
+
+
+def test_openai_judge_requests_go_out_in_parallel_and_an_outage_resumes(assets, tmp_path):
+    import threading
+    import time
+
+    import httpx
+
+    from arr.backends.chat import JudgeUnavailableError
+    from arr.backends.openai import OpenAIBackend
+
+    state = {"now": 0, "peak": 0, "down": True}
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if state["down"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        body = json.loads(request.content)
+        n_images = sum(
+            p.get("type") == "image_url"
+            for m in body["messages"]
+            for p in m["content"]
+            if isinstance(p, dict)
+        )
+        text = '{"success": 9, "overediting": 8}' if n_images == 2 else '{"naturalness": 6, "artifacts": 7}'
+        return httpx.Response(200, json={"id": "x", "object": "chat.completion",
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})  # fmt: skip
+
+    def backend() -> OpenAIBackend:
+        return OpenAIBackend("judge-model", base_url="http://judge.test/v1", transport=httpx.MockTransport(handler),
+                             max_concurrency=4, max_retries=1, backoff=0.001, timeout=2.0)  # fmt: skip
+
+    suite, samples = load_edit_suite(ROOT / "eval" / "gedit_sample.yaml", tmp_path / "data")
+    editor = tiny_editor(assets)
+    with pytest.raises(JudgeUnavailableError):
+        evaluate_edits(
+            samples, editor, tmp_path / "out", VIEScoreJudge(backend()), batch_size=8, progress=False
+        )
+    assert read_rows(tmp_path / "out" / "samples.jsonl") == {}
+    assert len(list((tmp_path / "out" / "edits").glob("*.png"))) == 6  # the edits survive the outage
+    state["down"] = False
+    summary = evaluate_edits(
+        samples, editor, tmp_path / "out", VIEScoreJudge(backend()), batch_size=8, progress=False
+    )
+    assert summary["n_scored"] == 6 and summary["overall"]["O"] == pytest.approx(math.sqrt(8 * 6))
+    assert state["peak"] > 1  # the batch's 12 requests were in flight together, up to max_concurrency

@@ -247,10 +247,23 @@ def _run_edit(args: argparse.Namespace) -> int:
             from arr.backends import load_backend
 
             backend = load_backend("pixel", **(suite.get("judge_kwargs") or {}))
+        elif args.backend == "openai" and args.judge_concurrency is not None:
+            if not args.model:
+                raise CLIError("--judge openai needs --model (the model name the server serves)")
+            if args.judge_concurrency < 1:
+                raise CLIError(f"--judge-concurrency must be >= 1, got {args.judge_concurrency}")
+            from arr.backends import load_backend
+
+            kwargs = {"model": args.model, "max_concurrency": args.judge_concurrency}
+            kwargs.update(
+                {k: v for k, v in (("base_url", args.base_url), ("api_key_env", args.api_key_env)) if v}
+            )
+            try:
+                backend = load_backend("openai", **kwargs)
+            except (ValueError, OSError) as e:
+                raise CLIError(str(e)) from None
         else:
             backend = backend_from_args(args)
-            if args.judge_concurrency is not None and hasattr(backend, "max_concurrency"):
-                backend.max_concurrency = args.judge_concurrency
         try:
             judge = make_edit_judge(suite.get("protocol", "viescore"), backend)
         except ValueError as e:

@@ -110,7 +110,7 @@ def write_edit_report(
     head = ["id", "category", "language", "instruction", "source", "edit"] + (
         ["ground truth"] if has_target else []
     )
-    head += columns + ["judge says"]
+    head += ["judge says"] + columns
     body = []
     for r in rows:
         s = by_id.get(r["id"])
@@ -136,12 +136,12 @@ def write_edit_report(
                 images.append(None)
         for src in images:
             cells.append(f"<td><img loading='lazy' src='{html.escape(src)}'></td>" if src else "<td></td>")
+        note = r.get("error") or r.get("reason") or ""
+        cells.append(f"<td class='text'>{html.escape(note)}</td>")
         values = {**(r.get("scores") or {}), **(r.get("metrics") or {})}
         for c in columns:
             v = values.get(c)
             cells.append(f"<td data-v='{'' if v is None else v}'>{_fmt(v)}</td>")
-        note = r.get("error") or r.get("reason") or ""
-        cells.append(f"<td class='text'>{html.escape(note)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f"<th onclick='sortTable(this)'>{html.escape(h)}</th>" for h in head)
     sample_table = (

@@ -97,8 +97,9 @@ def _means(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def summarize(
     rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]], info: dict[str, Any]
 ) -> dict[str, Any]:
-    """Means over the scored rows: overall (over samples), per category and per language, plus the macro average
-    (mean of the category means, as ImgEdit's overall). Failed rows (no judgment) are listed, not averaged."""
+    """Means over the scored rows: overall (over samples), per category and per language, the macro average (mean of
+    the category means, as ImgEdit's overall) and GEdit-Bench's intersection subset where the data marks it. Failed
+    rows (no judgment) are listed, not averaged."""
     scored = [r for r in rows if not r.get("error")]
     failed = [{"id": r["id"], "error": r["error"]} for r in rows if r.get("error")]
     by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -111,6 +112,9 @@ def summarize(
     keys = [k for k in overall if k != "n"]
     macro = {k: _mean([m[k] for m in categories.values() if m.get(k) is not None]) for k in keys}
     headline_key = HEADLINE.get(info.get("protocol") or "", (None, 1.0))[0]
+    subsets = {}
+    if any("intersection" in r for r in scored):
+        subsets["intersection"] = _means([r for r in scored if r.get("intersection")])
     return {
         **info,
         "n_samples": len(rows) + len(skipped),
@@ -120,6 +124,7 @@ def summarize(
         "macro": macro,
         "categories": categories,
         "languages": {lang: _means(rs) for lang, rs in sorted(by_lang.items())},
+        "subsets": subsets,
         "skipped": list(skipped),
         "failed": failed,
     }
@@ -223,6 +228,8 @@ def evaluate_edits(
                     "edit_seconds": round(edit_seconds, 4),
                     "judge_seconds": round(judge_seconds, 4),
                 }
+                if "intersection" in s.extra:  # GEdit-Bench's subset with both an en and a cn instruction
+                    row["intersection"] = bool(s.extra["intersection"])
                 if j is not None and j.get("raw") is not None:
                     row["raw"] = j["raw"]
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
