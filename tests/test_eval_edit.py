@@ -341,3 +341,20 @@ def test_openai_judge_requests_go_out_in_parallel_and_an_outage_resumes(assets, 
     )
     assert summary["n_scored"] == 6 and summary["overall"]["O"] == pytest.approx(math.sqrt(8 * 6))
     assert state["peak"] > 1  # the batch's 12 requests were in flight together, up to max_concurrency
+
+
+def test_shapes_policy_editor_matches_arr_shapes_edit(assets):
+    """`arr eval --policy shapes-edit` samples what `arr shapes edit` samples for the same seed and settings."""
+    import random
+
+    from arr.shapes.models import load_pretrained
+    from arr.shapes.sample import sample
+    from arr.shapes.scene import random_scene, render
+
+    src = render(random_scene(random.Random(1), 3))
+    prompts = ["remove the red circle", "add a blue square"]
+    ours = build_editor(str(assets / "assets" / "edit"), num_steps=3).edit([src, src], prompts, [11, 12])
+    theirs = sample(
+        load_pretrained(assets / "assets" / "edit"), prompts, [11, 12], steps=3, source_images=[src, src]
+    )
+    assert [im.tobytes() for im in ours] == [im.tobytes() for im in theirs]
