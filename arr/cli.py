@@ -34,7 +34,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "rubrics: `arr rubric show | generate | prompts` (ARR generate -> verify -> refine)",
         "arr.cli:_register_rubric",
     ),
-    "eval": ("evaluate judges: `arr eval preference SUITE.yaml --judge ...`", "arr.evaluation.cli:register"),
+    "eval": (
+        "evaluate editing models on benchmarks (`arr eval SUITE.yaml --policy P --judge J`) "
+        "and judges (`arr eval preference`)",
+        "arr.evaluation.cli:register",
+    ),
     "align": (
         "representation alignment: metrics of two .npy feature files, or a run's align/* curves",
         "arr.diagnostics.cli:register",
