@@ -184,69 +184,82 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
-    """Two panels: own training reward (z-scored per method, mean over seeds) and held-out strict score vs step."""
-    w, h, pad = 900, 360, 50
-    panel_w = (w - 3 * pad) / 2
+    """Three panels against the step, means over seeds: each method's own training reward (10-step running mean,
+    min-max scaled per method, since the rewards live on different scales), the held-out strict shapes-GenEval
+    score, and the BT model's score of the same held-out samples (the proxy a BT-trained policy can hack)."""
+    panels = [
+        ("reward", "own training reward (scaled per method)"),
+        ("eval_score", "held-out strict shapes-GenEval"),
+        ("eval_bt_score", "held-out BT reward-model score"),
+    ]
+    pad, panel_w, h = 55, 330, 300
+    w = pad + len(panels) * (panel_w + pad)
 
     def series(method: str, key: str) -> list[tuple[int, float]]:
-        mine = [r for r in runs if r["method"] == method]
-        if key == "reward":
-            by: dict[int, list[float]] = {}
-            for r in mine:
+        by: dict[int, list[float]] = {}
+        for r in runs:
+            if r["method"] != method:
+                continue
+            if key == "reward":
                 vals = [c["reward_mean"] for c in r["train_curve"]]
                 # A running mean over 10 steps: single-step rewards are noisy (8 prompts per step).
                 for i, c in enumerate(r["train_curve"]):
                     window = vals[max(0, i - 9) : i + 1]
                     by.setdefault(c["step"], []).append(sum(window) / len(window))
-        else:
-            by = {}
-            for r in mine:
+            else:
                 for c in r["eval_curve"]:
                     by.setdefault(c["step"], []).append(c[key])
         return sorted((s, statistics.fmean(v)) for s, v in by.items())
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 40}" font-family="sans-serif" font-size="12">'
-    ]
-    panels = [
-        ("reward", "training reward (own reward, 10-step mean; min-max scaled per method)"),
-        ("eval_score", "held-out strict shapes-GenEval"),
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 60}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h + 60}" fill="white"/>',
     ]
     for p, (key, title) in enumerate(panels):
         x0 = pad + p * (panel_w + pad)
         parts.append(f'<text x="{x0}" y="20">{title}</text>')
         parts.append(f'<rect x="{x0}" y="30" width="{panel_w}" height="{h - 60}" fill="none" stroke="#888"/>')
-        all_series = {m: series(m, key) for m in METHODS}
-        all_series = {m: s for m, s in all_series.items() if s}
-        if not all_series:
+        curves = {m: series(m, key) for m in METHODS}
+        curves = {m: c for m, c in curves.items() if c}
+        if not curves:
             continue
-        max_step = max(s for pts in all_series.values() for s, _ in pts) or 1
-        if key == "reward":  # different rewards live on different scales: scale each to [0, 1]
+        max_step = max(s for pts in curves.values() for s, _ in pts) or 1
+        if key == "reward":
             scaled = {}
-            for m, pts in all_series.items():
+            for m, pts in curves.items():
                 lo, hi = min(v for _, v in pts), max(v for _, v in pts)
                 scaled[m] = [(s, (v - lo) / (hi - lo) if hi > lo else 0.5) for s, v in pts]
-            all_series, lo, hi = scaled, 0.0, 1.0
+            curves, lo, hi = scaled, 0.0, 1.0
         else:
-            vals = [v for pts in all_series.values() for _, v in pts]
-            lo, hi = min(vals) - 0.01, max(vals) + 0.01
+            vals = [v for pts in curves.values() for _, v in pts]
+            span = max(vals) - min(vals) or 1.0
+            lo, hi = min(vals) - 0.05 * span, max(vals) + 0.05 * span
         for frac in (0.0, 0.5, 1.0):
             y = 30 + (h - 60) * (1 - frac)
-            parts.append(f'<text x="{x0 - 45}" y="{y + 4:.0f}">{lo + frac * (hi - lo):.2f}</text>')
-        parts.append(f'<text x="{x0 + panel_w - 40}" y="{h - 15}">step {max_step}</text>')
-        for m, pts in all_series.items():
+            parts.append(f'<text x="{x0 - 50}" y="{y + 4:.0f}">{lo + frac * (hi - lo):.2f}</text>')
+        parts.append(f'<text x="{x0}" y="{h - 12}">step 0</text>')
+        parts.append(f'<text x="{x0 + panel_w - 50}" y="{h - 12}">step {max_step}</text>')
+        for m, pts in curves.items():
             coords = " ".join(
                 f"{x0 + panel_w * s / max_step:.1f},{30 + (h - 60) * (1 - (v - lo) / (hi - lo)):.1f}"
                 for s, v in pts
             )
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{COLORS[m]}" stroke-width="2"/>')
     for i, m in enumerate(METHODS):
-        x = pad + i * 210
-        parts.append(f'<rect x="{x}" y="{h + 15}" width="14" height="4" fill="{COLORS[m]}"/>')
-        parts.append(f'<text x="{x + 20}" y="{h + 21}">{LABELS[m]}</text>')
+        x = pad + i * 220
+        parts.append(f'<rect x="{x}" y="{h + 25}" width="14" height="4" fill="{COLORS[m]}"/>')
+        parts.append(f'<text x="{x + 20}" y="{h + 31}">{LABELS[m]}</text>')
     parts.append("</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+
+
+def _rel(path: str) -> str:
+    import os
+
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -255,7 +268,7 @@ def markdown(result: dict[str, Any]) -> str:
     summary, cfg, bt = result["summary"], result["config"], result["bt"]
     lines = [
         f"Budget: {cfg['steps']} steps, seeds {cfg['seeds']}, {cfg['eval_prompts']} held-out prompts, recipe "
-        f"`{cfg['recipe']}`. Mean ± sd over seeds of the final held-out figures; Δ is the change from the base "
+        f"`{_rel(cfg['recipe'])}`. Mean ± sd over seeds of the final held-out figures; Δ is the change from the base "
         f"model on the same prompts and seeds.",
         "",
         "| reward | overall | Δ overall | " + " | ".join(CATEGORIES) + " | rubric score | BT score |",
