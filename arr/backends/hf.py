@@ -337,6 +337,8 @@ class HFBackend(ChatBackend):
         out: list[ChatResult] = []
         with torch.inference_mode():
             prefix_cache = self._cache_of(self.model(**prefix, use_cache=True, logits_to_keep=1))
+            if not hasattr(prefix_cache, "batch_repeat_interleave"):
+                return None  # a cache type that cannot be copied across a batch: the full path answers these
             prefix_len = int(prefix["input_ids"].shape[1])
             for start in range(0, len(requests), self.batch_size):
                 rows = suffixes[start : start + self.batch_size]
