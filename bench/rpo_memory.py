@@ -123,7 +123,8 @@ def child(args: argparse.Namespace) -> dict:
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    lora_changed = all(not torch.equal(b, p.detach()) for b, p in zip(before, params, strict=True))
+    # How many LoRA tensors the optimizer step moved (the step really trains the adapters).
+    lora_changed = sum(not torch.equal(b, p.detach()) for b, p in zip(before, params, strict=True))
     peak_kib = _status_kib("VmHWM")
     return {
         "checkpointing": args.checkpointing,
@@ -140,7 +141,7 @@ def child(args: argparse.Namespace) -> dict:
         "reference_call_rss_growth_over_weights": reference_growth / weight_bytes,
         "rss_growth_during_loss_and_backward_mib": (_status_kib("VmRSS") - loop_rss) / 1024,
         "image_tokens": (args.latent // 2) ** 2,
-        "every_lora_tensor_changed": lora_changed,
+        "lora_tensors_changed": f"{lora_changed}/{len(params)}",
     }
 
 

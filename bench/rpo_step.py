@@ -14,7 +14,7 @@ Overhead = step wall time - the sum of the phases: data selection, advantages, l
 `.item()` syncs, logging. The target is overhead <= 10% of the step. A stricter figure counts only the network
 calls as model compute (transformer forwards, timed by hooks; the text encoder; the decoder; backward; optimizer),
 so the SDE arithmetic and CFG batching inside sampling and the log-prob recompute count as outside
-(`outside_model_fraction_strict`, the judge excluded from both sides). The trainer's own `sample_seconds`,
+(`outside_model_fraction_strict`, of the whole step; the judge counts as neither). The trainer's own `sample_seconds`,
 `judge_wait_seconds` and `optimize_seconds` (written to metrics.jsonl) are reported beside, as a cross-check.
 """
 
