@@ -159,7 +159,7 @@ def rpo_step(policy: Any, opt: torch.optim.Optimizer, a: argparse.Namespace) -> 
             num_steps=a.steps,
             eta=0.7,
             sde_steps=list(range(a.trained_steps)),
-            seed=0,
+            generator=torch.Generator(device).manual_seed(0),  # noise drawn where the model runs
         )
     _sync(device)
     t1 = time.perf_counter()
