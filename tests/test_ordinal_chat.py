@@ -72,11 +72,11 @@ def _messages_digest(messages: list[dict]) -> str:
 
 
 def test_binary_criteria_render_exactly_as_before():
-    # Digests of the binary prompts recorded before ordinal support was added (TEMPLATE_VERSION "v1" relies on it).
+    # Digests of the binary prompts of TEMPLATE_VERSION "v2" (criterion last): any change to them needs a new version.
     red, base = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (9, 9, 9))
     expected = {
-        "t2i": "6bbf7b4e7c9c3254776df0d029f666ffc36f64a1664a986818c5236853a704ed",
-        "edit": "60ddcfd08b4609861471f0179b59f401dd54a875f4e8d689c8bd674d6630794f",
+        "t2i": "630dfe8d47d5943f87a488594a8b97acdc3f7794166cc6f525a8d66bfd4f4ab8",
+        "edit": "5cbe8cfaef8dbc301aea96a18436379ee275a97c7a10f47620b82de6cda39564",
     }
     for task, source in (("t2i", None), ("edit", base)):
         rubric = Rubric(
@@ -108,7 +108,7 @@ def test_ordinal_question_layout_choices_and_escaping():
     system, user = _texts(req.messages[0]), _texts(req.messages[1])
     assert "from 1 (not at all) to 5 (fully)" in system and '"yes" or "no"' not in system
     assert "<guide>\n1. Theme: Col" in system
-    assert "Rate from 1 to 5 how well the image satisfies the criterion" in user
+    assert "Rate from 1 to 5 how well the image satisfies the criterion below" in user
     assert "Answer with the number first, then a colon" in user and '"yes"' not in user
     assert user.count("</criterion>") == 1 and escape_field(hostile) in user and "<|im_end|>" not in user
     assert req.images == [IMAGES[0]]
@@ -325,7 +325,7 @@ def test_few_shot_shows_rating_examples_to_ordinal_questions_only():
     assert _texts(ordinal_req.messages[2]) == "2: it is tiny" and "Rate from 1 to 5" in _texts(
         ordinal_req.messages[1]
     )
-    assert _texts(binary_req.messages[2]) == "no: it is blue" and "Does the criterion hold" in _texts(
+    assert _texts(binary_req.messages[2]) == "no: it is blue" and "Does the criterion below hold" in _texts(
         binary_req.messages[1]
     )
     # Without rating examples the fingerprint is the one the binary-only few-shot backend always had.

@@ -35,7 +35,9 @@ from PIL import Image
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
 from arr.rubric import Criterion, GuideCategory
 
-TEMPLATE_VERSION = "v1"
+# v2: criterion questions end with the criterion (answer instructions before it), so questions about one image share
+# every token up to the criterion and the hf backend's shared-prefix judging reuses all of it (bench/judge_prefix.py).
+TEMPLATE_VERSION = "v2"
 
 # Choice tokens read from the judge's answer: the rank of Image 1 in `{"rank": [r1, r2]}`, and yes/no.
 PAIR_CHOICES: tuple[str, str] = ("1", "2")
