@@ -151,23 +151,6 @@ def build_bench_judge(out_dir: str | Path, image_size: int = 448, seed: int = 0)
     return out
 
 
-def _use_criterion_last_template() -> None:
-    """Patch the t2i criterion template so that only the criterion text follows the shared prefix."""
-    import arr.backends.chat as chat
-
-    original = chat.load_template
-
-    def patched(name: str) -> str:
-        text = original(name)
-        if name != "user_criterion_t2i":
-            return text
-        head, rest = text.split("Criterion to check:\n", 1)
-        criterion, tail = rest.split("</criterion>\n", 1)
-        return head + tail.rstrip("\n") + "\nCriterion to check:\n" + criterion + "</criterion>"
-
-    chat.load_template = patched
-
-
 def random_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
@@ -190,16 +173,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--criterion_last",
-        action="store_true",
-        help="what-if: move the user template's fixed answer instructions before the criterion (not the shipped template)",
-    )
     p.add_argument("--out", default="bench/results/judge_prefix.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.criterion_last:
-        _use_criterion_last_template()
 
     from arr.backends.base import CriterionQuery
     from arr.backends.chat import render_criterion

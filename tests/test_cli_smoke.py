@@ -94,3 +94,30 @@ def test_shapes_sample_writes_a_scored_grid(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["category"] == "colors" and len(out["scores"]) == 4 and (tmp_path / "g.png").stat().st_size > 0
+
+
+shipped_edit = pytest.mark.skipif(
+    not (ASSETS_DIR / "edit" / CONFIG_NAME).is_file(), reason="shipped edit weights missing"
+)
+
+
+@shipped_edit
+def test_shapes_edit_writes_a_grid(tmp_path):
+    source = render(Scene((Obj("circle", "red", 0, 0), Obj("square", "blue", 2, 3))))
+    source.save(tmp_path / "src.png")
+    r = arr("shapes", "edit", str(tmp_path / "src.png"), "make the red circle green", "--n", "2",
+            "--out", str(tmp_path / "g.png"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n"] == 2 and (tmp_path / "g.png").stat().st_size > 0
+
+
+@shipped_edit
+def test_eval_shapes_edit_suite_on_the_shipped_model(tmp_path):
+    out = tmp_path / "eval"
+    r = arr("eval", str(ROOT / "eval/shapes_edit.yaml"), "--policy", "shapes-edit", "--judge", "pixel",
+            "--limit", "8", "--no-progress", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / "report.html").stat().st_size > 0
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and summary
