@@ -14,8 +14,10 @@ steps; besides the held-out score, every evaluation also scores the held-out sam
 rubric, so reward hacking shows as a proxy rising while the strict held-out score falls.
 
 Writes bench/results/head_to_head.json (all curves and final figures), and with --doc the markdown table and the
-SVG plot (docs/head_to_head.md, docs/images/head_to_head.svg). The runs are CPU-heavy: about 2.5 min per
-60-step run with 300 evaluation prompts on 2 idle cores; 4 methods x 3 seeds take 30-60 min.
+SVG plot (docs/head_to_head.md, docs/images/head_to_head.svg). The runs are CPU-heavy: measured 5-11 min per
+30-step run with 150 evaluation prompts (one process per seed, 3 in parallel, on a shared 2-core machine at load
+~9), and 8 min to train the BT model; `--seeds 0` in three processes plus `--combine` is how the doc's numbers were
+made.
 """
 
 from __future__ import annotations
