@@ -298,9 +298,11 @@ def markdown(result: dict[str, Any]) -> str:
             + f" | {statistics.fmean(b['eval_rubric_score'] for b in base):.3f} | "
             f"{statistics.fmean(b['eval_bt_score'] for b in base):+.2f} |"
         )
+    if "heldout" not in bt:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
-        f"BT reward model: {bt['train_pairs']} training pairs, {bt['epochs']} epochs; held-out preference accuracy "
+        f"BT reward model: {bt['train_pairs']} training pairs, {bt.get('epochs', bt.get('config', {}).get('epochs', '?'))} epochs; held-out preference accuracy "
         f"{bt['heldout']['accuracy']:.3f} on {bt['eval_pairs']} held-out pairs (train accuracy {bt['train_accuracy']:.3f}).",
     ]
     return "\n".join(lines) + "\n"
@@ -364,7 +366,8 @@ def main() -> None:
 
     if args.bt_model:
         bt_model = PairwiseRewardModel.from_pretrained(args.bt_model)
-        bt_info = json.loads((Path(args.bt_model) / "training.json").read_text())
+        info_path = Path(args.bt_model) / "training.json"
+        bt_info = json.loads(info_path.read_text()) if info_path.is_file() else {"path": args.bt_model}
     else:
         bt_model, bt_info = train_bt(args.bt_pairs, args.bt_eval_pairs, args.bt_epochs, out_root / "bt_model")
         (out_root / "bt_model" / "training.json").write_text(json.dumps(bt_info, indent=1))
