@@ -44,6 +44,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "arr.diagnostics.cli:register",
     ),
     "serve": ("serve a rubric judge over HTTP (score, compare, group; /health)", "arr.serve:register"),
+    "reward-model": (
+        "reward-model baselines: `arr reward-model train --pairs pairs.json --out DIR` (Bradley-Terry), `eval`",
+        "arr.reward_models.cli:register",
+    ),
     "shapes": (
         "the built-in shapes world: sample, edit, pretrain its tiny models",
         "arr.shapes.cli:register",

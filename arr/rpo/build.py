@@ -91,7 +91,34 @@ def build_judge(args: JudgeArguments, output_dir: str):
 def build_reward(judge, recipe: Recipe):
     from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
 
-    rpo = recipe.rpo
+    rpo, kind = recipe.rpo, recipe.judge.reward
+    if kind == "reward_model":
+        from arr.reward_models import PairwiseRewardModel, RewardModelReward
+
+        if not recipe.judge.reward_model:
+            raise ConfigError(
+                "reward=reward_model needs reward_model: FOLDER (written by `arr reward-model train`)"
+            )
+        if rpo.reward_mode != "pointwise":
+            raise ConfigError(
+                f"reward=reward_model gives one score per image, not pairwise verdicts, but reward_mode="
+                f"{rpo.reward_mode!r}; set reward_mode: pointwise"
+            )
+        try:
+            model = PairwiseRewardModel.from_pretrained(
+                recipe.judge.reward_model, device=policy_device(rpo.cpu)
+            )
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"cannot load reward_model {recipe.judge.reward_model!r}: {e}") from None
+        return RewardModelReward(model)
+    if kind == "plain":
+        from arr.reward_models import PlainJudgeReward
+
+        if rpo.reward_mode != "pairwise":
+            raise ConfigError("reward=plain is a pairwise judge; set reward_mode: pairwise")
+        return PlainJudgeReward(judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward)
+    if kind != "rubric":
+        raise ConfigError(f"reward={kind!r}: choose rubric, plain or reward_model")
     if rpo.reward_mode == "pairwise":
         return RubricPairwiseReward(judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward)
     return RubricPointwiseReward(judge)

@@ -58,6 +58,16 @@ class JudgeArguments:
     judge_cache: str | None = field(
         default=None, metadata={"help": "judgment cache path (default: <output_dir>/judge_cache.sqlite)"}
     )
+    reward: str = field(
+        default="rubric",
+        metadata={
+            "help": "rubric (the judge with each prompt's rubric) | plain (the judge with no rubric) | "
+            "reward_model (a trained scorer from `arr reward-model train`: set reward_model)"
+        },
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": "reward=reward_model: the folder written by `arr reward-model train`"}
+    )
 
 
 @dataclass
