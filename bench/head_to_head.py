@@ -194,7 +194,7 @@ def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
         ("eval_score", "held-out strict shapes-GenEval"),
         ("eval_bt_score", "held-out BT reward-model score"),
     ]
-    pad, panel_w, h = 55, 330, 300
+    pad, panel_w, h = 70, 330, 300
     w = pad + len(panels) * (panel_w + pad)
 
     def series(method: str, key: str) -> list[tuple[int, float]]:
@@ -239,9 +239,11 @@ def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
             lo, hi = min(vals) - 0.05 * span, max(vals) + 0.05 * span
         for frac in (0.0, 0.5, 1.0):
             y = 30 + (h - 60) * (1 - frac)
-            parts.append(f'<text x="{x0 - 50}" y="{y + 4:.0f}">{lo + frac * (hi - lo):.2f}</text>')
+            parts.append(
+                f'<text x="{x0 - 6}" y="{y + 4:.0f}" text-anchor="end">{lo + frac * (hi - lo):.2f}</text>'
+            )
         parts.append(f'<text x="{x0}" y="{h - 12}">step 0</text>')
-        parts.append(f'<text x="{x0 + panel_w - 50}" y="{h - 12}">step {max_step}</text>')
+        parts.append(f'<text x="{x0 + panel_w}" y="{h - 12}" text-anchor="end">step {max_step}</text>')
         for m, pts in curves.items():
             coords = " ".join(
                 f"{x0 + panel_w * s / max_step:.1f},{30 + (h - 60) * (1 - (v - lo) / (hi - lo)):.1f}"
