@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image
+
+from arr.suites import read_suite
 
 SUITE_KEYS = {
     "name",
@@ -305,15 +306,7 @@ LOADERS: dict[str, Callable[..., list[EditSample]]] = {
 def read_edit_suite(path: str | Path) -> dict[str, Any]:
     """Read and validate an editing suite YAML (unknown keys are an error, as in recipes)."""
     path = Path(path)
-    try:
-        suite = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read suite {path}: {e}") from None
-    if not isinstance(suite, dict):
-        raise ValueError(f"suite {path} must be a YAML mapping, got {type(suite).__name__}")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown:
-        raise ValueError(f"suite {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SUITE_KEYS)}")
+    suite = read_suite(path, SUITE_KEYS)
     if suite.get("task") != "edit":
         raise ValueError(
             f"suite {path}: task is {suite.get('task')!r}; `arr eval SUITE` runs editing suites (task: edit)"

@@ -582,20 +582,11 @@ def load_preference_suite(
     `data` is either {generator, file, args} (generated into `data_dir`, like eval/shapes_pairs.yaml), or
     {path} (relative to the YAML) or {hub, split?, subset?} for a Hub dataset. `schema` picks the loader.
     """
-    import yaml
-
     from arr.shapes.benchmarks import SUITE_KEYS, prepare_suite
+    from arr.suites import read_suite
 
     path = Path(path)
-    try:
-        suite = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read suite {path}: {e}") from None
-    if not isinstance(suite, dict):
-        raise ValueError(f"suite {path} must be a YAML mapping, got {type(suite).__name__}")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown:
-        raise ValueError(f"suite {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SUITE_KEYS)}")
+    suite = read_suite(path, SUITE_KEYS)
     schema = suite.get("schema", "hpdv3")
     data = suite.get("data")
     if not isinstance(data, dict):

@@ -30,14 +30,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from arr.images import load_image
 from arr.rubric import Rubric
 from arr.shapes.edits import EDIT_KINDS, EditSpec, sample_edit, scene_from_dict, scene_to_dict
 from arr.shapes.pairs import PreferencePair, make_pairs
 from arr.shapes.prompts import CATEGORIES, RELATIONS, ObjectSpec, PromptSpec, sample_prompts
 from arr.shapes.scene import COLORS, SHAPES, Obj, render
+from arr.suites import read_suite
 
 SUITE_KEYS = {
     "name",
@@ -353,15 +352,7 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
 def load_suite(path: str | Path) -> dict[str, Any]:
     """Read and validate a suite YAML (unknown keys are an error, as in recipes)."""
     path = Path(path)
-    try:
-        suite = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read suite {path}: {e}") from None
-    if not isinstance(suite, dict):
-        raise ValueError(f"suite {path} must be a YAML mapping, got {type(suite).__name__}")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown:
-        raise ValueError(f"suite {path}: unknown keys {sorted(unknown)}; allowed: {sorted(SUITE_KEYS)}")
+    suite = read_suite(path, SUITE_KEYS)
     for key in ("name", "task", "data", "judge"):
         if key not in suite:
             raise ValueError(f"suite {path}: missing key {key!r}")
