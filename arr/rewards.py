@@ -193,6 +193,53 @@ def _rubric_from_value(value: Any, where: str) -> Rubric:
     raise TypeError(f"{where}: expected a Rubric, a rubric dict or rubric JSON, got {type(value).__name__}")
 
 
+def completion_images(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    to_image: Any = None,
+    image_column: str | None = None,
+    source_column: str | None = None,
+    name: str = "reward",
+) -> tuple[list[dict[str, Any]], list[Image.Image | None], list[Image.Image | None], list[str | None]]:
+    """What a TRL reward function needs per completion: its dataset row (TRL's extra keywords that are lists of
+    length n), its image (None where none could be made: one unrewarded sample, not a crashed step), its source
+    image (editing) and the error that left it without an image.
+
+    The image is `to_image(completion, **row)` when given, else the `image_column` of the row, else the completion
+    itself (see `image_from_completion`).
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{name}: {len(prompts)} prompts but {len(completions)} completions")
+    n = len(completions)
+    skip = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
+    columns = {k: v for k, v in kwargs.items() if k not in skip and isinstance(v, list) and len(v) == n}
+    rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+    images: list[Image.Image | None] = []
+    sources: list[Image.Image | None] = []
+    errors: list[str | None] = []
+    for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
+        error = None
+        image: Image.Image | None = None
+        try:
+            if to_image is not None:
+                image = to_image(completion, **row)
+            elif image_column is not None:
+                image = image_from_completion(row[image_column])
+            else:
+                image = image_from_completion(completion)
+        except (ValueError, OSError) as e:
+            error = f"completion {i}: {e}"
+        if image is not None and not isinstance(image, Image.Image):
+            error, image = f"completion {i}: to_image returned {type(image).__name__}, not a PIL image", None
+        images.append(image)
+        errors.append(error)
+        src = row.get(source_column) if source_column else None
+        sources.append(image_from_completion(src) if src is not None else None)
+    return rows, images, sources, errors
+
+
 class _TRLRewardBase:
     """Shared input handling of the TRL reward functions (see `RubricReward` for the arguments)."""
 
@@ -252,42 +299,22 @@ class _TRLRewardBase:
             f"(read the {self.rubric_column!r} column), got {type(spec).__name__}"
         )
 
-    def _rows(self, n: int, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-        """Per-completion dataset columns (TRL's extra keywords that are lists of length n)."""
-        skip = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
-        columns = {k: v for k, v in kwargs.items() if k not in skip and isinstance(v, list) and len(v) == n}
-        return [{k: v[i] for k, v in columns.items()} for i in range(n)]
-
     def _inputs(
         self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict[str, Any]
     ) -> tuple[list[Rubric], list[Image.Image | None], list[Image.Image | None], list[str | None]]:
         """Rubrics, images (None where none could be made), sources, and per-sample errors."""
-        if len(prompts) != len(completions):
-            raise ValueError(f"{self.__name__}: {len(prompts)} prompts but {len(completions)} completions")
-        rows = self._rows(len(completions), kwargs)
-        rubrics, images, sources, errors = [], [], [], []
-        for i, (prompt, completion, row) in enumerate(zip(prompts, completions, rows, strict=True)):
-            rubrics.append(self._rubric(i, prompt, row))
-            error = None
-            image: Image.Image | None = None
-            try:
-                if self.to_image is not None:
-                    image = self.to_image(completion, **row)
-                elif self.image_column is not None:
-                    image = image_from_completion(row[self.image_column])
-                else:
-                    image = image_from_completion(completion)
-            except (ValueError, OSError) as e:  # a bad completion is one failed sample, not a crashed step
-                error = f"completion {i}: {e}"
-            if image is not None and not isinstance(image, Image.Image):
-                error, image = (
-                    f"completion {i}: to_image returned {type(image).__name__}, not a PIL image",
-                    None,
-                )
-            images.append(image)
-            errors.append(error)
-            src = row.get(self.source_column) if self.source_column else None
-            sources.append(image_from_completion(src) if src is not None else None)
+        rows, images, sources, errors = completion_images(
+            prompts,
+            completions,
+            kwargs,
+            to_image=self.to_image,
+            image_column=self.image_column,
+            source_column=self.source_column,
+            name=self.__name__,
+        )
+        rubrics = [
+            self._rubric(i, prompt, row) for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True))
+        ]
         return rubrics, images, sources, errors
 
     @staticmethod

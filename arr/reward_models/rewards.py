@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from arr.rewards import GroupRewardOutput, image_from_completion
+from arr.rewards import GroupRewardOutput, completion_images
 
 
 @runtime_checkable
@@ -89,32 +89,24 @@ class RewardModelTRLReward:
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> list[float | None]:
-        if len(prompts) != len(completions):
-            raise ValueError(f"{self.__name__}: {len(prompts)} prompts but {len(completions)} completions")
-        n = len(completions)
-        skip = {"trainer_state", "log_extra", "log_metric", "environments", "completion_ids"}
-        columns = {k: v for k, v in kwargs.items() if k not in skip and isinstance(v, list) and len(v) == n}
-        rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
-        todo, texts, images, sources = [], [], [], []
-        for i, (prompt, completion, row) in enumerate(zip(prompts, completions, rows, strict=True)):
-            try:
-                if self.to_image is not None:
-                    image = self.to_image(completion, **row)
-                elif self.image_column is not None:
-                    image = image_from_completion(row[self.image_column])
-                else:
-                    image = image_from_completion(completion)
-            except (ValueError, OSError):  # a bad completion is one unrewarded sample, not a crashed step
-                continue
-            todo.append(i)
-            texts.append(prompt if isinstance(prompt, str) else str(prompt))
-            images.append(image)
-            src = row.get(self.source_column) if self.source_column else None
-            sources.append(image_from_completion(src) if src is not None else None)
-        rewards: list[float | None] = [None] * n
+        _, images, sources, _ = completion_images(
+            prompts,
+            completions,
+            kwargs,
+            to_image=self.to_image,
+            image_column=self.image_column,
+            source_column=self.source_column,
+            name=self.__name__,
+        )
+        todo = [i for i, image in enumerate(images) if image is not None]
+        texts = [p if isinstance(p, str) else str(p) for p in (prompts[i] for i in todo)]
+        rewards: list[float | None] = [None] * len(completions)
         if todo:
+            todo_sources = [sources[i] for i in todo]
             scores = self.scorer.score(
-                texts, images, sources if any(s is not None for s in sources) else None
+                texts,
+                [images[i] for i in todo],
+                todo_sources if any(s is not None for s in todo_sources) else None,
             )
             for i, s in zip(todo, scores, strict=True):
                 rewards[i] = s if math.isfinite(s) else None
