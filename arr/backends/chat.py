@@ -281,7 +281,7 @@ _LEADING_RATING = re.compile(
 _RATING_KEYS = ("rating", "score", "level", "answer", "grade")
 
 
-def _json_objects(text: str) -> Iterable[dict[str, Any]]:
+def json_objects(text: str) -> Iterable[dict[str, Any]]:
     """Every JSON object that starts at a `{` in `text`, in order (tolerates prose and code fences around it)."""
     decoder = json.JSONDecoder()
     for m in re.finditer(r"\{", text):
@@ -317,7 +317,7 @@ def parse_pair_answer(text: str) -> PairVerdict:
     Tolerant of code fences, prose around the JSON, string ranks and answers cut off after the rank.
     """
     cleaned = _FENCE.sub("", text)
-    for obj in _json_objects(cleaned):
+    for obj in json_objects(cleaned):
         rank = obj.get("rank")
         if rank is None:
             continue
@@ -343,7 +343,7 @@ def parse_pair_answer(text: str) -> PairVerdict:
 def parse_criterion_answer(text: str) -> CriterionVerdict:
     """Turn a "yes: reason" / "no: reason" answer into a verdict; unparseable -> prob None with `error`."""
     cleaned = _FENCE.sub("", text).strip()
-    for obj in _json_objects(cleaned):
+    for obj in json_objects(cleaned):
         for key in ("answer", "holds", "verdict", "result"):
             value = obj.get(key)
             if isinstance(value, bool):
@@ -372,7 +372,7 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
     `{"rating": 4, "reason": ...}`; a rating outside 1..levels or no leading number -> prob None with `error`.
     """
     cleaned = _FENCE.sub("", text).strip()
-    for obj in _json_objects(cleaned):
+    for obj in json_objects(cleaned):
         for key in _RATING_KEYS:
             value = obj.get(key)
             if isinstance(value, str) and value.strip().isdigit():

@@ -17,7 +17,6 @@ editing score.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from arr.backends.chat import ChatBackend, escape_field, render_text
+from arr.backends.chat import ChatBackend, escape_field, json_objects, render_text
 from arr.evaluation.edit_benchmarks import EditSample
 
 PROMPT_VERSION = "v1"
@@ -64,13 +63,8 @@ def parse_scores(
     cleaned = re.sub(r"```(?:json)?", "", text or "", flags=re.IGNORECASE)
     found: dict[str, Any] = {}
     reason = ""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", cleaned):
-        try:
-            obj, _ = decoder.raw_decode(cleaned, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and any(k in obj for k in keys):
+    for obj in json_objects(cleaned):
+        if any(k in obj for k in keys):
             found = obj
             reason = obj.get("reason") if isinstance(obj.get("reason"), str) else ""
             break
