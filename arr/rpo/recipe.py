@@ -8,6 +8,7 @@ error. Callables stay out of recipes: the policy, judge and data are named by re
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,12 +175,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def _check_type(path: Path, key: str, value: Any) -> None:
     """One-line errors for wrongly typed recipe values (argparse would print its whole usage text instead)."""
     for t in RECIPE_TYPES:
-        f = t.__dataclass_fields__.get(key)
-        if f is None:
+        if key not in t.__dataclass_fields__:
             continue
-        name = str(f.type).replace(" ", "")
-        optional = name.endswith("|None")
-        base = name.removesuffix("|None")
+        # Resolved hints, not `field.type`: that is a string here (postponed annotations) until an argument parser
+        # has seen the dataclass, which replaces it with the type in place (a second parse in one process).
+        hint = typing.get_type_hints(t)[key]
+        members = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        optional = type(None) in typing.get_args(hint)
+        base = getattr(members[0], "__name__", str(members[0])) if len(members) == 1 else str(hint)
         if value is None and optional:
             return
         allowed = _TYPES.get(base)
