@@ -93,19 +93,13 @@ def build_bench_tokenizer(vocab_size: int = 3000):
 
 def build_bench_judge(out_dir: str | Path, image_size: int = 448, seed: int = 0) -> Path:
     """Save a random Qwen2-VL (LM 256 wide x 4 layers, vision 64 wide x 4 layers) with its processor to `out_dir`."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from arr.testing.tiny_vlm import save_random_qwen2vl
 
-    from arr.testing.tiny_qwen2vl_processor import TinyQwen2VLProcessor
-    from arr.testing.tiny_vlm import CHAT_TEMPLATE, SPECIAL_TOKENS
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_bench_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = Qwen2VLConfig(
+    pixels = image_size * image_size
+    return save_random_qwen2vl(
+        out_dir,
+        build_bench_tokenizer(),
         text_config={
-            "vocab_size": len(tokenizer),
             "hidden_size": 256,
             "intermediate_size": 1024,
             "num_hidden_layers": 4,
@@ -113,42 +107,14 @@ def build_bench_judge(out_dir: str | Path, image_size: int = 448, seed: int = 0)
             "num_key_value_heads": 4,
             "max_position_embeddings": 8192,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
         },
-        vision_config={
-            "depth": 4,
-            "embed_dim": 64,
-            "hidden_size": 256,
-            "num_heads": 4,
-            "mlp_ratio": 4,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+        vision_config={"depth": 4, "embed_dim": 64, "hidden_size": 256, "num_heads": 4, "mlp_ratio": 4},
+        patch_size=14,
+        merge_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+        seed=seed,
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.do_sample = False
-    model.save_pretrained(out)
-    pixels = image_size * image_size
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=pixels, max_pixels=pixels
-    )
-    processor = TinyQwen2VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
-    TinyQwen2VLProcessor.register_for_auto_class("AutoProcessor")
-    processor.save_pretrained(out)
-    return out
 
 
 def random_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:

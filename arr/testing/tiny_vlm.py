@@ -10,6 +10,7 @@ the backend tests need: they check plumbing (probabilities, batching, parsing), 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # Qwen2-VL's special tokens, in the roles the model and processor look them up by.
 SPECIAL_TOKENS = [
@@ -91,21 +92,10 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0
     `init_range` is larger than Qwen's 0.02 so that the random model's choice probabilities spread away from 0.5
     and tests can tell answers apart.
     """
-    import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from arr.testing.tiny_qwen2vl_processor import TinyQwen2VLProcessor
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab_size = len(tokenizer)
-
-    config = Qwen2VLConfig(
+    return save_random_qwen2vl(
+        out_dir,
+        build_tiny_tokenizer(),
         text_config={
-            "vocab_size": vocab_size,
             "hidden_size": 64,
             "intermediate_size": 128,
             "num_hidden_layers": 2,
@@ -113,9 +103,6 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0
             "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
             "initializer_range": init_range,
         },
         vision_config={
@@ -124,18 +111,57 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0
             "hidden_size": 64,
             "num_heads": 2,
             "mlp_ratio": 2,
-            "patch_size": _PATCH,
-            "spatial_merge_size": _MERGE,
-            "temporal_patch_size": 2,
             "initializer_range": init_range,
+        },
+        patch_size=_PATCH,
+        merge_size=_MERGE,
+        min_pixels=_MIN_PIXELS,
+        max_pixels=_MAX_PIXELS,
+        seed=seed,
+    )
+
+
+def save_random_qwen2vl(
+    out_dir: str | Path,
+    tokenizer: Any,
+    text_config: dict[str, Any],
+    vision_config: dict[str, Any],
+    *,
+    patch_size: int,
+    merge_size: int,
+    min_pixels: int,
+    max_pixels: int,
+    seed: int = 0,
+) -> Path:
+    """Save a random-init Qwen2-VL of the given sizes with its processor (this module's chat template and special
+    tokens, which `tokenizer` must have), ready for `load_backend("hf", model=out_dir)`; returns the folder."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from arr.testing.tiny_qwen2vl_processor import TinyQwen2VLProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    special = {
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    config = Qwen2VLConfig(
+        text_config={"vocab_size": len(tokenizer), **text_config, **special},
+        vision_config={
+            **vision_config,
+            "patch_size": patch_size,
+            "spatial_merge_size": merge_size,
+            "temporal_patch_size": 2,
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
+        **special,
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
@@ -145,11 +171,11 @@ def build_tiny_qwen2vl(out_dir: str | Path, seed: int = 0, init_range: float = 0
     model.save_pretrained(out)
 
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=_PATCH,
-        merge_size=_MERGE,
+        patch_size=patch_size,
+        merge_size=merge_size,
         temporal_patch_size=2,
-        min_pixels=_MIN_PIXELS,
-        max_pixels=_MAX_PIXELS,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
     )
     processor = TinyQwen2VLProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
     TinyQwen2VLProcessor.register_for_auto_class("AutoProcessor")
