@@ -33,6 +33,7 @@ def main() -> None:
     from arr.rpo.cli import demo_recipe_path
     from arr.rpo.recipe import parse_recipe
     from arr.shapes.detect import analyze
+    from arr.shapes.edits import edit_correct
     from arr.shapes.rubrics import geneval_correct
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -86,8 +87,11 @@ def main() -> None:
         rub, strict = [], []
         for i, im in enumerate(rollout.images):
             rec = rollout.records[i // g]
-            rub.append(pixel.score_image(im, rec.rubric))
-            strict.append(float(geneval_correct(rec.extra["spec"], analyze(im))))
+            rub.append(pixel.score_image(im, rec.rubric, rec.source_image))
+            if "edit" in rec.extra:  # editing records (recipes/shapes_edit_rpo.yaml)
+                strict.append(float(edit_correct(rec.extra["edit"], im)))
+            else:
+                strict.append(float(geneval_correct(rec.extra["spec"], analyze(im))))
         seen["rubric"].append(sum(rub) / len(rub))
         seen["strict"].append(sum(strict) / len(strict))
         return judge(rollout)

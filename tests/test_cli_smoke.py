@@ -34,6 +34,7 @@ def test_demo_runs_and_writes_a_run_directory(tmp_path):
     r = arr("demo", "--output_dir", str(out), *TINY_RUN)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "held-out shapes-GenEval score" in r.stdout
+    assert "evaluation noise at 95%" in r.stdout  # the change is printed with its noise band
     for name in ("config.yaml", "metrics.jsonl", "report.html", "checkpoints/step_2/lora.safetensors"):
         assert (out / name).exists(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -81,6 +81,26 @@ def test_config_validation_names_rule_and_fix():
         RPOConfig(eta=0.0)
 
 
+@pytest.mark.parametrize(
+    ("mode", "center", "expected"),
+    [
+        # Paper RPO: the reward itself. Group 1: win rates 1, 0.45, -0.1 (and a failed judgment, masked);
+        # group 2: two ties.
+        ("pairwise", False, [1.0, 0.45, -0.1, 0.0, 0.0, 0.0]),
+        # Centred: minus each group's mean over judged samples (0.45 and 0).
+        ("pairwise", True, [0.55, 0.0, -0.55, 0.0, 0.0, 0.0]),
+        # Pointwise: (r - mean) / std within the group; a tied group gets zeros.
+        ("pointwise", False, [1.2247, 0.0, -1.2247, 0.0, 0.0, 0.0]),
+    ],
+)
+def test_advantages_by_hand(tmp_path, mode, center, expected):
+    trainer = RPOTrainer.__new__(RPOTrainer)  # compute_advantages reads only the config
+    trainer.args = make_args(tmp_path, reward_mode=mode, center_rewards=center, group_size=3)
+    adv, mask = trainer.compute_advantages([1.0, 0.45, -0.1, None, 0.0, 0.0], group_size=3)
+    assert mask.tolist() == [True, True, True, False, True, True]
+    assert adv.tolist() == pytest.approx(expected, abs=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
 def test_reward_rises_and_lora_trains(tmp_path, mode):
     torch.manual_seed(0)

@@ -86,3 +86,36 @@ def test_every_recipe_parses(recipe):
     assert parsed.rpo.max_steps > 0 and parsed.policy.policy
     if "edit" in recipe.name:
         assert parsed.data.dataset.startswith("shapes_edit") or parsed.data.dataset.endswith(".jsonl")
+
+
+def test_eval_standard_errors_by_hand():
+    import random
+
+    from arr.rpo.report import eval_noise_band
+    from arr.shapes.prompts import scene_for_prompt
+    from arr.shapes.scene import Scene
+    from arr.shapes.training import geneval_scores, t2i_records
+
+    # Text-to-image: per category, alternate a correct image and a blank one; categories with one prompt get 1/1.
+    records = t2i_records(40, "heldout", seed=5)
+    blank = render(Scene())
+    images, seen = [], {}
+    for r in records:
+        k = seen.get(r.category, 0)
+        seen[r.category] = k + 1
+        images.append(render(scene_for_prompt(r.extra["spec"], random.Random(k))) if k % 2 == 0 else blank)
+    scores = geneval_scores(records, images)
+    cats = [k for k in scores if k.startswith("eval/")]
+    counts = {c[5:]: sum(r.category == c[5:] for r in records) for c in cats}
+    by_hand = sum(scores[c] * (1 - scores[c]) / counts[c[5:]] for c in cats) ** 0.5 / len(cats)
+    assert scores["eval_score_se"] == pytest.approx(by_hand)
+    assert 0 < scores["eval_score_se"] < 0.2
+    # Editing: the standard error of the mean sqrt(I * P) over edits; half exact targets (1), half copies (0).
+    edits = edit_records(8, "heldout", seed=3)
+    outs = [render(r.extra["edit"].target) if i % 2 == 0 else r.source_image for i, r in enumerate(edits)]
+    e = edit_scores(edits, outs)
+    assert e["eval_score"] == 0.5
+    assert e["eval_score_se"] == pytest.approx((0.25 * 8 / 7 / 8) ** 0.5)
+    # The 95% band of a change combines two evaluations' errors.
+    assert eval_noise_band({"eval_score_se": 0.03}, {"eval_score_se": 0.04}) == pytest.approx(1.96 * 0.05)
+    assert eval_noise_band({}, {"eval_score_se": 0.04}) is None

@@ -55,6 +55,7 @@ def _train(argv: list[str], demo: bool = False) -> int:
     from arr.rpo.build import build_trainer
     from arr.rpo.config import ConfigError
     from arr.rpo.recipe import parse_recipe
+    from arr.rpo.report import eval_noise_band
     from arr.rpo.trainer import TrainingStopped
 
     try:
@@ -72,10 +73,19 @@ def _train(argv: list[str], demo: bool = False) -> int:
             summary["eval_score_before"] = round(evals[0]["eval_score"], 4)
             summary["eval_score_after"] = round(evals[-1]["eval_score"], 4)
         summary["report"] = str(trainer.output_dir / "report.html")
+        band = eval_noise_band(evals[0], evals[-1]) if evals else None
+        if band is not None:
+            summary["eval_change_noise_band"] = round(band, 4)
         if demo and evals:
+            change = evals[-1]["eval_score"] - evals[0]["eval_score"]
+            noise = (
+                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%)"
+                if band is not None
+                else ""
+            )
             print(
                 f"held-out shapes-GenEval score: {evals[0]['eval_score']:.3f} before -> "
-                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps"
+                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}"
             )
         print(json.dumps(summary, indent=2))
     return 0

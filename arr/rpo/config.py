@@ -75,6 +75,13 @@ class RPOConfig:
     )
     win_reward: float = field(default=1.0, metadata={"help": "reward of a pairwise win"})
     lose_reward: float = field(default=-0.1, metadata={"help": "reward of a pairwise loss (ties give 0)"})
+    center_rewards: bool = field(
+        default=False,
+        metadata={
+            "help": "pairwise: subtract each group's mean reward before clamping (a baseline: same expected "
+            "gradient, lower variance; the paper's +1/-0.1 rewards are uncentered)"
+        },
+    )
     adv_clip: float = field(default=5.0, metadata={"help": "advantages are clamped to +-adv_clip"})
     max_judge_failure_rate: float = field(
         default=0.5,

@@ -44,6 +44,16 @@ def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
     return [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float))]
 
 
+def eval_noise_band(first: dict[str, Any], last: dict[str, Any]) -> float | None:
+    """Half-width of a 95% band for the change in `eval_score` between two evaluations, from their standard
+    errors (`eval_score_se`, when the evaluator gives one). Treating the two as independent overstates the noise
+    of a paired evaluation a little, and it is honest about what one seed per prompt can resolve."""
+    se1, se2 = first.get("eval_score_se"), last.get("eval_score_se")
+    if not isinstance(se1, (int, float)) or not isinstance(se2, (int, float)):
+        return None
+    return 1.96 * (se1**2 + se2**2) ** 0.5
+
+
 def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = None) -> Path:
     out_dir = trainer.output_dir
     rows = read_metrics(out_dir / "metrics.jsonl")
@@ -54,6 +64,9 @@ def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = 
         cards["eval_score before"] = f"{first['eval_score']:.3f}"
         cards["eval_score after"] = f"{last['eval_score']:.3f}"
         cards["change"] = f"{last['eval_score'] - first['eval_score']:+.3f}"
+        band = eval_noise_band(first, last)
+        if band is not None:
+            cards["95% noise band of the change"] = f"±{band:.3f}"
     train_rows = [r for r in rows if "reward_mean" in r]
     if train_rows:
         cards["judge calls"] = str(sum(r.get("judge_calls", 0) for r in train_rows))

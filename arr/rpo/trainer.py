@@ -332,8 +332,9 @@ class RPOTrainer:
         for start in range(0, len(rewards), group_size):
             vals = [(i, r) for i, r in enumerate(rewards[start : start + group_size], start) if r is not None]
             if self.args.reward_mode == "pairwise":
+                baseline = sum(r for _, r in vals) / len(vals) if self.args.center_rewards and vals else 0.0
                 for i, r in vals:
-                    adv[i] = r
+                    adv[i] = r - baseline
             elif len(vals) >= 2:
                 x = torch.tensor([r for _, r in vals], dtype=torch.float64)
                 z = (x - x.mean()) / (x.std(unbiased=False) + 1e-4)

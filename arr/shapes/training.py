@@ -81,8 +81,12 @@ def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) 
     def mean(items: list[dict[str, float]], key: str) -> float:
         return sum(r[key] for r in items) / max(len(items), 1)
 
+    n = max(len(everything), 1)
+    mu = mean(everything, "score")
     out = {
-        "eval_score": mean(everything, "score"),
+        "eval_score": mu,
+        # Standard error of the mean score over edits (one sample per edit).
+        "eval_score_se": (sum((r["score"] - mu) ** 2 for r in everything) / max(n - 1, 1) / n) ** 0.5,
         "eval_instruction": mean(everything, "instruction"),
         "eval_preservation": mean(everything, "preservation"),
         "eval_correct": mean(everything, "correct"),
@@ -108,8 +112,15 @@ def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image
         rubric_scores.append(pixel.score_image(image, rec.rubric))
     per_cat = {f"eval/{c}": sum(v) / len(v) for c, v in hits.items()}
     present = [c for c in CATEGORIES if c in hits]
+    # Standard error of one evaluation (binomial, one sample per prompt): the score is a mean of per-category
+    # fractions, so its variance is the sum of p(1 - p) / n over categories, over the number of categories squared.
+    variance = (
+        sum(per_cat[f"eval/{c}"] * (1 - per_cat[f"eval/{c}"]) / len(hits[c]) for c in present)
+        / max(len(present), 1) ** 2
+    )
     out = {
         "eval_score": sum(per_cat[f"eval/{c}"] for c in present) / max(len(present), 1),
+        "eval_score_se": variance**0.5,
         "eval_rubric_score": sum(rubric_scores) / max(len(rubric_scores), 1),
         "eval_accuracy": sum(sum(v) for v in hits.values()) / max(sum(len(v) for v in hits.values()), 1),
     }
