@@ -2,8 +2,9 @@
 
     OMP_WAIT_POLICY=PASSIVE python bench/rpo_grad_snr.py --batches 16 --name own_noise -- --shared_noise false
 
-Draws `--batches` independent rollouts of the recipe (plus the overrides after `--`), computes each one's policy
-gradient without stepping, and reports the mean pairwise cosine between them and the signal-to-noise ratio
+Draws `--batches` independent rollouts of the recipe (plus the overrides after `--`), computes each one's gradient
+without stepping (`trainer.backward_batch`: the policy gradient, or the forward objective's flow-matching gradient
+with `--objective forward`), and reports the mean pairwise cosine between them and the signal-to-noise ratio
 |E g|^2 / E|g - E g|^2 of one batch's gradient (the pairwise dot products estimate |E g|^2 without bias). A policy
 gradient whose batches barely agree (cosine ~0.01) needs ~1/SNR batches before its direction is reliable; with
 Adam, a larger learning rate then only moves the policy faster along noise. This is how the demo recipe's
@@ -50,13 +51,11 @@ def main() -> None:
         rollout, batch_rewards, _, _ = trainer.sample_and_judge(k)
         adv, mask = trainer.compute_advantages(batch_rewards, rollout.group_size)
         rewards += [r for r in batch_rewards if r is not None]
-        steps = rollout.trajectory.train_steps
         members = torch.nonzero(mask).flatten()
         for param in trainer.params:
             param.grad = None
-        for s in range(0, len(members), trainer.args.train_batch_size):
-            idx = members[s : s + trainer.args.train_batch_size]
-            trainer._loss_terms(rollout.trajectory, idx, adv[idx], steps, 1.0 / (len(members) * len(steps)))
+        trainer.step = k
+        trainer.backward_batch(rollout, adv, members, 1.0 / len(members))
         grads.append(
             torch.cat(
                 [(q.grad if q.grad is not None else torch.zeros_like(q)).flatten() for q in trainer.params]

@@ -15,6 +15,7 @@ from typing import Any
 
 REWARD_MODES = ("pairwise", "pointwise")
 LOGPROB_REDUCTIONS = ("mean", "sum")
+OBJECTIVES = ("policy_gradient", "forward")
 
 
 class ConfigError(ValueError):
@@ -89,8 +90,48 @@ class RPOConfig:
     )
 
     # ---- loss ----
+    objective: str = field(
+        default="policy_gradient",
+        metadata={
+            "help": "policy_gradient (the paper: PPO-clipped ratio of SDE transition log-probs) or forward "
+            "(reward-weighted flow matching on the final samples, negative-aware as in DiffusionNFT: no "
+            "log-probabilities, so any sampler works, eta 0 included)"
+        },
+    )
+    forward_beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "forward objective: the step from the sampling policy to the implicit positive/negative "
+            "policies (v+- = v_old +- forward_beta * (v - v_old))"
+        },
+    )
+    forward_timesteps: int = field(
+        default=2,
+        metadata={"help": "forward objective: noise levels drawn per sample (each one forward pass)"},
+    )
+    forward_ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "forward objective: the sampling (old) policy is an exponential moving average of the trained "
+            "LoRA with this decay per step, so the loss pulls the trained weights a bounded way from it "
+            "(DiffusionNFT's soft update); 0 samples with the trained weights themselves"
+        },
+    )
+    forward_t_min: float = field(
+        default=0.0,
+        metadata={
+            "help": "forward objective: noise levels are drawn uniformly from [forward_t_min, 1) (composition "
+            "is decided at high noise)"
+        },
+    )
     clip_range: float = field(default=0.2, metadata={"help": "PPO clip epsilon"})
-    beta: float = field(default=0.01, metadata={"help": "KL penalty on transition means vs the reference"})
+    beta: float = field(
+        default=0.01,
+        metadata={
+            "help": "KL penalty vs the LoRA-disabled reference: on transition means (policy_gradient) or "
+            "on velocities at the noised samples (forward)"
+        },
+    )
     logprob_reduction: str = field(
         default="sum",
         metadata={"help": "reduce transition log-probs (and the KL) over dimensions: sum (exact) or mean"},
@@ -166,8 +207,31 @@ class RPOConfig:
             fail("num_sampling_steps", "must be positive", "the paper uses 8 (FLUX) or 10 (editing)")
         if self.eta < 0:
             fail("eta", "the SDE noise level cannot be negative", "the paper uses 0.3")
-        if self.eta == 0:
-            fail("eta", "with eta 0 the sampler is deterministic and has no log-probability", "use eta > 0")
+        if self.objective not in OBJECTIVES:
+            fail("objective", f"must be one of {OBJECTIVES}", "choose one of them")
+        if self.eta == 0 and self.objective == "policy_gradient":
+            fail(
+                "eta",
+                "with eta 0 the sampler is deterministic and has no log-probability",
+                "use eta > 0, or objective: forward",
+            )
+        if self.eta == 0 and self.shared_noise:
+            fail(
+                "shared_noise",
+                "with eta 0 and shared initial noise every sample of a group is the same image, so each "
+                "judgment ties and nothing is learned",
+                "set shared_noise: false (or eta > 0)",
+            )
+        if self.forward_beta <= 0 or self.forward_timesteps < 1 or not 0 <= self.forward_t_min < 1:
+            fail(
+                "forward_beta",
+                "forward_beta must be > 0, forward_timesteps >= 1 and forward_t_min in [0, 1)",
+                "the defaults are 1.0, 2 and 0.0",
+            )
+        if not 0 <= self.forward_ema_decay < 1:
+            fail(
+                "forward_ema_decay", "must be in [0, 1)", "e.g. 0.9 (a ~10-step average), or 0 to turn it off"
+            )
         if self.clip_range <= 0:
             fail("clip_range", "must be positive", "the paper uses 0.2")
         if self.beta < 0:

@@ -73,18 +73,24 @@ def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = 
         cards["judge seconds"] = f"{sum(r.get('judge_seconds', 0.0) for r in train_rows):.1f}"
     sections = [("Summary", html.cards(cards))]
 
-    plots = [
-        html.svg_line_plot({"eval_score": _series(rows, "eval_score")}, "Held-out eval score"),
-        html.svg_line_plot({"reward_mean": _series(rows, "reward_mean")}, "Training reward (mean)"),
-        html.svg_line_plot({"kl": _series(rows, "kl")}, "KL to reference"),
-        html.svg_line_plot(
-            {
-                "clip_frac": _series(rows, "clip_frac"),
-                "ratio_mean - 1": [(s, v - 1) for s, v in _series(rows, "ratio_mean")],
-            },
-            "PPO clipping",
-        ),
-    ]
+    plots = [html.svg_line_plot({"eval_score": _series(rows, "eval_score")}, "Held-out eval score")]
+    rewards = _series(rows, "reward_mean")
+    if rewards and all(abs(v) < 1e-9 for _, v in rewards) and _series(rows, "reward/tie_rate"):
+        # Symmetric pairwise rewards (win +1, loss -1) average 0 in every group: show how often the judge ties.
+        plots.append(html.svg_line_plot({"tie_rate": _series(rows, "reward/tie_rate")}, "Judge tie rate"))
+    else:
+        plots.append(html.svg_line_plot({"reward_mean": rewards}, "Training reward (mean)"))
+    plots.append(html.svg_line_plot({"kl": _series(rows, "kl")}, "KL to reference"))
+    if _series(rows, "ratio_mean"):  # the forward objective has no ratio to clip
+        plots.append(
+            html.svg_line_plot(
+                {
+                    "clip_frac": _series(rows, "clip_frac"),
+                    "ratio_mean - 1": [(s, v - 1) for s, v in _series(rows, "ratio_mean")],
+                },
+                "PPO clipping",
+            )
+        )
     align = sorted({k for r in rows for k in r if k.startswith("align/")})
     if align:
         plots.append(html.svg_line_plot({k[6:]: _series(rows, k) for k in align}, "Policy-judge alignment"))

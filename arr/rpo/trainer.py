@@ -5,7 +5,9 @@ One optimizer step runs five named stages, each a method that a subclass may ove
     sample            G trajectories per prompt from the same initial noise, with every transition log-prob
     judge             the reward (pairwise rubric judgments, or pointwise rubric scores) per sample
     compute_advantages  pairwise: the reward itself (no normalisation); pointwise: group-normalised; clamped
-    optimize          PPO-clipped ratio + beta * KL(policy || LoRA-disabled reference) on transition means
+    optimize          objective "policy_gradient" (the paper): PPO-clipped ratio + beta * KL(policy || LoRA-disabled
+                      reference) on transition means; objective "forward": the negative-aware flow-matching loss
+                      on the final images (DiffusionNFT), sampled by a moving average of the LoRA
     evaluate          held-out prompts sampled by the ODE, scored by the evaluation function
 
 With a remote judge, `sample_and_judge` sends each chunk of groups to the judge as soon as it is sampled and
@@ -194,6 +196,10 @@ class RPOTrainer:
         self.params = policy.trainable_parameters()
         if not self.params:
             raise ConfigError(f"{type(policy).__name__} has no trainable parameters after add_lora")
+        # The forward objective's sampling policy: a moving average of the trained LoRA (None: the LoRA itself).
+        self.sampling_params: list[torch.Tensor] | None = None
+        if args.objective == "forward" and args.forward_ema_decay > 0:
+            self.sampling_params = [p.detach().clone() for p in self.params]
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=args.learning_rate,
@@ -263,7 +269,7 @@ class RPOTrainer:
                 else None,
             )
             gens = [torch.Generator("cpu").manual_seed(_seed_for(args.seed, step, k)) for k, _ in chunk]
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), self.sampling_policy():
                 traj = self.policy.sample(
                     cond,
                     group_size=args.group_size,
@@ -275,6 +281,30 @@ class RPOTrainer:
                     shared_noise=args.shared_noise,
                 )
             yield Rollout(traj, self.policy.decode(traj.final), [r for _, r in chunk], args.group_size)
+
+    @contextlib.contextmanager
+    def sampling_policy(self) -> Iterator[None]:
+        """The weights that sample: the moving average of the LoRA under `forward_ema_decay`, else the LoRA."""
+        if self.sampling_params is None:
+            yield
+            return
+        trained = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.sampling_params, strict=True):
+                    p.copy_(s)
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.params, trained, strict=True):
+                    p.copy_(t)
+
+    @torch.no_grad()
+    def _update_sampling_policy(self) -> None:
+        if self.sampling_params is not None:
+            decay = self.args.forward_ema_decay
+            for p, s in zip(self.params, self.sampling_params, strict=True):
+                s.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
 
     def overlaps_judging(self) -> bool:
         """Whether `sample_and_judge` judges chunks in the background (see `RPOConfig.overlap_judging`)."""
@@ -355,12 +385,14 @@ class RPOTrainer:
         """
         args = self.args
         traj = rollout.trajectory
-        device = self.policy.device
-        steps = traj.train_steps
         group_index = torch.tensor([k for k, _ in self.prompts_for_step(self.step)]).repeat_interleave(
             rollout.group_size
         )
-        sums = dict.fromkeys(("loss", "policy_loss", "kl", "clip_frac", "ratio_mean"), 0.0)
+        forward = args.objective == "forward"
+        fixed = self._forward_targets(rollout) if forward else None
+        terms_per_sample = args.forward_timesteps if forward else len(traj.train_steps)
+        stat_keys = ("loss", "policy_loss", "kl", "clip_frac") + (() if forward else ("ratio_mean",))
+        sums = dict.fromkeys(stat_keys, 0.0)
         n_terms, ratio_max, grad_norms = 0, 0.0, []
         for epoch in range(args.num_inner_epochs):
             for m in range(args.num_minibatches):
@@ -373,29 +405,56 @@ class RPOTrainer:
                     generator=torch.Generator().manual_seed(_seed_for(args.seed, self.step, epoch, m)),
                 )
                 members = members[order]
-                # Each (sample, timestep) term weighs 1 / (global samples * timesteps): after the all-reduce sum,
-                # the gradient is that of the mean loss over the whole minibatch, however it is split.
-                scale = 1.0 / (n_global * len(steps))
-                for start in range(0, len(members), args.train_batch_size):
-                    idx = members[start : start + args.train_batch_size]
-                    terms = self._loss_terms(traj, idx, advantages[idx].to(device), steps, scale)
-                    for k in sums:
-                        sums[k] += terms[k]
-                    ratio_max = max(ratio_max, terms["ratio_max"])
-                    n_terms += len(idx) * len(steps)
+                # Each sample weighs 1 / global samples: after the all-reduce sum, the gradient is that of the
+                # mean loss over the whole minibatch, however it is split.
+                terms = self.backward_batch(rollout, advantages, members, 1.0 / n_global, fixed)
+                for k in sums:
+                    sums[k] += terms[k]
+                ratio_max = max(ratio_max, terms.get("ratio_max", 0.0))
+                n_terms += len(members) * terms_per_sample
                 self._all_reduce_grads()
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self._update_sampling_policy()
         totals = self._sum_over_processes([*sums.values(), float(n_terms)])
         denom = max(totals[-1], 1.0)
         out = {k: v / denom for k, v in zip(sums, totals[:-1], strict=True)}
-        out["ratio_max"] = self._max_over_processes(ratio_max)
+        if not forward:
+            out["ratio_max"] = self._max_over_processes(ratio_max)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
         out["optimizer_steps"] = len(grad_norms)
         out["lr"] = self.scheduler.get_last_lr()[0]
         return out
+
+    def backward_batch(
+        self,
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        members: torch.Tensor,
+        weight: float,
+        fixed: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """Accumulate the gradient of `weight` x the summed per-sample loss of samples `members`, in micro-batches
+        of `train_batch_size`; returns the summed statistics. `fixed` holds the forward objective's inputs
+        (`_forward_targets`), computed here when not given."""
+        args, traj, device = self.args, rollout.trajectory, self.policy.device
+        forward = args.objective == "forward"
+        if forward and fixed is None:
+            fixed = self._forward_targets(rollout)
+        steps = traj.train_steps
+        sums: dict[str, float] = {}
+        for start in range(0, len(members), args.train_batch_size):
+            idx = members[start : start + args.train_batch_size]
+            adv = advantages[idx].to(device)
+            if forward:
+                terms = self._forward_loss_terms(traj, fixed, idx, adv, weight / args.forward_timesteps)
+            else:
+                terms = self._loss_terms(traj, idx, adv, steps, weight / len(steps))
+            for k, v in terms.items():
+                sums[k] = max(sums.get(k, 0.0), v) if k == "ratio_max" else sums.get(k, 0.0) + v
+        return sums
 
     def _loss_terms(
         self, traj: Trajectory, idx: torch.Tensor, adv: torch.Tensor, steps: list[int], scale: float
@@ -426,6 +485,91 @@ class RPOTrainer:
                 stats["clip_frac"] += ((ratio - 1.0).abs() > args.clip_range).float().sum().item()
                 stats["ratio_mean"] += ratio.sum().item()
                 stats["ratio_max"] = max(stats["ratio_max"], ratio.max().item())
+        return stats
+
+    @torch.no_grad()
+    def _forward_targets(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """The forward objective's fixed inputs: for each sample and each of `forward_timesteps` draws, a noise
+        level t, the noised sample x_t = (1 - t) x_0 + t * noise, the flow-matching target noise - x_0, and the
+        velocities of the sampling policy (and of the reference, for the KL) at x_t. The draws come from a
+        generator seeded by (seed, step, global group index), so they do not depend on how samples are split
+        over processes."""
+        args, traj = self.args, rollout.trajectory
+        device = self.policy.device
+        group_index = torch.tensor([k for k, _ in self.prompts_for_step(self.step)])
+        x0 = traj.final.to(device)
+        k, t_min = args.forward_timesteps, args.forward_t_min
+        ts, noises = [], []
+        for gid in group_index.tolist():
+            gen = torch.Generator("cpu").manual_seed(_seed_for(args.seed, self.step, gid, 1_000_003))
+            ts.append(t_min + (1.0 - t_min) * torch.rand(k, generator=gen))
+            noises.append(torch.randn((k, *x0.shape[1:]), generator=gen))
+        # A group shares its draws (common random numbers): the regression noise, the same for every member,
+        # cancels in the advantage-weighted sum instead of swamping the differences between the images.
+        t = torch.stack(ts).clamp_min(1e-3).repeat_interleave(rollout.group_size, dim=0).to(device)  # [B, K]
+        noise = torch.stack(noises).repeat_interleave(rollout.group_size, dim=0).to(device)  # [B, K, ...]
+        tb = t.view(*t.shape, *([1] * (x0.dim() - 1)))
+        x_t = (1.0 - tb) * x0[:, None] + tb * noise
+        fixed = {"t": t, "x_t": x_t, "target": noise - x0[:, None]}
+        with self.sampling_policy():
+            fixed["v_old"] = self._velocities(traj, x_t, t)
+        if args.beta > 0:
+            with self.policy.reference():
+                fixed["v_ref"] = self._velocities(traj, x_t, t)
+        return fixed
+
+    def _velocities(self, traj: Trajectory, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The policy's velocity at x_t [B, K, ...] and noise levels t [B, K], in micro-batches."""
+        out = torch.empty_like(x_t)
+        for start in range(0, len(traj), self.args.train_batch_size):
+            idx = torch.arange(start, min(start + self.args.train_batch_size, len(traj)))
+            cond = traj.cond.index(idx)
+            for j in range(x_t.shape[1]):
+                with self.accelerator.autocast():
+                    v = self.policy.velocity(x_t[idx, j], t[idx, j], cond, traj.guidance_scale, traj.extras)
+                out[idx, j] = v.float()
+        return out
+
+    def _forward_loss_terms(
+        self,
+        traj: Trajectory,
+        fixed: dict[str, torch.Tensor],
+        idx: torch.Tensor,
+        adv: torch.Tensor,
+        scale: float,
+    ) -> dict[str, float]:
+        """Backward the negative-aware flow-matching loss (DiffusionNFT) + beta * velocity KL for samples `idx`.
+
+        The advantage becomes an optimality weight r = (1 + clamp(A, -1, 1)) / 2. With the implicit policies
+        v+ = v_old + b (v - v_old) and v- = v_old - b (v - v_old) (b = forward_beta), the loss is
+        r |v+ - target|^2 + (1 - r) |v- - target|^2: at v = v_old its gradient is 2 b (2r - 1)(v_old - target),
+        an advantage-weighted flow-matching gradient, and its curvature 2 b^2 keeps losers from diverging. It
+        needs no log-probabilities, so its gradient has the variance of pretraining's regression loss instead
+        of the SDE noise the policy gradient carries."""
+        args = self.args
+        b = args.forward_beta
+        r = 0.5 * (1.0 + adv.float().clamp(-1.0, 1.0))
+        cond = traj.cond.index(idx)
+        dims = tuple(range(1, fixed["x_t"].dim() - 1))
+        stats = dict.fromkeys(("loss", "policy_loss", "kl", "clip_frac"), 0.0)
+        for j in range(args.forward_timesteps):
+            with self.accelerator.autocast():
+                v = self.policy.velocity(
+                    fixed["x_t"][idx, j], fixed["t"][idx, j], cond, traj.guidance_scale, traj.extras
+                ).float()
+            v_old, target = fixed["v_old"][idx, j], fixed["target"][idx, j]
+            pos = ((v_old + b * (v - v_old) - target) ** 2).mean(dim=dims)
+            neg = ((v_old - b * (v - v_old) - target) ** 2).mean(dim=dims)
+            policy_loss = r * pos + (1.0 - r) * neg
+            if args.beta > 0:
+                kl = ((v - fixed["v_ref"][idx, j]) ** 2).mean(dim=dims)
+            else:
+                kl = torch.zeros_like(policy_loss)
+            per_sample = policy_loss + args.beta * kl
+            (per_sample.sum() * scale).backward()
+            stats["loss"] += per_sample.sum().item()
+            stats["policy_loss"] += policy_loss.sum().item()
+            stats["kl"] += kl.sum().item()
         return stats
 
     def _sum_over_processes(self, values: float | list[float]) -> Any:
@@ -567,10 +711,11 @@ class RPOTrainer:
                     if acc.log_with:
                         acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step)
                 bar.update(1)
-                bar.set_postfix(
-                    reward=f"{row.get('reward_mean', float('nan')):.3f}",
-                    eval=f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-",
-                )
+                postfix = {"reward": f"{row.get('reward_mean', float('nan')):.3f}"}
+                if "reward/tie_rate" in row:  # symmetric pairwise rewards average 0; the tie rate says more
+                    postfix["ties"] = f"{row['reward/tie_rate']:.2f}"
+                postfix["eval"] = f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-"
+                bar.set_postfix(postfix)
                 if self.step % args.save_steps == 0 or self.step == args.max_steps:
                     self.save_checkpoint()
                 if self._stop_signal is not None:
@@ -713,6 +858,9 @@ class RPOTrainer:
             tmp.mkdir(parents=True)
             lora = {k: v.detach().cpu().contiguous() for k, v in self.policy.lora_state_dict().items()}
             save_file(lora, tmp / "lora.safetensors")
+            if self.sampling_params is not None:
+                ema = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(self.sampling_params)}
+                save_file(ema, tmp / "sampling_lora.safetensors")
             torch.save(
                 {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                 tmp / "optimizer.pt",
@@ -771,6 +919,15 @@ class RPOTrainer:
                 raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
         state = json.loads((path / "trainer_state.json").read_text())
         self.policy.load_lora_state_dict(load_file(path / "lora.safetensors", device=str(self.policy.device)))
+        if self.sampling_params is not None:
+            ema_path = path / "sampling_lora.safetensors"
+            if not ema_path.is_file():
+                raise ConfigError(
+                    f"{path} has no sampling_lora.safetensors: it was saved without forward_ema_decay, so it "
+                    "cannot resume a run that samples with a moving average"
+                )
+            ema = load_file(ema_path, device=str(self.policy.device))
+            self.sampling_params = [ema[str(i)] for i in range(len(self.params))]
         opt = torch.load(path / "optimizer.pt", map_location=self.policy.device, weights_only=True)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
