@@ -68,6 +68,16 @@ def read_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_same_rows(run_a: Path, run_b: Path, steps: list[int]) -> None:
+    """Two runs wrote the same metrics rows at `steps` (timings aside): what an exact resume must give."""
+    a, b = read_rows(run_a), read_rows(run_b)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == steps
+    for ra, rb in zip(a, b, strict=True):
+        for k in ra:
+            if k not in TIMING:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+
+
 def brightness_eval(records, images):
     return {"eval_score": brightness(images) / 255}
 
@@ -172,12 +182,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     run(part, 2)
     assert (Path(part) / "checkpoints" / "step_2" / "lora.safetensors").is_file()
     run(part, 4, resume="latest")
-    a, b = read_rows(Path(full)), read_rows(Path(part))
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b, strict=True):
-        for k in ra:
-            if k not in TIMING:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+    assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
 
 
 def test_missing_named_checkpoint_is_an_error(tmp_path):

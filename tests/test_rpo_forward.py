@@ -15,7 +15,14 @@ from arr.rpo import ConfigError, RPOConfig, RPOTrainer
 from arr.rpo.trainer import TrainerCallback
 from arr.shapes.training import t2i_records
 from tests.fakes import BrightnessBackend
-from tests.test_rpo import TIMING, brightness, brightness_eval, make_args, read_rows, tiny_policy
+from tests.test_rpo import (
+    assert_same_rows,
+    brightness,
+    brightness_eval,
+    make_args,
+    read_rows,
+    tiny_policy,
+)
 
 
 def forward_trainer(tmp_path: Path, **kw) -> RPOTrainer:
@@ -154,12 +161,7 @@ def test_forward_objective_resumes_exactly(tmp_path):
     run(full, 4)
     run(part, 2)
     run(part, 4, resume="latest")
-    a, b = read_rows(Path(full)), read_rows(Path(part))
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b, strict=True):
-        for k in ra:
-            if k not in TIMING:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+    assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
 
 
 def test_sampling_policy_is_a_moving_average_of_the_lora(tmp_path):
