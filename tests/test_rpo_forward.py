@@ -184,3 +184,8 @@ def test_sampling_policy_is_a_moving_average_of_the_lora(tmp_path):
     with trainer.sampling_policy():  # sampling swaps the average in ...
         assert all(torch.equal(p, e) for p, e in zip(trainer.params, trainer.sampling_params, strict=True))
     assert all(torch.equal(p, b) for p, b in zip(trainer.params, w2, strict=True))  # ... and back out
+    # The checkpoint keeps the average under peft names, so it loads as a LoRA of its own.
+    from safetensors.torch import load_file
+
+    trainer.policy.load_lora_state_dict(load_file(trainer.save_checkpoint() / "sampling_lora.safetensors"))
+    assert all(torch.equal(p, e) for p, e in zip(trainer.params, trainer.sampling_params, strict=True))

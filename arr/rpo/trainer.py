@@ -859,7 +859,9 @@ class RPOTrainer:
             lora = {k: v.detach().cpu().contiguous() for k, v in self.policy.lora_state_dict().items()}
             save_file(lora, tmp / "lora.safetensors")
             if self.sampling_params is not None:
-                ema = {str(i): t.detach().cpu().contiguous() for i, t in enumerate(self.sampling_params)}
+                # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
+                with self.sampling_policy():
+                    ema = {k: v.detach().cpu().clone() for k, v in self.policy.lora_state_dict().items()}
                 save_file(ema, tmp / "sampling_lora.safetensors")
             torch.save(
                 {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
@@ -918,7 +920,7 @@ class RPOTrainer:
             if not (path / "trainer_state.json").is_file():
                 raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
         state = json.loads((path / "trainer_state.json").read_text())
-        self.policy.load_lora_state_dict(load_file(path / "lora.safetensors", device=str(self.policy.device)))
+        device = str(self.policy.device)
         if self.sampling_params is not None:
             ema_path = path / "sampling_lora.safetensors"
             if not ema_path.is_file():
@@ -926,8 +928,9 @@ class RPOTrainer:
                     f"{path} has no sampling_lora.safetensors: it was saved without forward_ema_decay, so it "
                     "cannot resume a run that samples with a moving average"
                 )
-            ema = load_file(ema_path, device=str(self.policy.device))
-            self.sampling_params = [ema[str(i)] for i in range(len(self.params))]
+            self.policy.load_lora_state_dict(load_file(ema_path, device=device))
+            self.sampling_params = [p.detach().clone() for p in self.params]
+        self.policy.load_lora_state_dict(load_file(path / "lora.safetensors", device=device))
         opt = torch.load(path / "optimizer.pt", map_location=self.policy.device, weights_only=True)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
