@@ -3,6 +3,8 @@ held-out images that move the way the judge prefers (with deterministic, eta 0 s
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -144,24 +146,43 @@ def test_forward_objective_moves_held_out_images_the_judges_way(tmp_path, sign):
     assert all(r["clip_frac"] == 0.0 and "ratio_mean" not in r for r in train_rows)
 
 
+class StopAt(TrainerCallback):
+    """Ask the trainer to stop after `step`, as the SIGTERM handler does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, step, metrics):
+        if step == self.step:
+            trainer._stop_signal = signal.SIGTERM
+
+
 def test_forward_objective_resumes_exactly(tmp_path):
-    def run(out: str, max_steps: int, resume: str | None = None):
+    def run(out: str, resume: str | None = None, stop_at: int | None = None):
         trainer = forward_trainer(
             tmp_path,
             output_dir=out,
-            max_steps=max_steps,
+            max_steps=4,
             save_steps=2,
             eval_steps=2,
             resume_from_checkpoint=resume,
             forward_ema_decay=0.5,
+            warmup_steps=1,
+            lr_scheduler_type="cosine",
         )
-        trainer.train()
+        if stop_at is not None:  # stop as SIGTERM would: the schedule still spans all 4 steps
+            trainer.callbacks.append(StopAt(stop_at))
+        with contextlib.suppress(KeyboardInterrupt):
+            trainer.train()
 
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    run(full, 4)
-    run(part, 2)
-    run(part, 4, resume="latest")
+    run(full)
+    run(part, stop_at=2)
+    run(part, resume="latest")
     assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
+    # Warmup over 1 step, then cosine from 1 towards 0 at step 4; each row logs the rate its step used.
+    lrs = [r["lr"] / 3e-3 for r in read_rows(Path(full)) if "lr" in r]
+    assert lrs == pytest.approx([1.0, 1.0, 0.75, 0.25])
 
 
 def test_sampling_policy_is_a_moving_average_of_the_lora(tmp_path):

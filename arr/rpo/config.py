@@ -16,6 +16,7 @@ from typing import Any
 REWARD_MODES = ("pairwise", "pointwise")
 LOGPROB_REDUCTIONS = ("mean", "sum")
 OBJECTIVES = ("policy_gradient", "forward")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
 
 
 class ConfigError(ValueError):
@@ -145,6 +146,12 @@ class RPOConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warmup steps"})
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "learning rate after warmup: constant, or decayed to 0 at max_steps (linear, cosine)"
+        },
+    )
     train_batch_size: int = field(
         default=8,
         metadata={"help": "samples per backward pass, per process (micro-batch; accumulated to one step)"},
@@ -207,6 +214,8 @@ class RPOConfig:
             fail("num_sampling_steps", "must be positive", "the paper uses 8 (FLUX) or 10 (editing)")
         if self.eta < 0:
             fail("eta", "the SDE noise level cannot be negative", "the paper uses 0.3")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            fail("lr_scheduler_type", f"must be one of {LR_SCHEDULERS}", "choose one of them")
         if self.objective not in OBJECTIVES:
             fail("objective", f"must be one of {OBJECTIVES}", "choose one of them")
         if self.eta == 0 and self.objective == "policy_gradient":

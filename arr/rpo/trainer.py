@@ -207,16 +207,27 @@ class RPOTrainer:
             weight_decay=args.weight_decay,
             eps=args.adam_epsilon,
         )
-        warmup = max(args.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self.step = 0
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
+
+    def _lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier after `step` RPO steps: linear warmup, then constant or decayed to 0 at
+        `max_steps` (a decay lets the last steps settle instead of ending on a full-size, noisy step)."""
+        args = self.args
+        warmup = max(args.warmup_steps, 0)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, args.max_steps - warmup))
+        if args.lr_scheduler_type == "linear":
+            return 1.0 - progress
+        if args.lr_scheduler_type == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
 
     # ---- data ----------------------------------------------------------------------------------------------
 
@@ -416,6 +427,7 @@ class RPOTrainer:
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm)))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step used
         self.scheduler.step()
         self._update_sampling_policy()
         totals = self._sum_over_processes([*sums.values(), float(n_terms)])
@@ -425,7 +437,7 @@ class RPOTrainer:
             out["ratio_max"] = self._max_over_processes(ratio_max)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
         out["optimizer_steps"] = len(grad_norms)
-        out["lr"] = self.scheduler.get_last_lr()[0]
+        out["lr"] = lr
         return out
 
     def backward_batch(
@@ -856,13 +868,11 @@ class RPOTrainer:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-            lora = {k: v.detach().cpu().contiguous() for k, v in self.policy.lora_state_dict().items()}
-            save_file(lora, tmp / "lora.safetensors")
+            save_file(self._lora_tensors(), tmp / "lora.safetensors")
             if self.sampling_params is not None:
                 # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
                 with self.sampling_policy():
-                    ema = {k: v.detach().cpu().clone() for k, v in self.policy.lora_state_dict().items()}
-                save_file(ema, tmp / "sampling_lora.safetensors")
+                    save_file(self._lora_tensors(), tmp / "sampling_lora.safetensors")
             torch.save(
                 {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                 tmp / "optimizer.pt",
@@ -893,6 +903,11 @@ class RPOTrainer:
             self._prune_checkpoints()
         acc.wait_for_everyone()
         return final
+
+    def _lora_tensors(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,
+        which `sampling_policy()` swaps)."""
+        return {k: v.detach().cpu().clone() for k, v in self.policy.lora_state_dict().items()}
 
     def _prune_checkpoints(self) -> None:
         ckpts = sorted(
