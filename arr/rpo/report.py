@@ -101,9 +101,9 @@ def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = 
         table = [
             {
                 "category": c[5:],
-                "before": first.get(c, float("nan")),
-                "after": last.get(c, float("nan")),
-                "change": last.get(c, float("nan")) - first.get(c, float("nan")),
+                "before": f"{first.get(c, float('nan')):.3f}",
+                "after": f"{last.get(c, float('nan')):.3f}",
+                "change": f"{last.get(c, float('nan')) - first.get(c, float('nan')):+.3f}",
             }
             for c in cats
         ]
