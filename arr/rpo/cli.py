@@ -2,7 +2,7 @@
 
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
-arr demo                      # the shapes-world demo on CPU, about 12 minutes on 2 cores
+arr demo                      # the shapes-world demo on CPU, about 14 minutes on 2 cores
 """
 
 from __future__ import annotations
