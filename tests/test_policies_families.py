@@ -145,7 +145,10 @@ def test_recomputed_log_probs_give_ratio_one(family, cfg, reduction):
         full = policy.transition(traj, i)
         sub = policy.transition(traj, i, sample_indices=[3, 0])
         assert torch.exp(full.log_prob - traj.log_probs[:, i]).sub(1).abs().max().item() < 1e-5
-        assert torch.exp(sub.log_prob - traj.log_probs[[3, 0], i]).sub(1).abs().max().item() < 1e-5
+        # A sub-batch goes through float32 kernels blocked for another batch size: on an AMD EPYC CPU the SD3
+        # transition means moved by up to 5e-7, which the summed log-prob of the last step (|log p| ~ 940)
+        # turned into a ratio of 1 + 1.6e-5. Wrong indexing would be off by far more than 1e-4.
+        assert torch.exp(sub.log_prob - traj.log_probs[[3, 0], i]).sub(1).abs().max().item() < 1e-4
         assert full.log_prob.requires_grad
 
 

@@ -146,7 +146,10 @@ def wait_for(cond, timeout: float = 120.0) -> None:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path):
-    max_steps, n_kills = 24, 12
+    # Enough steps that 12 kills fit on a fast machine too: an "anywhere in the next two steps" kill sleeps up to
+    # 2.5 s, which is several steps where a step takes 0.3 s; with 24 steps the run could finish before the last
+    # kill and the test waited for a checkpoint past max_steps.
+    max_steps, n_kills = 48, 12
     zygote = Zygote(tmp_path)
     try:
         full_markers = tmp_path / "m_full"
