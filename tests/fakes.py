@@ -36,6 +36,20 @@ class BrightnessBackend:
         return [CriterionVerdict(q.image.getpixel((0, 0))[0] / 255) for q in queries]
 
 
+class CoarseBrightnessBackend(BrightnessBackend):
+    """Prefers the brighter image by quarters of the range, so that many pairs tie."""
+
+    def fingerprint(self) -> str:
+        return "coarse-brightness/v1"
+
+    def judge_pairs(self, queries):
+        out = []
+        for q in queries:
+            a, b = (im.getpixel((0, 0))[0] // 64 for im in q.images)
+            out.append(PairVerdict(1.0 if a > b else 0.0 if a < b else 0.5, reason=f"{a} vs {b}"))
+        return out
+
+
 class FirstPositionBackend(BrightnessBackend):
     """A judge with pure position bias: it always prefers whatever is shown first."""
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ def arr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @shipped
 def test_demo_runs_and_writes_a_run_directory(tmp_path):
     out = tmp_path / "demo"
-    r = arr("demo", "--output_dir", str(out), *TINY_RUN)
+    r = arr("demo", "--output_dir", str(out), "--num_processes", "1", *TINY_RUN)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "held-out shapes-GenEval score" in r.stdout
     assert "evaluation noise at 95%" in r.stdout  # the change is printed with its noise band
@@ -52,6 +54,41 @@ def test_train_with_two_processes_writes_one_set_of_checkpoints(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # step 0 eval + 2 steps, written once
+    state = json.loads((out / "checkpoints/step_2/trainer_state.json").read_text())
+    assert state["num_processes"] == 2  # two ranks really ran (a MULTI_CPU config would start one)
+
+
+@shipped
+@pytest.mark.slow
+def test_demo_with_two_processes_stops_together_on_sigterm_and_resumes(tmp_path):
+    """`arr demo` launches its ranks itself; SIGTERM to it checkpoints once, for both ranks, and stops."""
+    out = tmp_path / "demo"
+    run = ["--max_steps", "60", *TINY_RUN[2:], "--save_steps", "1000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arr", "demo", "--output_dir", str(out), "--num_processes", "2", *run],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # the eval row and 2 steps
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert "training with 2 CPU processes" in stdout
+    assert proc.returncode != 0 and "interrupted" in stderr, stderr[-3000:]
+    (ckpt,) = (out / "checkpoints").iterdir()
+    stopped = int(ckpt.name.removeprefix("step_"))
+    assert 2 <= stopped < 60
+    assert json.loads((ckpt / "trainer_state.json").read_text())["num_processes"] == 2
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(stopped + 1))
+
+    r = arr("demo", "--output_dir", str(out), "--num_processes", "2", *run[2:], "--max_steps", str(stopped + 1),
+            "--resume_from_checkpoint", "latest")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == list(range(stopped + 2))
 
 
 def test_train_rejects_unknown_recipe_keys(tmp_path):

@@ -208,22 +208,29 @@ TWO_PROC_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {root!r})
 from tests.test_rpo import tiny_policy, make_args, brightness_eval
-from tests.fakes import BrightnessBackend
+from tests.fakes import BrightnessBackend, CoarseBrightnessBackend
 from arr import RubricJudge
 from arr.rewards import RubricPairwiseReward
 from arr.rpo import RPOTrainer
 from arr.shapes.training import t2i_records
 from pathlib import Path
-args = make_args(Path(sys.argv[1]), max_steps=2, **json.loads(sys.argv[2]))
-RPOTrainer(tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args,
-           t2i_records(16, "train")).train()
+overrides = json.loads(sys.argv[2])
+backend = CoarseBrightnessBackend() if overrides.pop("coarse_judge", False) else BrightnessBackend()
+args = make_args(Path(sys.argv[1]), max_steps=2, **overrides)
+RPOTrainer(tiny_policy(), RubricPairwiseReward(RubricJudge(backend)), args, t2i_records(16, "train")).train()
 """
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"objective": "forward", "eta": 0.0, "shared_noise": False, "center_rewards": True}],
-    ids=["policy_gradient", "forward"],
+    [
+        {},
+        {"objective": "forward", "eta": 0.0, "shared_noise": False, "center_rewards": True},
+        # two groups in two minibatches: each rank holds one group, so sits out one minibatch's backward; a judge
+        # that ties often, so that the logged tie rate must be the two ranks' together, not rank 0's
+        {"prompts_per_step": 2, "num_minibatches": 2, "coarse_judge": True},
+    ],
+    ids=["policy_gradient", "forward", "rank_without_minibatch"],
 )
 def test_two_processes_equal_one(tmp_path, overrides):
     script = tmp_path / "train2.py"
@@ -248,11 +255,13 @@ def test_two_processes_equal_one(tmp_path, overrides):
     a, b = read_rows(tmp_path / "one" / "run"), read_rows(tmp_path / "two" / "run")
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b, strict=True):
-        keys = ("reward_mean", "loss", "kl", "clip_frac", "grad_norm") + (
-            () if overrides else ("ratio_mean",)
+        keys = ("reward_mean", "reward/tie_rate", "loss", "kl", "clip_frac", "grad_norm") + (
+            () if overrides.get("objective") == "forward" else ("ratio_mean",)
         )
         for k in keys:
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-7), k
+    if overrides.get("coarse_judge"):
+        assert any(0 < r["reward/tie_rate"] < 1 for r in a)  # ties happened, and not in every pair
 
 
 class _RemoteBrightness(BrightnessBackend):

@@ -419,8 +419,8 @@ class RPOTrainer:
                 # Each sample weighs 1 / global samples: after the all-reduce sum, the gradient is that of the
                 # mean loss over the whole minibatch, however it is split.
                 terms = self.backward_batch(rollout, advantages, members, 1.0 / n_global, fixed)
-                for k in sums:
-                    sums[k] += terms[k]
+                for k in sums:  # a rank may hold none of this minibatch's groups, and so no statistics
+                    sums[k] += terms.get(k, 0.0)
                 ratio_max = max(ratio_max, terms.get("ratio_max", 0.0))
                 n_terms += len(members) * terms_per_sample
                 self._all_reduce_grads()
@@ -730,7 +730,11 @@ class RPOTrainer:
                 bar.set_postfix(postfix)
                 if self.step % args.save_steps == 0 or self.step == args.max_steps:
                     self.save_checkpoint()
-                if self._stop_signal is not None:
+                # Ranks agree on stopping: a signal that reached one rank only must not leave the others in the next
+                # step's collectives while it checkpoints.
+                signum = self._max_over_processes(float(self._stop_signal or 0))
+                if signum:
+                    self._stop_signal = int(signum)
                     if self.step % args.save_steps:
                         self.save_checkpoint()
                     raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at step {self.step}")
@@ -802,9 +806,12 @@ class RPOTrainer:
             "judge_wait_seconds": t2 - t1,
             "optimize_seconds": t3 - t2,
         }
-        row.update(
-            {f"reward/{k}": v for k, v in info.items() if isinstance(v, (int, float)) and k != "pairs"}
-        )
+        # The reward's rates (ties, failures) cover this rank's groups: average them over all ranks, weighted by
+        # the pairs (or samples) each rank judged, so that the logged rate is the whole batch's.
+        rates = sorted(k for k, v in info.items() if isinstance(v, (int, float)) and k != "pairs")
+        weight = float(info.get("pairs", len(rewards)))
+        sums = self._sum_over_processes([weight, *(float(info[k]) * weight for k in rates)])
+        row.update({f"reward/{k}": v / max(sums[0], 1.0) for k, v in zip(rates, sums[1:], strict=True)})
         return row
 
     def _judge_stats(self) -> dict[str, float]:
