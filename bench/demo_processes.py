@@ -54,7 +54,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (threads, processes) in settings.items():
-            results[name] = run(name.replace(" ", "_").replace(",", ""), Path(tmp), args.steps, threads, processes)
+            results[name] = run(
+                name.replace(" ", "_").replace(",", ""), Path(tmp), args.steps, threads, processes
+            )
             print(name, json.dumps(results[name]), flush=True)
     base = results["1 process, 2 threads"]["step_seconds"]
     for r in results.values():
