@@ -51,6 +51,20 @@ def png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """About `target` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) inside [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / target
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    ticks, k = [], math.ceil(lo / step - 1e-9)
+    while k * step <= hi + 1e-9 * step:
+        ticks.append(round(k * step, 12))
+        k += 1
+    return ticks
+
+
 def svg_line_plot(
     series: dict[str, Sequence[tuple[float, float]]],
     title: str,
@@ -85,16 +99,14 @@ def svg_line_plot(
         f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#999"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
     ]
-    for k in range(5):
-        yv = y0 + (y1 - y0) * k / 4
+    for yv in nice_ticks(y0, y1):
         out.append(
-            f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end" font-size="10">{yv:.3g}</text>'
+            f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end" font-size="10">{yv:.6g}</text>'
             f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{width - right}" y2="{sy(yv):.1f}" stroke="#eee"/>'
         )
-    for k in range(5):
-        xv = x0 + (x1 - x0) * k / 4
+    for xv in nice_ticks(x0, x1):
         out.append(
-            f'<text x="{sx(xv):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">{xv:.4g}</text>'
+            f'<text x="{sx(xv):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">{xv:.6g}</text>'
         )
     out.append(
         f'<text x="{(left + width - right) / 2}" y="{height - 4}" text-anchor="middle" font-size="11">{html.escape(xlabel)}</text>'

@@ -91,6 +91,12 @@ def test_demo_with_two_processes_stops_together_on_sigterm_and_resumes(tmp_path)
     assert steps == list(range(stopped + 2))
 
 
+def test_demo_rejects_a_process_count_that_does_not_split_the_batch(tmp_path):
+    r = arr("demo", "--output_dir", str(tmp_path / "d"), "--num_processes", "3")
+    assert r.returncode == 2 and "does not divide prompts_per_step=16" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "d").exists()
+
+
 def test_train_rejects_unknown_recipe_keys(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("max_stepz: 3\n")
