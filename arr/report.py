@@ -51,18 +51,27 @@ def png_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """About `target` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) inside [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / target
+def nice_ticks(lo: float, hi: float, target: int = 5, min_step: float = 0.0) -> list[float]:
+    """About `target` round tick values (steps of 1, 2, 2.5 or 5 times a power of ten, at least `min_step`)
+    inside [lo, hi]."""
+    span = hi - lo
+    if not (math.isfinite(lo) and math.isfinite(hi) and math.isfinite(span)) or span <= 0:
+        return [lo] if math.isfinite(lo) else []
+    raw = max(span / target, min_step)
+    if not (math.isfinite(raw) and raw > 0):
+        return [lo, hi]
     mag = 10.0 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    ticks, k = [], math.ceil(lo / step - 1e-9)
-    while k * step <= hi + 1e-9 * step:
-        ticks.append(round(k * step, 12))
+    digits = max(0, 2 - math.floor(math.log10(step)))  # enough to tell neighbouring ticks apart
+    tol = 1e-6 * step  # float error of k * step when |lo| is many steps away from 0
+    ticks: list[float] = []
+    k = math.ceil(lo / step - 1e-6)
+    while k * step <= hi + tol and len(ticks) <= 4 * target:
+        v = round(k * step, digits)
+        if lo - tol <= v <= hi + tol and (not ticks or v != ticks[-1]):
+            ticks.append(v)
         k += 1
-    return ticks
+    return ticks or [lo, hi]
 
 
 def svg_line_plot(
@@ -104,7 +113,7 @@ def svg_line_plot(
             f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end" font-size="10">{yv:.6g}</text>'
             f'<line x1="{left}" y1="{sy(yv):.1f}" x2="{width - right}" y2="{sy(yv):.1f}" stroke="#eee"/>'
         )
-    for xv in nice_ticks(x0, x1):
+    for xv in nice_ticks(x0, x1, min_step=1.0 if xlabel == "step" else 0.0):  # no half steps
         out.append(
             f'<text x="{sx(xv):.1f}" y="{height - bottom + 14}" text-anchor="middle" font-size="10">{xv:.6g}</text>'
         )

@@ -16,7 +16,17 @@ from arr.shapes.models import ASSETS_DIR, CONFIG_NAME
 from arr.shapes.scene import Obj, Scene, render
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+# Without a launcher's rank variables: inside "a rank", `arr demo` would train instead of launching its ranks.
+ENV = {
+    **{
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    },
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+}
 shipped = pytest.mark.skipif(
     not (ASSETS_DIR / "t2i" / CONFIG_NAME).is_file(), reason="shipped t2i weights missing"
 )
@@ -26,7 +36,7 @@ TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts",
 
 def arr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "arr", *args], capture_output=True, text=True, env=ENV, cwd=cwd
+        [sys.executable, "-m", "arr", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
     )
 
 
@@ -70,11 +80,18 @@ def test_demo_with_two_processes_stops_together_on_sigterm_and_resumes(tmp_path)
     )  # fmt: skip
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):  # the eval row and 2 steps
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=240)
+    try:
+        while not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 3
+        ):  # the eval row and 2 steps
+            assert proc.poll() is None and time.monotonic() < deadline, "the demo ended or stalled"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:  # never leave ranks behind (they also die with their parent, on Linux)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
     assert "training with 2 CPU processes" in stdout
     assert proc.returncode != 0 and "interrupted" in stderr, stderr[-3000:]
     (ckpt,) = (out / "checkpoints").iterdir()

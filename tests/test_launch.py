@@ -1,10 +1,20 @@
-"""How `arr demo` picks its number of CPU ranks."""
+"""How `arr demo` picks its number of CPU ranks, and how it starts, watches and stops them."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
-from arr.rpo.launch import MAX_AUTO_PROCESSES, auto_num_processes
+from arr.rpo.launch import (
+    MAX_AUTO_PROCESSES,
+    _cgroup_cpu_quota,
+    _exit_code,
+    _wait_for_ranks,
+    auto_num_processes,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,3 +32,42 @@ from arr.rpo.launch import MAX_AUTO_PROCESSES, auto_num_processes
 def test_auto_num_processes_divides_the_batch_and_fits_the_cores(prompts, cores, expected):
     n = auto_num_processes(prompts, cores=cores)
     assert n == expected and prompts % n == 0 and n <= cores
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2, docker --cpus=2
+        ({"cpu.max": "150000 100000\n"}, 1),  # 1.5 CPUs: one whole core per rank
+        ({"cpu.max": "max 100000\n"}, None),  # no quota
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_cgroup_cpu_quota_limits_the_cores(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_a_failed_rank_stops_the_others():
+    """A rank that crashes would leave the others waiting in a collective: they are terminated."""
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    t = time.monotonic()
+    assert _wait_for_ranks([waiting, failing], poll_seconds=0.05) == 3
+    assert waiting.wait(timeout=10) != 0 and time.monotonic() - t < 30
+
+
+def test_after_a_signal_every_rank_is_waited_for():
+    """Stopping ranks checkpoint first: the slowest one is waited for, not terminated."""
+    fast = subprocess.Popen([sys.executable, "-c", "raise SystemExit(130)"])
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    assert _wait_for_ranks([fast, slow], poll_seconds=0.05, stopping=[15]) == 130
+    assert slow.returncode == 0  # it finished on its own
+
+
+def test_exit_codes_are_shell_style():
+    assert (_exit_code(0), _exit_code(130), _exit_code(-15), _exit_code(-9)) == (0, 130, 143, 137)

@@ -54,11 +54,11 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from arr.cli import CLIError
     from arr.rpo.config import ConfigError
-    from arr.rpo.launch import launch_cpu_processes, launched_by_a_launcher
+    from arr.rpo.launch import launch_cpu_processes, launched_as_a_rank
     from arr.rpo.recipe import parse_recipe
 
     argv = [str(demo_recipe_path()), "--output_dir", args.output_dir, *args.overrides]
-    if launched_by_a_launcher():
+    if launched_as_a_rank():
         return _train(argv, demo=True)
     try:
         rpo = parse_recipe(argv).rpo
@@ -75,13 +75,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
     from arr.cli import CLIError
-    from arr.rpo.launch import auto_num_processes
+    from arr.rpo.launch import auto_num_processes, can_launch_ranks
 
     if requested == "auto":
         import torch
 
         # Several ranks pay off on CPU only; a GPU run is launched by the user with accelerate.
-        return auto_num_processes(prompts_per_step) if cpu or not torch.cuda.is_available() else 1
+        on_cpu = cpu or not torch.cuda.is_available()
+        return auto_num_processes(prompts_per_step) if on_cpu and can_launch_ranks() else 1
     try:
         n = int(requested)
     except ValueError:

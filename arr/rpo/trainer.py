@@ -733,7 +733,7 @@ class RPOTrainer:
                 # Ranks agree on stopping: a signal that reached one rank only must not leave the others in the next
                 # step's collectives while it checkpoints.
                 signum = self._max_over_processes(float(self._stop_signal or 0))
-                if signum:
+                if signum and self.step < args.max_steps:  # at the last step the run simply ends
                     self._stop_signal = int(signum)
                     if self.step % args.save_steps:
                         self.save_checkpoint()
@@ -752,13 +752,18 @@ class RPOTrainer:
         args, acc = self.args, self.accelerator
         t0 = time.perf_counter()
         judge_stats_before = self._judge_stats()
+        unreachable: JudgeUnavailableError | None = None
         try:
             rollout, rewards, info, sample_seconds = self.sample_and_judge(self.step)
         except JudgeUnavailableError as e:
-            # The judge server is down (every request failed to connect): keep the work done so far.
+            unreachable = e
+        # The judge server is down (every request failed to connect): keep the work done so far. All ranks stop
+        # together, even if only one rank's requests failed, or the others would wait in the next collective.
+        if self._max_over_processes(float(unreachable is not None)):
             self.save_checkpoint()
             raise TrainingStopped(
-                f"step {self.step + 1}: the judge is unreachable ({e}), so 100% of samples got no judgment, over "
+                f"step {self.step + 1}: the judge is unreachable ({unreachable or 'from another rank'}), so 100% "
+                "of samples got no judgment, over "
                 f"max_judge_failure_rate={self.args.max_judge_failure_rate:.0%}; a checkpoint was saved in "
                 f"{self.checkpoint_dir}; restart the judge server and resume with --resume_from_checkpoint latest"
             ) from None
@@ -806,13 +811,36 @@ class RPOTrainer:
             "judge_wait_seconds": t2 - t1,
             "optimize_seconds": t3 - t2,
         }
-        # The reward's rates (ties, failures) cover this rank's groups: average them over all ranks, weighted by
-        # the pairs (or samples) each rank judged, so that the logged rate is the whole batch's.
-        rates = sorted(k for k, v in info.items() if isinstance(v, (int, float)) and k != "pairs")
-        weight = float(info.get("pairs", len(rewards)))
-        sums = self._sum_over_processes([weight, *(float(info[k]) * weight for k in rates)])
-        row.update({f"reward/{k}": v / max(sums[0], 1.0) for k, v in zip(rates, sums[1:], strict=True)})
+        row.update({f"reward/{k}": v for k, v in self._batch_reward_info(info, len(rewards)).items()})
         return row
+
+    def _batch_reward_info(self, info: dict[str, Any], num_samples: int) -> dict[str, float]:
+        """The reward's numbers for the whole batch, not this rank's share: counts (ints) add up over ranks, rates
+        (floats) are averaged weighted by the pairs (else samples) each rank judged; NaNs and keys a rank lacks
+        carry no weight. One all-gather of small dicts, so ranks need not report the same keys."""
+        numbers = {
+            k: v
+            for k, v in info.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "pairs"
+        }
+        parts = [(float(info.get("pairs", num_samples)), numbers)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object(parts)
+        out: dict[str, float] = {}
+        for key in sorted({k for _, nums in parts for k in nums}):
+            values = [(w, nums[key]) for w, nums in parts if key in nums]
+            if all(isinstance(v, int) for _, v in values):
+                out[key] = sum(v for _, v in values)
+                continue
+            finite = [(w, float(v)) for w, v in values if math.isfinite(v)]
+            weight = sum(w for w, _ in finite)
+            if weight > 0:
+                out[key] = sum(w * v for w, v in finite) / weight
+            else:
+                out[key] = sum(v for _, v in finite) / len(finite) if finite else float("nan")
+        return out
 
     def _judge_stats(self) -> dict[str, float]:
         judge = getattr(self.reward, "judge", None)
