@@ -2,7 +2,7 @@
 
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
-arr demo                      # the shapes-world demo on CPU: one rank per core, about 7 minutes on 2 cores
+arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
 """
 
 from __future__ import annotations
