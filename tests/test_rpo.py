@@ -309,3 +309,15 @@ def test_overlapped_judging_starts_before_sampling_ends_and_changes_nothing(tmp_
     assert len(results["auto"]) == len(results["off"]) == 3
     for a, b in zip(results["auto"], results["off"], strict=True):
         assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_reward_infos_merge_counts_rates_and_gaps():
+    """Chunks' and ranks' reward infos: counts add, rates weigh by pairs, NaN and missing keys carry no weight."""
+    from arr.rpo.trainer import _merge_infos
+
+    parts = [
+        {"judged": 3, "tie_rate": 0.5, "rm_score_mean": float("nan")},
+        {"judged": 2, "tie_rate": 0.25, "rm_score_mean": 0.8, "extra_rate": 0.1},
+    ]
+    out = _merge_infos(parts, [6.0, 2.0])
+    assert out == {"judged": 5, "tie_rate": (0.5 * 6 + 0.25 * 2) / 8, "rm_score_mean": 0.8, "extra_rate": 0.1}

@@ -815,9 +815,9 @@ class RPOTrainer:
         return row
 
     def _batch_reward_info(self, info: dict[str, Any], num_samples: int) -> dict[str, float]:
-        """The reward's numbers for the whole batch, not this rank's share: counts (ints) add up over ranks, rates
-        (floats) are averaged weighted by the pairs (else samples) each rank judged; NaNs and keys a rank lacks
-        carry no weight. One all-gather of small dicts, so ranks need not report the same keys."""
+        """The reward's numbers for the whole batch, not this rank's share (merged as chunks are, weighted by the
+        pairs, else samples, each rank judged). One all-gather of small dicts, so ranks need not report the same
+        keys."""
         numbers = {
             k: v
             for k, v in info.items()
@@ -828,19 +828,7 @@ class RPOTrainer:
             from accelerate.utils import gather_object
 
             parts = gather_object(parts)
-        out: dict[str, float] = {}
-        for key in sorted({k for _, nums in parts for k in nums}):
-            values = [(w, nums[key]) for w, nums in parts if key in nums]
-            if all(isinstance(v, int) for _, v in values):
-                out[key] = sum(v for _, v in values)
-                continue
-            finite = [(w, float(v)) for w, v in values if math.isfinite(v)]
-            weight = sum(w for w, _ in finite)
-            if weight > 0:
-                out[key] = sum(w * v for w, v in finite) / weight
-            else:
-                out[key] = sum(v for _, v in finite) / len(finite) if finite else float("nan")
-        return out
+        return _merge_infos([nums for _, nums in parts], [w for w, _ in parts])
 
     def _judge_stats(self) -> dict[str, float]:
         judge = getattr(self.reward, "judge", None)
@@ -1099,18 +1087,23 @@ def _cat_rollouts(chunks: list[Rollout]) -> Rollout:
     )
 
 
-def _merge_infos(infos: list[dict[str, Any]], weights: list[int]) -> dict[str, Any]:
-    """Reward infos of chunks as one: counts (ints) add up, rates (floats) are averaged weighted by groups."""
-    total = max(sum(weights), 1)
+def _merge_infos(infos: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
+    """Reward infos of parts (chunks, ranks) as one: counts (ints) add up, rates (floats) are averaged weighted by
+    the parts' groups or pairs; a part lacking a key, or holding NaN for it, carries no weight for that key."""
     out: dict[str, Any] = {}
-    for key in infos[0]:
-        values = [info.get(key) for info in infos]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            out[key] = sum(values)
-        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            out[key] = sum(float(v) * w for v, w in zip(values, weights, strict=True)) / total
+    for key in dict.fromkeys(k for info in infos for k in info):  # every part's keys, in first-seen order
+        values = [(info[key], w) for info, w in zip(infos, weights, strict=True) if key in info]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v, _ in values):
+            out[key] = sum(v for v, _ in values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in values):
+            finite = [(float(v), w) for v, w in values if math.isfinite(v)]
+            total = sum(w for _, w in finite)
+            if total > 0:
+                out[key] = sum(v * w for v, w in finite) / total
+            else:
+                out[key] = sum(v for v, _ in finite) / len(finite) if finite else float("nan")
         else:
-            out[key] = values[-1]
+            out[key] = values[-1][0]
     return out
 
 
