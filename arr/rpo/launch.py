@@ -39,9 +39,8 @@ def usable_cores() -> int:
 def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Whole CPUs allowed by a cgroup quota (`docker --cpus`, Kubernetes limits), or None without one."""
     try:
-        quota, period = (
-            (root / "cpu.max").read_text().split()[:2]
-        )  # cgroup v2: "max 100000" or "200000 100000"
+        # cgroup v2: "max 100000" (no quota) or "200000 100000" (2 CPUs)
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         if quota != "max":
             return max(1, int(int(quota) / int(period)))
     except (OSError, ValueError):
