@@ -19,7 +19,7 @@ from collections.abc import Sequence
 # registrars live beside the feature they expose and must import nothing heavy at module level.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "train the built-in shapes model with RPO and the pixel judge on CPU (~3 min)",
+        "train the built-in shapes model with RPO and the pixel judge on CPU (7-9 min on 2 cores)",
         "arr.rpo.cli:register_demo",
     ),
     "train": (

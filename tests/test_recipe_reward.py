@@ -54,3 +54,24 @@ def test_reward_key_selects_rubric_plain_or_reward_model(tmp_path):
 def test_bad_reward_settings_are_one_line_config_errors(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _reward(tmp_path, *overrides)
+
+
+def test_category_multipliers_reach_the_training_prompts(tmp_path):
+    from collections import Counter
+
+    from arr.rpo.build import build_data
+
+    def train_mix(*overrides: str) -> Counter:
+        recipe = parse_recipe(["--output_dir", str(tmp_path / "run"), "--eval_num_prompts", "4", *overrides])
+        train, evals, _ = build_data(recipe.data, recipe)
+        assert len(evals) == 4
+        return Counter(r.category for r in train)
+
+    base = train_mix()
+    more = train_mix("--category_multipliers", "counting=3, two_object=0")
+    assert more["counting"] > 2 * base["counting"] and more["two_object"] == 0 < base["two_object"]
+    for bad, message in [("counting", "category=number"), ("count=2", "unknown prompt categories")]:
+        with pytest.raises(ConfigError, match=message):
+            train_mix("--category_multipliers", bad)
+    with pytest.raises(ConfigError, match="shapes text-to-image world"):
+        train_mix("--dataset", "shapes_edit", "--category_multipliers", "counting=2")

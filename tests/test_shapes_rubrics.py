@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,11 +14,14 @@ from arr.shapes.detect import Detection, DetectionReport, analyze
 from arr.shapes.pairs import perturb_image
 from arr.shapes.prompts import (
     CATEGORIES,
+    CATEGORY_WEIGHTS,
     ObjectSpec,
     PromptSpec,
     all_prompts,
+    is_held_out,
     prompts_for_split,
     relation_holds,
+    sample_prompts,
     scene_for_prompt,
 )
 from arr.shapes.rubrics import (
@@ -326,3 +330,36 @@ def test_lenient_mode_tolerates_a_fragment_but_not_extra_objects():
     rubric = rubric_for_prompt(SPEC)
     assert PixelBackend(strict=False).score_image(image, rubric) == 1.0
     assert PixelBackend(strict=False).score_image(_adversarial()["all_red_squares"], rubric) <= 0.5
+
+
+def test_category_multipliers_scale_the_training_mix_and_leave_the_default_alone():
+    n = 6000
+    default = sample_prompts(n, "train", seed=3)
+    assert default == sample_prompts(n, "train", seed=3, category_multipliers={})
+    share = {c: k / n for c, k in Counter(s.category for s in default).items()}
+    total = sum(CATEGORY_WEIGHTS.values())
+    assert share["counting"] == pytest.approx(CATEGORY_WEIGHTS["counting"] / total, abs=0.015)
+
+    doubled = sample_prompts(n, "train", seed=3, category_multipliers={"counting": 2, "position": 0})
+    counts = Counter(s.category for s in doubled)
+    expected = (
+        2
+        * CATEGORY_WEIGHTS["counting"]
+        / (total + CATEGORY_WEIGHTS["counting"] - CATEGORY_WEIGHTS["position"])
+    )
+    assert counts["counting"] / n == pytest.approx(expected, abs=0.015)
+    assert counts["position"] == 0
+    assert not any(is_held_out(s) for s in doubled if s.category == "counting")
+
+
+@pytest.mark.parametrize(
+    ("multipliers", "message"),
+    [
+        ({"counts": 2.0}, "unknown prompt categories"),
+        ({"counting": -1.0}, ">= 0"),
+        (dict.fromkeys(CATEGORIES, 0.0), "no category"),
+    ],
+)
+def test_category_multipliers_reject_bad_values(multipliers, message):
+    with pytest.raises(ValueError, match=message):
+        sample_prompts(10, "train", category_multipliers=multipliers)

@@ -171,15 +171,37 @@ def load_records(source: str, split: str) -> list[PromptRecord]:
     return records
 
 
+def parse_category_multipliers(text: str) -> dict[str, float]:
+    """'counting=2, position=1.5' -> {"counting": 2.0, "position": 1.5}; '' -> {}."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"category_multipliers: expected 'category=number' items separated by commas, got {item!r}"
+            ) from None
+    return out
+
+
 def build_data(args: DataArguments, recipe: Recipe):
     """(train records, eval records, evaluator or None for the judge's pointwise score)."""
     rpo = recipe.rpo
     if args.dataset == "shapes":
         from arr.shapes.training import balanced_t2i_records, geneval_scores, t2i_records
 
-        train = t2i_records(args.num_train_prompts, args.train_split, seed=rpo.seed)
+        multipliers = parse_category_multipliers(args.category_multipliers)
+        try:
+            train = t2i_records(args.num_train_prompts, args.train_split, rpo.seed, multipliers)
+        except ValueError as e:
+            raise ConfigError(f"category_multipliers={args.category_multipliers!r}: {e}") from None
         evals = balanced_t2i_records(rpo.eval_num_prompts, args.eval_split, seed=EVAL_SEED)
         return train, evals, geneval_scores
+    if args.category_multipliers:
+        raise ConfigError(
+            f"category_multipliers is for the shapes text-to-image world (dataset: shapes), not {args.dataset!r}"
+        )
     if args.dataset == "shapes_edit":
         from arr.shapes.training import edit_records, edit_scores
 

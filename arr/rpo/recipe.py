@@ -85,6 +85,13 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "split for training prompts"})
     eval_split: str = field(default="heldout", metadata={"help": "split for held-out evaluation prompts"})
     num_train_prompts: int = field(default=2000, metadata={"help": "training prompts drawn (shapes world)"})
+    category_multipliers: str = field(
+        default="",
+        metadata={
+            "help": "shapes world: scale GenEval's category mix for training prompts, e.g. 'counting=2' "
+            "(evaluation keeps the mix)"
+        },
+    )
 
 
 @dataclass

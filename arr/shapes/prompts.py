@@ -136,12 +136,26 @@ def prompts_for_split(split: str, category: str | None = None) -> list[PromptSpe
     return out
 
 
-def sample_prompts(n: int, split: str, seed: int = 0) -> list[PromptSpec]:
-    """`n` prompts drawn with GenEval's category mix from `split`, deterministic for a seed."""
+def sample_prompts(
+    n: int, split: str, seed: int = 0, category_multipliers: dict[str, float] | None = None
+) -> list[PromptSpec]:
+    """`n` prompts drawn with GenEval's category mix from `split`, deterministic for a seed.
+
+    `category_multipliers` scales that mix (e.g. {"counting": 2.0} draws counting prompts twice as often); a
+    category left out keeps its weight, 0 drops it.
+    """
+    multipliers = category_multipliers or {}
+    unknown = sorted(set(multipliers) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown prompt categories {unknown}; expected some of {CATEGORIES}")
+    if any(m < 0 for m in multipliers.values()):
+        raise ValueError(f"category multipliers must be >= 0, got {multipliers}")
+    cats = list(CATEGORY_WEIGHTS)
+    weights = [CATEGORY_WEIGHTS[c] * multipliers.get(c, 1.0) for c in cats]
+    if sum(weights) <= 0:
+        raise ValueError(f"category multipliers {multipliers} leave no category to draw from")
     rng = random.Random(seed)
     pools = {cat: prompts_for_split(split, cat) for cat in CATEGORIES}
-    cats = list(CATEGORY_WEIGHTS)
-    weights = [CATEGORY_WEIGHTS[c] for c in cats]
     return [rng.choice(pools[rng.choices(cats, weights)[0]]) for _ in range(n)]
 
 

@@ -20,11 +20,14 @@ from arr.shapes.prompts import CATEGORIES, sample_prompts
 from arr.shapes.rubrics import geneval_correct, rubric_for_prompt
 
 
-def t2i_records(n: int, split: str, seed: int = 0) -> list[PromptRecord]:
-    """`n` prompts of `split` in GenEval's category mix, each with its rubric (and its spec for strict scoring)."""
+def t2i_records(
+    n: int, split: str, seed: int = 0, category_multipliers: dict[str, float] | None = None
+) -> list[PromptRecord]:
+    """`n` prompts of `split` in GenEval's category mix (scaled by `category_multipliers`), each with its rubric
+    (and its spec for strict scoring)."""
     return [
         PromptRecord(spec.text, rubric_for_prompt(spec), category=spec.category, extra={"spec": spec})
-        for spec in sample_prompts(n, split, seed=seed)
+        for spec in sample_prompts(n, split, seed=seed, category_multipliers=category_multipliers)
     ]
 
 
