@@ -357,6 +357,8 @@ def test_category_multipliers_scale_the_training_mix_and_leave_the_default_alone
     [
         ({"counts": 2.0}, "unknown prompt categories"),
         ({"counting": -1.0}, ">= 0"),
+        ({"counting": float("nan")}, "finite"),
+        ({"counting": float("inf")}, "finite"),
         (dict.fromkeys(CATEGORIES, 0.0), "no category"),
     ],
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import random
 from dataclasses import dataclass
 
@@ -148,8 +149,8 @@ def sample_prompts(
     unknown = sorted(set(multipliers) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"unknown prompt categories {unknown}; expected some of {CATEGORIES}")
-    if any(m < 0 for m in multipliers.values()):
-        raise ValueError(f"category multipliers must be >= 0, got {multipliers}")
+    if not all(math.isfinite(m) and m >= 0 for m in multipliers.values()):
+        raise ValueError(f"category multipliers must be finite numbers >= 0, got {multipliers}")
     cats = list(CATEGORY_WEIGHTS)
     weights = [CATEGORY_WEIGHTS[c] * multipliers.get(c, 1.0) for c in cats]
     if sum(weights) <= 0:
