@@ -1,7 +1,7 @@
 """arr: rubric-based rewards (Auto-Rubric as Reward) and Rubric Policy Optimization for diffusion policies."""
 
 from arr.backends import load_backend
-from arr.rubric import Criterion, GuideCategory, Rubric, RubricParseError
+from arr.rubrics import Criterion, GuideCategory, Rubric, RubricParseError
 
 __version__ = "0.1.0"
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from PIL import Image
 
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 
 __all__ = ["CacheError", "CacheStats", "JudgmentCache", "image_digest", "judgment_key"]
 

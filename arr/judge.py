@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from arr.backends.base import CriterionQuery, CriterionVerdict, JudgeBackend, PairQuery, PairVerdict
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 
 
 @dataclass

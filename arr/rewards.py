@@ -1,6 +1,6 @@
 """Reward adapters: rubric judgments -> per-sample rewards for a group of samples of one prompt.
 
-One contract for every reward (STYLE.md row 4): keyword inputs (`prompts`, `images`, `rubrics`, `source_images`)
+One contract for every reward (as TRL's reward functions): keyword inputs (`prompts`, `images`, `rubrics`, `source_images`)
 -> per-sample values plus extra info, where `None` means "no judgment" (the sample is masked out of the loss).
 Images arrive grouped: `images[i]` holds the G samples drawn for `prompts[i]` from the same initial noise.
 
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from arr.judge import PairItem, RubricJudge, ScoreItem
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 
 
 @dataclass

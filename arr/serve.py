@@ -26,17 +26,13 @@ and exit 0. docs/serve.md has client examples for flow_grpo- and DanceGRPO-style
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import io
 import json
-import signal
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,9 +41,9 @@ from PIL import Image, UnidentifiedImageError
 
 from arr.images import MAX_PIXELS, to_rgb
 from arr.judge import PairItem, RubricJudge, ScoreItem
-from arr.rubric import Rubric, RubricParseError
+from arr.rubrics import Rubric, RubricParseError
 
-__all__ = ["RequestError", "RewardServer", "decode_image", "encode_image", "main", "register"]
+__all__ = ["RequestError", "RewardServer", "decode_image", "encode_image"]
 
 MAX_BODY_BYTES = 256 * 1024 * 1024  # a batch of 64 uncompressed 1024 px PNGs is ~200 MB in base64
 MAX_ITEMS = 4096
@@ -309,70 +305,3 @@ class RewardServer:
         self.httpd.server_close()
         if self.judge.cache is not None:
             self.judge.cache.close()
-
-
-# ---- command line ------------------------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
-    """Add `arr serve` to the `arr` command line (arr/cli.py's SUBCOMMANDS table points here)."""
-    p = sub.add_parser(name, help=help, description=help)
-    _add_args(p)
-    p.set_defaults(run=run)
-
-
-def _add_args(p: argparse.ArgumentParser) -> None:
-    from arr.cli import _backend_args
-
-    _backend_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
-    p.add_argument("--no-swap", action="store_true", help="pairwise: ask in the given order only")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / SIGINT; the first stderr line says where (the port matters with --port 0)."""
-    from arr.cli import CLIError, backend_from_args
-
-    judge = RubricJudge(backend_from_args(args), cache=args.cache, swap=not args.no_swap)
-    try:
-        server = RewardServer(judge, args.host, args.port)
-    except OSError as e:
-        raise CLIError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
-    stopper: list[threading.Thread] = []
-
-    def stop(signum: int, frame: Any) -> None:
-        # shutdown() waits for serve_forever to return, so it cannot run on the thread that is serving.
-        if not stopper:
-            stopper.append(threading.Thread(target=server.shutdown, name="arr-serve-shutdown"))
-            stopper[0].start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    sys.stderr.write(
-        f"arr serve: listening on http://{server.host}:{server.port} (backend {judge.backend.name})\n"
-    )
-    sys.stderr.flush()
-    server.serve_forever()
-    for t in stopper:
-        t.join()  # in-flight requests finish and the cache closes before the process exits
-    sys.stderr.write(f"arr serve: stopped after {server.requests} requests\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m arr.serve ...`: the same as `arr serve ...`."""
-    from arr.cli import CLIError
-
-    parser = argparse.ArgumentParser(prog="arr serve", description="Serve a rubric judge over HTTP.")
-    _add_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:
-        sys.stderr.write(f"arr serve: error: {e}\n")
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,10 @@ import json
 import time
 from pathlib import Path
 
+from arr.cli.train import demo_recipe_path
 from arr.diagnostics.curves import correlations
 from arr.diagnostics.probe import AlignmentProbe
 from arr.rpo.build import build_trainer
-from arr.rpo.cli import demo_recipe_path
 from arr.rpo.recipe import parse_recipe
 
 

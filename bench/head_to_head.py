@@ -323,7 +323,7 @@ def write_doc(result: dict[str, Any], doc: Path = Path("docs/head_to_head.md")) 
 
 
 def main() -> None:
-    from arr.rpo.cli import demo_recipe_path
+    from arr.cli.train import demo_recipe_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)

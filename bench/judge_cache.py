@@ -30,7 +30,7 @@ def main() -> None:
     from arr import RubricJudge
     from arr.backends.hf import HFBackend
     from arr.judge import PairItem, ScoreItem
-    from arr.rubric import Criterion, Rubric
+    from arr.rubrics import Criterion, Rubric
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=8)

@@ -40,7 +40,7 @@ from judge_prefix import PROMPT, build_bench_judge, machine, random_images  # no
 def _speed(a: argparse.Namespace) -> dict:
     from arr.backends.base import PairQuery
     from arr.backends.hf import HFBackend
-    from arr.rubric import Criterion, Rubric
+    from arr.rubrics import Criterion, Rubric
 
     folder = build_bench_judge(tempfile.mkdtemp(prefix="arr_bench_judge_"), a.image_size)
     rubric = Rubric(PROMPT, [Criterion("c1", "the circle is red"), Criterion("c2", "the circle is left")])
@@ -98,7 +98,7 @@ def _agreement(a: argparse.Namespace) -> dict:
     from arr.backends.base import PairQuery
     from arr.backends.chat import parse_pair_answer, render_pair
     from arr.backends.hf import HFBackend
-    from arr.rubric import Criterion, Rubric
+    from arr.rubrics import Criterion, Rubric
     from arr.testing.tiny_vlm import build_tiny_qwen2vl
 
     folder = build_tiny_qwen2vl(tempfile.mkdtemp(prefix="arr_tiny_judge_"), init_range=0.02)

@@ -44,8 +44,8 @@ def start_server(latency: float, concurrency_hint: int) -> tuple[subprocess.Pope
 
 
 def build(name: str, base_url: str, overlap: str, a: argparse.Namespace):
+    from arr.cli.train import demo_recipe_path
     from arr.rpo.build import build_trainer
-    from arr.rpo.cli import demo_recipe_path
     from arr.rpo.recipe import parse_recipe
 
     argv = [str(demo_recipe_path()), "--output_dir", f"{a.workdir}/{name}", "--report_to", "none"]

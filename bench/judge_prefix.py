@@ -146,7 +146,7 @@ def main() -> None:
     from arr.backends.base import CriterionQuery
     from arr.backends.chat import render_criterion
     from arr.backends.hf import HFBackend
-    from arr.rubric import Criterion, Rubric
+    from arr.rubrics import Criterion, Rubric
 
     folder = build_bench_judge(tempfile.mkdtemp(prefix="arr_bench_judge_"), args.image_size)
     full = HFBackend(str(folder), batch_size=8, trust_remote_code=True, share_prefix=False)

@@ -29,8 +29,8 @@ def _eval_key(recipe, n: int) -> str:
 
 def main() -> None:
     from arr.backends.pixel import PixelBackend
+    from arr.cli.train import demo_recipe_path
     from arr.rpo.build import build_trainer
-    from arr.rpo.cli import demo_recipe_path
     from arr.rpo.recipe import parse_recipe
     from arr.shapes.detect import analyze
     from arr.shapes.edits import edit_correct

@@ -24,8 +24,8 @@ import torch
 
 
 def main() -> None:
+    from arr.cli.train import demo_recipe_path
     from arr.rpo.build import build_trainer
-    from arr.rpo.cli import demo_recipe_path
     from arr.rpo.recipe import parse_recipe
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

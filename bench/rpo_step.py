@@ -122,8 +122,8 @@ def instrument(trainer: Any, timer: PhaseTimer) -> Callable[[], None]:
 
 
 def main() -> None:
+    from arr.cli.train import demo_recipe_path
     from arr.rpo.build import build_trainer
-    from arr.rpo.cli import demo_recipe_path
     from arr.rpo.recipe import parse_recipe
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arr.cli import CLIError
+from arr.cli.align import register
+from arr.cli.common import CLIError
 from arr.diagnostics import alignment as al
-from arr.diagnostics.cli import register
 from arr.diagnostics.curves import correlations, plot_alignment
 
 

@@ -11,7 +11,7 @@ import arr
 from arr.backends.base import CriterionQuery, JudgeBackend, PairQuery
 from arr.backends.chat import TEMPLATE_VERSION, render_criterion, render_pair
 from arr.backends.hf import HFBackend
-from arr.rubric import Criterion, GuideCategory, Rubric
+from arr.rubrics import Criterion, GuideCategory, Rubric
 
 
 def _image(seed: int, size: int = 32) -> Image.Image:

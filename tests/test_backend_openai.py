@@ -19,7 +19,7 @@ import arr
 from arr.backends.base import CriterionQuery, JudgeBackend, PairQuery
 from arr.backends.chat import TEMPLATE_VERSION, JudgeUnavailableError
 from arr.backends.openai import OpenAIBackend, answer_choice_probs
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.testing.serve import TransformersServer, transformers_cli
 
 

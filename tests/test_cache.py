@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from arr.cache import CacheError, JudgmentCache, image_digest, judgment_key
-from arr.rubric import Criterion, GuideCategory, Rubric
+from arr.rubrics import Criterion, GuideCategory, Rubric
 
 # ---- helpers run in spawned processes (module level so that spawn can import them) ----------------------------
 

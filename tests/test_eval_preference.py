@@ -24,7 +24,7 @@ from arr.evaluation.preference import (
     write_report,
 )
 from arr.judge import PairItem, RubricJudge
-from arr.rubric import GuideCategory
+from arr.rubrics import GuideCategory
 from arr.shapes.pairs import make_pairs
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"

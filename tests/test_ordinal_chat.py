@@ -31,7 +31,7 @@ from arr.backends.chat import (
 from arr.backends.fewshot import CriterionExample, FewShotBackend, RatingExample
 from arr.backends.hf import HFBackend
 from arr.backends.openai import OpenAIBackend, answer_choice_probs
-from arr.rubric import Criterion, GuideCategory, Rubric
+from arr.rubrics import Criterion, GuideCategory, Rubric
 
 
 def _image(seed: int, size: int = 32) -> Image.Image:

@@ -9,7 +9,7 @@ from PIL import Image
 from arr import RubricJudge
 from arr.backends.base import CriterionQuery, PairQuery
 from arr.backends.hf import HFBackend
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 
 
 def _image(seed: int) -> Image.Image:

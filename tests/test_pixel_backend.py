@@ -11,7 +11,7 @@ from PIL import ImageDraw
 import arr
 from arr.backends import CriterionQuery, JudgeBackend, PairQuery
 from arr.backends.pixel import FEATURE_NAMES, PixelBackend
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.shapes.prompts import ObjectSpec, PromptSpec
 from arr.shapes.rubrics import rubric_for_prompt
 from arr.shapes.scene import PALETTE, Obj, Scene, render

@@ -26,7 +26,7 @@ from arr.images import ImageLoadError, load_image
 from arr.rpo.build import load_records
 from arr.rpo.config import ConfigError, RPOConfig
 from arr.rpo.recipe import RECIPE_TYPES, parse_recipe
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.testing.faulty_server import FaultyJudgeServer
 from tests.fakes import grey
 

@@ -19,7 +19,7 @@ from arr.backends.openai import OpenAIBackend
 from arr.rewards import RubricPairwiseReward
 from arr.rpo import RPOTrainer, TrainingStopped
 from arr.rpo.trainer import TrainerCallback
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.shapes.training import t2i_records
 from arr.testing.faulty_server import FAULTS, RETRYABLE, FaultyJudgeServer
 from tests.fakes import BrightnessBackend, grey

@@ -26,8 +26,8 @@ from arr.backends.base import CriterionQuery, PairQuery
 from arr.backends.chat import escape_field, render_criterion, render_pair
 from arr.backends.openai import OpenAIBackend
 from arr.cli import main
-from arr.generate import ChatRubricWriter, WriteTask
-from arr.rubric import Criterion, GuideCategory, Rubric
+from arr.rubrics import Criterion, GuideCategory, Rubric
+from arr.rubrics.generate import ChatRubricWriter, WriteTask
 from arr.testing.faulty_server import LEAKY, FaultyJudgeServer
 
 ARR = Path(__file__).resolve().parent.parent / "arr"

@@ -28,7 +28,7 @@ TINY = dict(channels=(8, 16), hidden_size=16, fusion_layers=1, fusion_heads=2, t
 
 def _synthetic_pairs(n: int, seed: int) -> list[PreferencePair]:
     """The prompt names a colour; the chosen image shows a square of that colour, the rejected one another colour."""
-    from arr.rubric import Rubric
+    from arr.rubrics import Rubric
 
     rng = random.Random(seed)
     colors = ["red", "blue", "green"]
@@ -115,7 +115,7 @@ def test_plain_judge_matches_hand_computed_rewards():
     swapped = render(Scene((Obj("circle", "red", 1, 3), Obj("square", "blue", 1, 0))))
     wrong_color = render(Scene((Obj("triangle", "red", 1, 0), Obj("square", "blue", 1, 3))))
     reward = PlainJudgeReward(RubricJudge(HolisticShapesBackend()))
-    from arr.rubric import Rubric
+    from arr.rubrics import Rubric
 
     out = reward(prompts=[prompt], images=[[right, swapped, wrong_color]], rubrics=[Rubric(prompt, [])])
     # Pairs: (right, swapped): right wins; (right, wrong_color): right wins; (swapped, wrong_color): both fail, tie.
@@ -138,7 +138,7 @@ def test_plain_judge_matches_hand_computed_rewards():
 
 
 def test_plain_judge_refuses_unknown_prompts():
-    from arr.rubric import Rubric
+    from arr.rubrics import Rubric
 
     reward = PlainJudgeReward(RubricJudge(HolisticShapesBackend()))
     im = render(Scene((Obj("circle", "red", 0, 0),)))
@@ -150,7 +150,7 @@ def _cli(argv):
     """Run `arr reward-model ...` through this package's own registrar (as arr/cli.py's table does)."""
     import argparse
 
-    from arr.reward_models.cli import register
+    from arr.cli.reward_model import register
 
     parser = argparse.ArgumentParser(prog="arr")
     register(parser.add_subparsers(dest="command"), "reward-model", "reward models")
@@ -159,7 +159,7 @@ def _cli(argv):
 
 
 def test_cli_train_and_eval(tmp_path, capsys):
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.shapes.benchmarks import write_preference_pairs
 
     data = write_preference_pairs(

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from arr.rubric import Criterion, GuideCategory, Rubric, RubricParseError
-from arr.rubric_parse import clean_text, parse_rubric, rubric_from_obj
+from arr.rubrics import Criterion, GuideCategory, Rubric, RubricParseError, parse_rubric, rubric_from_obj
+from arr.rubrics.parse import clean_text
 
 
 def _triples(rubric: Rubric) -> list[tuple[str, str, float]]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from arr.rubric import RubricParseError
-from arr.rubric_parse import MAX_INPUT_BYTES, parse_rubric
+from arr.rubrics import RubricParseError, parse_rubric
+from arr.rubrics.parse import MAX_INPUT_BYTES
 
 DATA = Path(__file__).parent / "data" / "rubrics"
 

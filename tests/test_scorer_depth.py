@@ -12,7 +12,7 @@ from arr import Criterion, Rubric, RubricJudge, load_backend
 from arr.backends.base import CriterionVerdict, PairVerdict
 from arr.cache import image_digest
 from arr.ensemble import EnsembleBackend, aggregate_criterion, aggregate_pair
-from arr.rubric import RubricParseError
+from arr.rubrics import RubricParseError
 from arr.shapes.pairs import make_pairs
 from arr.shapes.scene import Obj, Scene, render
 from arr.stats import bootstrap_ci

@@ -46,7 +46,7 @@ def server(tmp_path_factory):
     cache = tmp_path_factory.mktemp("serve") / "judge.sqlite"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "arr.serve", "--backend", "pixel", "--port", "0", "--cache", str(cache)],
+        [sys.executable, "-m", "arr", "serve", "--backend", "pixel", "--port", "0", "--cache", str(cache)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 
 
 @dataclass

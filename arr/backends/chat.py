@@ -33,7 +33,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
-from arr.rubric import Criterion, GuideCategory
+from arr.rubrics import Criterion, GuideCategory
 
 # v2: criterion questions end with the criterion (answer instructions before it), so questions about one image share
 # every token up to the criterion and the hf backend's shared-prefix judging reuses all of it (bench/judge_prefix.py).
@@ -137,7 +137,7 @@ class ChatRequest:
     `choices` are the answer tokens whose probabilities decide the verdict: two for pairs (first = Image 1 wins)
     and yes/no criteria (first = yes), "1".."N" for an ordinal criterion, which also sets `levels` = N (so that a
     2-level ordinal item, rated "1"/"2", is not read as yes/no). `answer_prefix` is the start of the answer a backend
-    may teacher-force before reading them. Kind "text" is a free-text request (rubric writing, arr/generate.py): it
+    may teacher-force before reading them. Kind "text" is a free-text request (rubric writing, arr/rubrics/generate.py): it
     is always answered by generation and has no choices.
     """
 
@@ -541,7 +541,7 @@ class ChatBackend(ABC):
     def generate_text(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Free-text answers to "text" requests (see `render_text`), e.g. rubric items; failures carry `error`.
 
-        Not part of the `JudgeBackend` protocol: rubric writers (arr/generate.py) use it where a backend has it.
+        Not part of the `JudgeBackend` protocol: rubric writers (arr/rubrics/generate.py) use it where a backend has it.
         """
         for i, req in enumerate(requests):
             if req.kind != "text":

@@ -37,7 +37,7 @@ from arr.backends.chat import (
     render_criterion,
     render_pair,
 )
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 
 __all__ = ["CriterionExample", "FewShotBackend", "PairExample", "RatingExample"]
 

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
-from arr.rubric import PRESERVATION, Criterion, Rubric
+from arr.rubrics import PRESERVATION, Criterion, Rubric
 from arr.shapes.detect import COLOR_CLASSES, DETECTOR_VERSION, UNKNOWN, DetectionReport, analyze
 from arr.shapes.rubrics import CheckError, evaluate_check
 from arr.shapes.scene import GRID, IMAGE_SIZE, SHAPES
+
+if TYPE_CHECKING:
+    from arr.shapes.rubric_writer import ShapesRubricWriter
 
 _FEATURE_SHAPES: tuple[str, ...] = (*SHAPES, UNKNOWN)
 
@@ -53,6 +56,12 @@ class PixelBackend:
 
     def fingerprint(self) -> str:
         return f"pixel/v{DETECTOR_VERSION}/{'strict' if self.strict else 'lenient'}"
+
+    def rubric_writer(self) -> ShapesRubricWriter:
+        """The shapes world's exact rubric writer, used by `RubricGenerator` with this backend."""
+        from arr.shapes.rubric_writer import ShapesRubricWriter
+
+        return ShapesRubricWriter()
 
     # -- single-image scoring ---------------------------------------------------------------------------------
 

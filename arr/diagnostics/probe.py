@@ -298,7 +298,7 @@ def _recorder(store: list[Tensor]) -> Callable[..., None]:
 
 def _to_record(row: Any) -> PromptRecord:
     if isinstance(row, str):
-        from arr.rubric import Rubric
+        from arr.rubrics import Rubric
 
         # A bare prompt: the probe never judges it, so an empty rubric is enough.
         return PromptRecord(prompt=row, rubric=Rubric(prompt=row, criteria=[]))

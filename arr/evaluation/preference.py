@@ -36,7 +36,7 @@ from PIL import Image
 
 from arr.backends.base import JudgeBackend
 from arr.judge import PairItem, PairJudgment, RubricJudge
-from arr.rubric import GuideCategory, Rubric
+from arr.rubrics import GuideCategory, Rubric
 from arr.shapes.pairs import PreferencePair
 
 CONFIGS: tuple[str, ...] = ("plain", "rubric", "rubric+guide")

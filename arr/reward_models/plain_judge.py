@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
 from arr.judge import RubricJudge
 from arr.rewards import GroupRewardOutput, RubricPairwiseReward
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 from arr.shapes.prompts import CATEGORIES, PromptSpec, all_prompts
 
 PLAIN_QUESTION = "Which image better follows the prompt?"

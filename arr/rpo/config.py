@@ -1,10 +1,10 @@
 """RPOConfig: every hyperparameter of Rubric Policy Optimization, with the paper's defaults.
 
-Defaults follow the ARR/RPO paper's FLUX.1-dev text-to-image setting (DESIGN.md section 1): groups of 2 from the same
+Defaults follow the ARR/RPO paper's FLUX.1-dev text-to-image setting: groups of 2 from the same
 initial noise, winner +1.0 / loser -0.1, advantages clamped to +-5, PPO clip 0.2, KL beta 0.01 on transition means
 against the LoRA-disabled reference, flow SDE eta 0.3, timestep shift 3, 8 sampling steps, LoRA r16/alpha32,
 AdamW lr 5e-5, grad-norm clip 1.0. Validation happens in `__post_init__`, with messages that name the rule, the
-values received and the fix (STYLE.md row 1).
+values received and the fix.
 """
 
 from __future__ import annotations

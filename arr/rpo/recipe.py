@@ -2,7 +2,7 @@
 
     arr train recipes/shapes_t2i_rpo.yaml --max_steps 4 --learning_rate 1e-4
 
-Resolution order is dataclass defaults -> YAML -> command line (STYLE.md row 2); an unknown key in either is an
+Resolution order is dataclass defaults -> YAML -> command line (as in TRL scripts); an unknown key in either is an
 error. Callables stay out of recipes: the policy, judge and data are named by registry names and plain values.
 """
 

@@ -1,6 +1,6 @@
 """RPOTrainer: Rubric Policy Optimization for flow-matching policies.
 
-One optimizer step runs five named stages, each a method that a subclass may override (STYLE.md row 7):
+One optimizer step runs five named stages, each a method that a subclass may override:
 
     sample            G trajectories per prompt from the same initial noise, with every transition log-prob
     judge             the reward (pairwise rubric judgments, or pointwise rubric scores) per sample
@@ -44,7 +44,7 @@ from arr.policies.base import FlowPolicy, Trajectory
 from arr.policies.sde import gaussian_kl
 from arr.rewards import GroupReward
 from arr.rpo.config import ConfigError, RPOConfig
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 
 CHECKPOINT_PREFIX = "step_"
 

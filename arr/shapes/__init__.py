@@ -1,1 +1,2 @@
-"""The shapes world: the embedded default in which the whole method runs on a CPU (see DESIGN.md section 3)."""
+"""The shapes world: procedural scenes, tiny pretrained models and an exact pixel judge, in which the whole method
+runs end to end on a CPU."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from arr.images import load_image
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 from arr.shapes.edits import EDIT_KINDS, EditSpec, sample_edit, scene_from_dict, scene_to_dict
 from arr.shapes.pairs import PreferencePair, make_pairs
 from arr.shapes.prompts import CATEGORIES, RELATIONS, ObjectSpec, PromptSpec, sample_prompts

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.shapes.detect import DetectionReport, analyze
 from arr.shapes.prompts import HELD_OUT_FRACTION, RELATIONS
 from arr.shapes.rubrics import evaluate_check

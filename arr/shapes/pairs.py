@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from arr.rubric import Rubric
+from arr.rubrics import Rubric
 from arr.shapes.detect import analyze
 from arr.shapes.edits import EditSpec, edit_correct, rubric_for_edit, sample_edit
 from arr.shapes.prompts import PromptSpec, sample_prompts, scene_for_prompt

@@ -1,6 +1,6 @@
 """The shapes world's rubric writer: exact, deterministic rubric items for the generate -> verify -> refine pipeline.
 
-    from arr.generate import RubricGenerator
+    from arr.rubrics.generate import RubricGenerator
     guide = RubricGenerator(load_backend("pixel")).generate(make_pairs(50))   # writer chosen automatically
 
 A VLM writes rubric items by looking at a pair and its label; here the writer reads the prompt's structure and the
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from arr.generate import RefineTask, WriterOutput, WriteTask
-from arr.rubric import Criterion, GuideCategory, Rubric
+from arr.rubrics import Criterion, GuideCategory, Rubric
+from arr.rubrics.writer import RefineTask, WriterOutput, WriteTask
 from arr.shapes.detect import DETECTOR_VERSION, UNKNOWN, DetectionReport, analyze
 from arr.shapes.edits import cell_phrase
 from arr.shapes.prompts import CATEGORIES, PLURALS, PromptSpec, all_prompts

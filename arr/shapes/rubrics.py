@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from arr.rubric import Criterion, Rubric
+from arr.rubrics import Criterion, Rubric
 from arr.shapes.detect import CELL, UNKNOWN, Detection, DetectionReport, analyze
 from arr.shapes.prompts import PLURALS, RELATIONS, ObjectSpec, PromptSpec
 from arr.shapes.scene import COLORS, GRID, SHAPES

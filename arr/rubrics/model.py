@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arr.rubrics.parse import RubricParseError, parse_rubric_data, rubric_data_from_obj
+
 PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
 
 
@@ -22,10 +24,6 @@ def _weighted(criteria: list[Criterion], probs: dict[str, float]) -> float | Non
         return None
     gained = sum(c.weight * probs[c.id] for c in criteria)
     return min(1.0, max(0.0, gained / positive))
-
-
-class RubricParseError(ValueError):
-    """A VLM answer or a rubric file could not be turned into a valid rubric; the message says why."""
 
 
 @dataclass
@@ -131,15 +129,11 @@ class Rubric:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rubric:
-        from arr.rubric_parse import rubric_from_obj
-
         return rubric_from_obj(data)
 
     @classmethod
     def from_json(cls, text: str | bytes, prompt: str | None = None) -> Rubric:
         """Parse a rubric from JSON or from a VLM's free-form answer (repaired where possible)."""
-        from arr.rubric_parse import parse_rubric
-
         return parse_rubric(text, prompt=prompt)
 
     @classmethod
@@ -156,3 +150,42 @@ class Rubric:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
+
+
+def _build(data: dict[str, Any]) -> Rubric:
+    return Rubric(
+        prompt=data["prompt"],
+        criteria=[Criterion(**c) for c in data["criteria"]],
+        guide=[GuideCategory(theme=g["theme"], tips=list(g["tips"])) for g in data["guide"]],
+        task=data["task"],
+    )
+
+
+def rubric_from_obj(obj: Any, prompt: str | None = None) -> Rubric:
+    """A `Rubric` from decoded JSON: the canonical object or the common VLM variants (see
+    `arr.rubrics.parse.rubric_data_from_obj`). `prompt`, when given, overrides the prompt in `obj`."""
+    return _build(rubric_data_from_obj(obj, prompt))
+
+
+def parse_rubric(text: str | bytes, prompt: str | None = None) -> Rubric:
+    """A `Rubric` from a VLM answer or a rubric file, repairing what can be repaired (see
+    `arr.rubrics.parse.parse_rubric_data`); raises `RubricParseError` for everything else."""
+    return _build(parse_rubric_data(text, prompt))
+
+
+def as_rubric(value: Any, where: str = "rubric") -> Rubric:
+    """A `Rubric` from what users pass around: a Rubric, a rubric dict, or rubric JSON (text or bytes).
+
+    Anything else is a `RubricParseError` naming `where` (e.g. "dataset row 12's rubric")."""
+    if isinstance(value, Rubric):
+        return value
+    try:
+        if isinstance(value, dict):
+            return rubric_from_obj(value)
+        if isinstance(value, (str, bytes)):
+            return parse_rubric(value)
+    except RubricParseError as e:
+        raise RubricParseError(f"{where}: {e}") from None
+    raise RubricParseError(
+        f"{where}: expected a Rubric, a rubric dict or rubric JSON, got {type(value).__name__}"
+    )

@@ -1,9 +1,12 @@
-"""Turn what a VLM (or a rubric file) says into a `Rubric`, repairing the usual damage and refusing the rest.
+"""Turn what a VLM (or a rubric file) says into rubric data, repairing the usual damage and refusing the rest.
 
 VLM answers are messy: JSON inside code fences or prose, trailing commas, Python literals, single or smart
 quotes, answers cut off at the token limit, or a plain numbered list instead of JSON. `parse_rubric` repairs
 these; everything it cannot repair becomes a one-line `RubricParseError` (a `ValueError`) that names the problem,
 so callers (generation retries, the judge's failure masking) only ever catch one exception type.
+
+The parser returns plain, validated data (`{"prompt", "task", "criteria": [{"id", "text", ...}], "guide"}`);
+`arr.rubrics.model` turns it into `Rubric` objects, so the data model depends on the parser and not the reverse.
 
 The work is bounded: inputs over `MAX_INPUT_BYTES` are refused, nesting is capped, and the scanner tries a
 bounded number of candidate JSON starts with a budget proportional to the input length, so a hostile 1 MB
@@ -17,9 +20,11 @@ import math
 import re
 from typing import Any
 
-from arr.rubric import Criterion, GuideCategory, Rubric, RubricParseError
+__all__ = ["MAX_INPUT_BYTES", "RubricParseError", "clean_text", "parse_rubric_data", "rubric_data_from_obj"]
 
-__all__ = ["MAX_INPUT_BYTES", "clean_text", "parse_rubric", "rubric_from_obj"]
+RubricData = dict[
+    str, Any
+]  # {"prompt": str, "task": "t2i" | "edit", "criteria": [CriterionData], "guide": [...]}
 
 MAX_INPUT_BYTES = (
     1 << 20
@@ -63,6 +68,10 @@ _TASKS = {
 _NUMBERING = re.compile(r"(?:[-*\u2022\u2013]|\(?\d{1,3}[.)]|\(?[A-Za-z][.)]|\(\w{1,3}\))\s+")
 _NUMBERED_LINE = re.compile(r"\(?(\d{1,3})[.)]\s+(\S.*)", re.S)
 _BULLET_LINE = re.compile(r"[-*\u2022]\s+(\S.*)", re.S)
+
+
+class RubricParseError(ValueError):
+    """A VLM answer or a rubric file could not be turned into a valid rubric; the message says why."""
 
 
 class _NoCriteria(RubricParseError):
@@ -220,7 +229,7 @@ def _criteria_items(value: Any) -> list[Any]:
     raise RubricParseError(f"criteria: expected a list of criteria, got {_type_name(value)} {_short(value)}")
 
 
-def _build_criteria(items: list[Any]) -> list[Criterion]:
+def _build_criteria(items: list[Any]) -> list[dict[str, Any]]:
     if not items:
         raise _NoCriteria("criteria: the rubric has no criteria (expected at least one)")
     if len(items) > _MAX_ITEMS:
@@ -233,7 +242,7 @@ def _build_criteria(items: list[Any]) -> list[Criterion]:
         if cid in taken:
             raise RubricParseError(f"criteria[{i}].id: duplicate criterion id {cid!r}")
         taken.add(cid)
-    criteria: list[Criterion] = []
+    criteria: list[dict[str, Any]] = []
     counter = 0
     for i, (cid, text, weight, category, check, levels) in enumerate(parsed):
         if cid is None:
@@ -246,12 +255,19 @@ def _build_criteria(items: list[Any]) -> list[Criterion]:
                     break
             taken.add(cid)
         criteria.append(
-            Criterion(id=cid, text=text, weight=weight, category=category, check=check, levels=levels)
+            {
+                "id": cid,
+                "text": text,
+                "weight": weight,
+                "category": category,
+                "check": check,
+                "levels": levels,
+            }
         )
     return criteria
 
 
-def _guide(value: Any) -> list[GuideCategory]:
+def _guide(value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if isinstance(value, dict):
@@ -259,11 +275,11 @@ def _guide(value: Any) -> list[GuideCategory]:
         value = [{"theme": k, "tips": v} for k, v in value.items()]
     if not isinstance(value, list):
         raise RubricParseError(f"guide: expected a list of {{theme, tips}} objects, got {_type_name(value)}")
-    guide: list[GuideCategory] = []
+    guide: list[dict[str, Any]] = []
     for i, item in enumerate(value):
         where = f"guide[{i}]"
         if isinstance(item, str):
-            guide.append(GuideCategory(theme=_text(item, where, "theme")))
+            guide.append({"theme": _text(item, where, "theme"), "tips": []})
             continue
         if not isinstance(item, dict):
             raise RubricParseError(f"{where}: expected an object, got {_type_name(item)} {_short(item)}")
@@ -278,9 +294,7 @@ def _guide(value: Any) -> list[GuideCategory]:
             tips = [tips]
         if not isinstance(tips, list):
             raise RubricParseError(f"{where}.tips: expected a list of strings, got {_type_name(tips)}")
-        guide.append(
-            GuideCategory(theme=theme, tips=[_text(t, where, f"tips[{j}]") for j, t in enumerate(tips)])
-        )
+        guide.append({"theme": theme, "tips": [_text(t, where, f"tips[{j}]") for j, t in enumerate(tips)]})
     return guide
 
 
@@ -292,8 +306,12 @@ def _task(value: Any, default: str) -> str:
     return _TASKS[value.strip().lower()]
 
 
-def rubric_from_obj(obj: Any, prompt: str | None = None) -> Rubric:
-    """Build a `Rubric` from decoded JSON: the canonical object or the common VLM variants.
+def _rubric(prompt: str | None, criteria: list[dict[str, Any]], task: str | None, guide=None) -> RubricData:
+    return {"prompt": prompt or "", "task": task or "t2i", "criteria": criteria, "guide": guide or []}
+
+
+def rubric_data_from_obj(obj: Any, prompt: str | None = None) -> RubricData:
+    """Rubric data from decoded JSON: the canonical object or the common VLM variants.
 
     Accepts `{"prompt", "task", "criteria", "guide"}`, a bare list of criteria (objects or strings), the keys
     VLMs use instead ("rubric", "items", "description", "question", ...), an `{id: text}` mapping, and one level
@@ -305,12 +323,12 @@ def rubric_from_obj(obj: Any, prompt: str | None = None) -> Rubric:
     return _from_obj(obj, prompt, None, _MAX_UNWRAP)
 
 
-def _from_obj(obj: Any, prompt: str | None, task: str | None, unwrap: int) -> Rubric:
+def _from_obj(obj: Any, prompt: str | None, task: str | None, unwrap: int) -> RubricData:
     if isinstance(obj, list):
         # [{"prompt": ..., "criteria": [...]}]: a single rubric wrapped in a list.
         if len(obj) == 1 and isinstance(obj[0], dict) and _first_key(obj[0], _CRITERIA_KEYS) and unwrap > 0:
             return _from_obj(obj[0], prompt, task, unwrap - 1)
-        return Rubric(prompt=prompt or "", criteria=_build_criteria(obj), task=task or "t2i")
+        return _rubric(prompt, _build_criteria(obj), task)
     if not isinstance(obj, dict):
         raise RubricParseError(
             f"expected a JSON object or list for a rubric, got {_type_name(obj)} {_short(obj)}"
@@ -334,8 +352,8 @@ def _from_obj(obj: Any, prompt: str | None, task: str | None, unwrap: int) -> Ru
         # {"rubric": {"prompt": ..., "criteria": [...]}}
         inner = _from_obj(obj[key], prompt, task, unwrap - 1)
         guide_key = _first_key(obj, _GUIDE_KEYS)
-        if guide_key is not None and not inner.guide:
-            inner.guide = _guide(obj[guide_key])
+        if guide_key is not None and not inner["guide"]:
+            inner["guide"] = _guide(obj[guide_key])
         return inner
     if key is None:
         if len(obj) == 1 and unwrap > 0:
@@ -349,7 +367,7 @@ def _from_obj(obj: Any, prompt: str | None, task: str | None, unwrap: int) -> Ru
     criteria = _build_criteria(_criteria_items(obj[key]))
     guide_key = _first_key(obj, _GUIDE_KEYS)
     guide = _guide(obj[guide_key]) if guide_key is not None else []
-    return Rubric(prompt=prompt or "", criteria=criteria, guide=guide, task=task or "t2i")
+    return _rubric(prompt, criteria, task, guide)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -624,8 +642,8 @@ def _line_col(text: str, pos: int) -> str:
 _STARTS = re.compile(r"[\[{]")
 
 
-def parse_rubric(text: str | bytes, prompt: str | None = None) -> Rubric:
-    """Parse a rubric from a VLM answer or a rubric file, repairing what can be repaired.
+def parse_rubric_data(text: str | bytes, prompt: str | None = None) -> RubricData:
+    """Parse rubric data from a VLM answer or a rubric file, repairing what can be repaired.
 
     Tries, in order: the whole text as JSON; each `{` / `[` in the text (code fences and prose around the JSON
     are skipped this way) with a forgiving reader that also completes truncated answers; a numbered plain-text
@@ -676,7 +694,7 @@ def parse_rubric(text: str | bytes, prompt: str | None = None) -> Rubric:
         if isinstance(obj, dict) or (isinstance(obj, list) and any(isinstance(x, (dict, str)) for x in obj)):
             substantial = True
         try:
-            return rubric_from_obj(obj, prompt)
+            return rubric_data_from_obj(obj, prompt)
         except RubricParseError as e:
             if best_error is None or end - start > best_error[0]:
                 best_error = (end - start, e, complete)
@@ -684,7 +702,7 @@ def parse_rubric(text: str | bytes, prompt: str | None = None) -> Rubric:
     if not substantial:
         lines = _numbered_lines(s)
         if lines:
-            return Rubric(prompt=prompt or "", criteria=_build_criteria(lines))
+            return _rubric(prompt, _build_criteria(lines), None)
     if syntax is not None and (best_error is None or syntax[0] > best_error[0]):
         err = syntax[1]
         raise RubricParseError(f"invalid rubric JSON at {_line_col(s, err.pos)}: {err.message}")

@@ -47,7 +47,7 @@ class _SuiteOrCommand(argparse._SubParsersAction):
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     """Add `arr eval` (`arr eval SUITE.yaml` / `edit`, and `preference`) to the `arr` parser."""
-    from arr.cli import _backend_args
+    from arr.cli.common import add_backend_options
 
     p = sub.add_parser(name, help=help, description=help)
     esub = p.add_subparsers(
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
         description="Judge every pair in both image orders under each configuration (plain, rubric, rubric+guide).",
     )
     pref.add_argument("suite", help="suite YAML (e.g. eval/shapes_pairs.yaml, eval/mmrb2_sample.yaml)")
-    _backend_args(pref)
+    add_backend_options(pref)
     pref.add_argument(
         "--judge", dest="backend", help="judge backend (same as --backend; default: the suite's judge)"
     )
@@ -87,9 +87,9 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
 def _run_preference(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from arr.cli import CLIError, backend_from_args
+    from arr.cli.common import CLIError, backend_from_args
     from arr.evaluation.preference import CONFIGS, evaluate_preference, load_preference_suite, write_report
-    from arr.rubric import RubricParseError
+    from arr.rubrics import RubricParseError
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in configs if c not in CONFIGS]
@@ -120,17 +120,17 @@ def _run_preference(args: argparse.Namespace) -> int:
     guide = None
     try:
         if args.rubrics:
-            from arr.generate import load_prompt_rubrics
+            from arr.rubrics.generate import load_prompt_rubrics
 
             rubrics = load_prompt_rubrics(args.rubrics)
         if args.guide:
-            from arr.generate import RubricGuide
+            from arr.rubrics.generate import RubricGuide
 
             guide = RubricGuide.load_categories(args.guide)
     except RubricParseError as e:
         raise CLIError(str(e)) from None
     if args.generate_rubrics:
-        from arr.generate import RubricGenerator
+        from arr.rubrics.generate import RubricGenerator
 
         missing = sorted(
             {p.prompt for p in pairs if p.prompt not in (rubrics or {}) and not p.rubric.criteria}
@@ -160,7 +160,7 @@ def _run_preference(args: argparse.Namespace) -> int:
 
 
 def _register_edit(esub: argparse._SubParsersAction) -> None:
-    from arr.cli import _backend_args
+    from arr.cli.common import add_backend_options
 
     edit = esub.add_parser(
         "edit",
@@ -181,7 +181,7 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit.add_argument("--policy-dtype", default="bfloat16", help="torch dtype of real editing models")
     edit.add_argument("--lora", help="LoRA to apply: an RPO checkpoint folder (RUN/checkpoints/step_N)")
     edit.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: read from RUN/config.yaml)")
-    _backend_args(edit)
+    add_backend_options(edit)
     edit.add_argument(
         "--judge",
         dest="backend",
@@ -211,7 +211,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from arr.backends.chat import JudgeUnavailableError
-    from arr.cli import CLIError, backend_from_args
+    from arr.cli.common import CLIError, backend_from_args
     from arr.evaluation.edit_benchmarks import load_edit_suite
     from arr.evaluation.edit_judges import make_edit_judge
     from arr.evaluation.edit_metrics import EditMetrics

@@ -1,5 +1,6 @@
-"""`arr rubric generate` and `arr rubric prompts`: the ARR rubric pipeline from the command line.
+"""`arr rubric show | generate | prompts`: rubric files and the ARR rubric pipeline from the command line.
 
+    arr rubric show rubric.json
     arr rubric generate --pairs eval/data/shapes_pairs_sample/pairs.json --backend pixel --out guide.json
     arr rubric prompts --prompts prompts.txt --backend pixel --out rubrics.jsonl
 
@@ -15,10 +16,46 @@ import argparse
 import json
 import sys
 
+from arr.cli.common import CLIError, add_backend_options, backend_from_args
 
-def add_rubric_subcommands(rubric_sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = sub.add_parser(name, help=help, description=help)
+    rsub = p.add_subparsers(dest="rubric_command", metavar="COMMAND", required=True)
+    show = rsub.add_parser("show", help="pretty-print a rubric (validated and repaired)")
+    show.add_argument("path", help="rubric JSON file (or a VLM answer containing one)")
+    show.add_argument("--json", action="store_true", help="print canonical JSON instead of text")
+    show.set_defaults(run=_run_show)
+    _add_pipeline_commands(rsub)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from arr.rubrics import Rubric, RubricParseError
+
+    try:
+        rubric = Rubric.load(args.path)
+    except RubricParseError as e:
+        raise CLIError(str(e)) from None
+    if args.json:
+        _emit(rubric.to_json(indent=2))
+        return 0
+    _emit(f"Rubric ({rubric.task}) for: {rubric.prompt}")
+    for c in rubric.criteria:
+        extra = f"  [{c.category}]" if c.category else ""
+        check = f"  check={json.dumps(c.check)}" if c.check else ""
+        levels = f"  levels=1..{c.levels}" if c.levels else ""
+        _emit(f"  {c.id:>6}  w={c.weight:+g}  {c.text}{extra}{levels}{check}")
+    if rubric.guide:
+        _emit("Guide:")
+        for g in rubric.guide:
+            _emit(f"  * {g.theme}")
+            for tip in g.tips:
+                _emit(f"      - {tip}")
+    return 0
+
+
+def _add_pipeline_commands(rubric_sub: argparse._SubParsersAction) -> None:
     """Add `generate` and `prompts` to the subparsers of `arr rubric`."""
-    from arr.cli import _backend_args
 
     gen = rubric_sub.add_parser(
         "generate",
@@ -34,7 +71,7 @@ def add_rubric_subcommands(rubric_sub: argparse._SubParsersAction) -> None:
         "--max-refine-rounds", type=int, default=5, help="refinements before discarding (default 5)"
     )
     gen.add_argument("--out", required=True, help="where to write guide.json")
-    _backend_args(gen)
+    add_backend_options(gen)
     gen.set_defaults(run=_run_generate)
 
     pr = rubric_sub.add_parser(
@@ -49,18 +86,16 @@ def add_rubric_subcommands(rubric_sub: argparse._SubParsersAction) -> None:
         "--max-refine-rounds", type=int, default=5, help="retries of unreadable answers (default 5)"
     )
     pr.add_argument("--out", required=True, help="rubrics.jsonl (appended; also the cache)")
-    _backend_args(pr)
+    add_backend_options(pr)
     pr.set_defaults(run=_run_prompts)
 
 
 def _emit(text: str) -> None:
-    # The command's result goes to stdout (this module is outside arr/*/cli.py, where ruff allows print).
     sys.stdout.write(text + "\n")
 
 
 def _generator(args: argparse.Namespace):
-    from arr.cli import CLIError, backend_from_args
-    from arr.generate import RubricGenerator
+    from arr.rubrics.generate import RubricGenerator
 
     try:
         return RubricGenerator(backend_from_args(args), k=args.k, max_refine_rounds=args.max_refine_rounds)
@@ -69,7 +104,6 @@ def _generator(args: argparse.Namespace):
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
     from arr.evaluation.preference import load_pairs
 
     try:
@@ -96,8 +130,6 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _run_prompts(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from arr.cli import CLIError
 
     try:
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
 def _load(path: str) -> Any:
     import numpy as np
 
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
 
     p = Path(path)
     if p.suffix != ".npy":
@@ -63,7 +63,7 @@ def _jsonable(v: float) -> float | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
 
     if args.run_dir:
         if args.features:
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_curves(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.diagnostics.curves import correlations, plot_alignment, read_metrics
 
     try:

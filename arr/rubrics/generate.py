@@ -2,7 +2,7 @@
 
     arr rubric generate --pairs eval/data/shapes_pairs_sample/pairs.json --backend pixel --out guide.json
 
-The pipeline (DESIGN.md section 1), for each labelled pair (prompt, image A, image B, winner, optional source):
+The pipeline (the ARR paper's), for each labelled pair (prompt, image A, image B, winner, optional source):
 1. *generate*: a rubric writer proposes `k` binary items that explain why the winner wins;
 2. *verify*: the judge, given only those items, must pick the winner in both image orders (`RubricJudge` with
    swap), so an item set that only works through position bias fails;
@@ -29,14 +29,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from PIL import Image
 
 from arr.backends.base import JudgeBackend
 from arr.judge import PairItem, RubricJudge
-from arr.rubric import Criterion, GuideCategory, Rubric, RubricParseError
-from arr.rubric_parse import rubric_from_obj
+from arr.rubrics.model import Criterion, GuideCategory, Rubric, rubric_from_obj
+from arr.rubrics.parse import RubricParseError
+from arr.rubrics.writer import RefineTask, RubricWriter, WriterOutput, WritesRubrics, WriteTask
 
 logger = logging.getLogger(__name__)
 
@@ -46,74 +47,6 @@ MAX_GUIDE_CATEGORIES = 5  # the paper's guide has at most 5 Theme + Tips categor
 PASSED_FIRST = "passed_first"
 PASSED_REFINED = "passed_refined"
 DISCARDED = "discarded"
-
-
-# ---- what writers are asked and answer -------------------------------------------------------------------------
-
-
-@dataclass
-class WriteTask:
-    """Ask for `k` rubric items for `prompt`: explaining a labelled pair when images are given, else zero-shot.
-
-    `winner` is "A" (image_a preferred) or "B"; `source` is the editing source image ("Image BASE").
-    """
-
-    prompt: str
-    k: int
-    task: str = "t2i"
-    image_a: Image.Image | None = None
-    image_b: Image.Image | None = None
-    winner: str | None = None
-    source: Image.Image | None = None
-
-    @property
-    def is_pair(self) -> bool:
-        return self.image_a is not None and self.image_b is not None
-
-
-@dataclass
-class RefineTask:
-    """A failed answer to `write`, what went wrong (`feedback`), and which refinement round this is (1-based)."""
-
-    write: WriteTask
-    previous: str
-    feedback: str
-    round: int
-
-
-@dataclass
-class WriterOutput:
-    """A writer's answer: text to parse (a rubric or a guide as JSON), or an error; token counts where known."""
-
-    text: str | None
-    error: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-@runtime_checkable
-class RubricWriter(Protocol):
-    """What `RubricGenerator` needs from whoever writes rubrics (a VLM, or the shapes world's exact writer)."""
-
-    name: str
-
-    def fingerprint(self) -> str:
-        """A stable string that changes whenever answers could change (cache key of zero-shot rubrics)."""
-        ...
-
-    def write_rubric(self, tasks: Sequence[WriteTask]) -> list[WriterOutput]:
-        """Rubric items (JSON text) for each task, in order."""
-        ...
-
-    def refine(self, tasks: Sequence[RefineTask]) -> list[WriterOutput]:
-        """Rewritten items for each failed answer, given the feedback."""
-        ...
-
-    def structure(
-        self, items: Sequence[Criterion], max_categories: int, feedback: str | None = None
-    ) -> WriterOutput:
-        """A guide `{"guide": [{"theme", "tips"}, ...]}` grouping `items`; `feedback` says why a last try failed."""
-        ...
 
 
 # ---- the chat-VLM writer ----------------------------------------------------------------------------------------
@@ -226,13 +159,12 @@ def load_generation_template(name: str) -> str:
 
 
 def writer_for(backend: Any) -> RubricWriter:
-    """The rubric writer of a backend: itself if it is one, the shapes writer for pixel, a chat writer for VLMs."""
+    """The rubric writer of a backend: itself if it is one, the backend's own writer if it brings one (the pixel
+    backend brings the shapes world's exact writer), else a chat writer for VLM backends."""
     if isinstance(backend, RubricWriter):
         return backend
-    if getattr(backend, "name", None) == "pixel":
-        from arr.shapes.rubric_writer import ShapesRubricWriter
-
-        return ShapesRubricWriter()
+    if isinstance(backend, WritesRubrics):
+        return backend.rubric_writer()
     if callable(getattr(backend, "generate_text", None)):
         return ChatRubricWriter(backend)
     raise TypeError(

@@ -48,7 +48,7 @@ def _common(p: argparse.ArgumentParser, default_model: str = "t2i") -> None:
 
 
 def _load(name: str):
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.shapes.models import load_pretrained
 
     try:
@@ -95,7 +95,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _run_edit(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.images import ImageLoadError, load_image
     from arr.report import image_grid
     from arr.shapes.sample import sample

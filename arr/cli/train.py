@@ -52,7 +52,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.rpo.config import ConfigError
     from arr.rpo.launch import launch_cpu_processes, launched_as_a_rank
     from arr.rpo.recipe import parse_recipe
@@ -74,7 +74,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.rpo.launch import auto_num_processes, can_launch_ranks
 
     if requested == "auto":
@@ -98,7 +98,7 @@ def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
 
 
 def _train(argv: list[str], demo: bool = False) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.rpo.build import build_trainer
     from arr.rpo.config import ConfigError
     from arr.rpo.recipe import parse_recipe

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
 
 
 def _load(path: str):
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.images import ImageLoadError
     from arr.shapes.benchmarks import load_preference_pairs
 
@@ -58,7 +58,7 @@ def _load(path: str):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.reward_models.bradley_terry import (
         BradleyTerryConfig,
         BradleyTerryTrainer,
@@ -114,7 +114,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from arr.cli import CLIError
+    from arr.cli.common import CLIError
     from arr.reward_models.bradley_terry import PairwiseRewardModel, preference_accuracy
 
     try:
