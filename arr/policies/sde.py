@@ -14,6 +14,10 @@ log-density is exact and cheap. Everything here is a pure function of tensors; e
 Shapes: `latents`, `velocity`, `prev_latents` are [B, ...] with any trailing dims (SD3 [B, C, h, w], FLUX and
 Qwen-Image packed [B, N, C*4], pixel models [B, 3, H, W]); `sigma`, `sigma_next` are floats or [B] tensors; the
 log-probability is [B].
+
+Precision: the steps compute in float32, whatever the network's dtype (bf16 and fp16 velocities are upcast), and
+in float64 when the velocity or the latents are float64 (a float64 model, as the tests use to compare runs
+exactly); see `compute_dtype`.
 """
 
 from __future__ import annotations
@@ -37,18 +41,23 @@ DEFAULT_REDUCTION: Reduction = "sum"
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32 (half-precision inputs are upcast, never computed in)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 class SDEStep(NamedTuple):
     """One stochastic transition: the next latents, their log-probability and the Gaussian's parameters."""
 
-    prev_latents: Tensor  # [B, ...] float32: x_{t-1}, sampled or the one given
+    prev_latents: Tensor  # [B, ...] float32 (float64 inputs: float64): x_{t-1}, sampled or the one given
     log_prob: Tensor  # [B] float64 (float32 on MPS): log N(x_{t-1}; mean, std^2), reduced over dims
-    mean: Tensor  # [B, ...] float32: the transition mean (carries gradients from `velocity`)
-    std: Tensor  # [B, 1, ...] float32: the transition std (no network dependence)
+    mean: Tensor  # [B, ...] as prev_latents: the transition mean (carries gradients from `velocity`)
+    std: Tensor  # [B, 1, ...] as prev_latents: the transition std (no network dependence)
 
 
 def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
-    """Broadcast a float or [B] tensor to [B, 1, ..., 1] in float32 on `like`'s device."""
-    t = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    """Broadcast a float or [B] tensor to [B, 1, ..., 1] in `like`'s compute dtype, on `like`'s device."""
+    t = torch.as_tensor(value, dtype=compute_dtype(like), device=like.device)
     if t.ndim == 0:
         t = t.expand(like.shape[0])
     if t.ndim != 1 or t.shape[0] != like.shape[0]:
@@ -78,7 +87,7 @@ def sde_std(sigma: float | Tensor, sigma_next: float | Tensor, eta: float, like:
 
     At sigma = 1 the diffusion coefficient is infinite, so 1 - sigma is replaced by the step length
     sigma - sigma_next (flow_grpo uses the next schedule sigma the same way); the first step's std is then
-    exactly eta * sqrt(sigma) = eta, whatever the schedule. Returns [B, 1, ...] float32.
+    exactly eta * sqrt(sigma) = eta, whatever the schedule. Returns [B, 1, ...] in `like`'s compute dtype.
     """
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic step (use ode_step for eta = 0), got {eta}")
@@ -112,11 +121,12 @@ def sde_step(
     (same shape as `latents`) or drawn with `generator` (on the generator's device, so a CPU generator gives the
     same noise on every accelerator).
     """
-    # float32 throughout: with bf16 velocities the mean's small correction terms (std^2 / (2 sigma) * dt) round
+    # float32 at least: with bf16 velocities the mean's small correction terms (std^2 / (2 sigma) * dt) round
     # away and (x - mean)^2 / std^2 overflows or loses all precision, which would make the importance ratio of a
-    # transition recomputed under the same weights differ from 1.
-    v = velocity.float()
-    x = latents.float()
+    # transition recomputed under the same weights differ from 1. float64 inputs stay float64.
+    dtype = compute_dtype(velocity, latents)
+    v = velocity.to(dtype)
+    x = latents.to(dtype)
     if v.shape != x.shape:
         raise ValueError(f"velocity {tuple(v.shape)} and latents {tuple(x.shape)} must have the same shape")
     s = _per_sample(sigma, x)
@@ -127,19 +137,20 @@ def sde_step(
 
     if prev_latents is None:
         if noise is None:
+            # Drawn in float32 whatever the compute dtype, so a float64 run sees the float32 run's noise.
             gen_device = generator.device if generator is not None else x.device
             noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=torch.float32).to(
                 x.device
             )
         elif noise.shape != x.shape:
             raise ValueError(f"noise {tuple(noise.shape)} must have the latents' shape {tuple(x.shape)}")
-        prev = (mean + std * noise.float()).detach()
+        prev = (mean + std * noise.to(dtype)).detach()
     else:
         if prev_latents.shape != x.shape:
             raise ValueError(
                 f"prev_latents {tuple(prev_latents.shape)} must have the latents' shape {tuple(x.shape)}"
             )
-        prev = prev_latents.detach().float()
+        prev = prev_latents.detach().to(dtype)
     log_prob = gaussian_log_prob(prev, mean, std, reduction=reduction)
     return SDEStep(prev, log_prob, mean, std)
 
@@ -148,7 +159,8 @@ def gaussian_log_prob(
     x: Tensor, mean: Tensor, std: Tensor, reduction: Reduction = DEFAULT_REDUCTION
 ) -> Tensor:
     """log N(x; mean, std^2) per dimension, reduced to [B]. `std` broadcasts against `x` ([B, 1, ...])."""
-    per_dim = -((x.float() - mean.float()) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    dtype = compute_dtype(x, mean, std)
+    per_dim = -((x.to(dtype) - mean.to(dtype)) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
     return _reduce(per_dim, reduction)
 
 
@@ -161,15 +173,18 @@ def gaussian_kl(
     reference's steps is a scaled squared distance between their means; reduce it the same way as the
     log-probability so that the KL weight keeps its meaning relative to the policy-gradient term.
     """
-    per_dim = (mean.float() - ref_mean.float()) ** 2 / (2 * std**2)
+    dtype = compute_dtype(mean, ref_mean, std)
+    per_dim = (mean.to(dtype) - ref_mean.to(dtype)) ** 2 / (2 * std**2)
     return _reduce(per_dim, reduction)
 
 
 def ode_step(velocity: Tensor, latents: Tensor, sigma: float | Tensor, sigma_next: float | Tensor) -> Tensor:
-    """Deterministic Euler step x + (sigma_next - sigma) * v in float32 (FlowMatchEulerDiscreteScheduler.step)."""
-    x = latents.float()
+    """Deterministic Euler step x + (sigma_next - sigma) * v (FlowMatchEulerDiscreteScheduler.step), in float32 or,
+    for float64 inputs, float64."""
+    dtype = compute_dtype(velocity, latents)
+    x = latents.to(dtype)
     dt = _per_sample(sigma_next, x) - _per_sample(sigma, x)
-    return x + dt * velocity.float()
+    return x + dt * velocity.to(dtype)
 
 
 def flux_mu(
@@ -218,6 +233,7 @@ def flow_sigmas(
 __all__ = [
     "DEFAULT_REDUCTION",
     "SDEStep",
+    "compute_dtype",
     "flow_sigmas",
     "flux_mu",
     "gaussian_kl",
