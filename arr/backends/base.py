@@ -4,6 +4,7 @@ A backend answers two kinds of *semantic* questions, in batches:
 - `judge_pairs`: which of two images (in the order shown) better satisfies a rubric, with a probability;
 - `judge_criteria`: does one rubric criterion hold for one image, with a probability.
 `RubricJudge` (arr/judge.py) owns swapping, aggregation and caching; backends own how a question is asked.
+A backend whose judge is down raises `JudgeUnavailableError`; every other failure is a verdict with `error`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from arr.rubrics import Criterion, Rubric
+
+
+class JudgeUnavailableError(RuntimeError):
+    """Every request of a batch failed to reach the judge (connection refused, timeouts): the server is down.
+
+    Raised instead of returning a batch of failed verdicts, so that training can stop or wait rather than mask
+    every sample. Individual failures inside an otherwise working batch are returned as verdicts with `error`.
+    """
 
 
 @dataclass

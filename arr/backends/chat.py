@@ -32,7 +32,13 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
+from arr.backends.base import (
+    CriterionQuery,
+    CriterionVerdict,
+    JudgeUnavailableError,
+    PairQuery,
+    PairVerdict,
+)
 from arr.rubrics import Criterion, GuideCategory
 
 # v2: criterion questions end with the criterion (answer instructions before it), so questions about one image share
@@ -48,14 +54,6 @@ CRITERION_ANSWER_PREFIX = ""
 ORDINAL_ANSWER_PREFIX = ""
 
 _IMAGE_MARKER = re.compile(r"\[\[image:(base|1|2)\]\]")
-
-
-class JudgeUnavailableError(RuntimeError):
-    """Every request of a batch failed to reach the judge (connection refused, timeouts): the server is down.
-
-    Raised instead of returning a batch of failed verdicts, so that training can stop or wait rather than mask
-    every sample. Individual failures inside an otherwise working batch are returned as verdicts with `error`.
-    """
 
 
 # ---- templates --------------------------------------------------------------------------------------------------
