@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from arr.data import PromptRecord, as_record
 from arr.diagnostics.alignment import KNN_METRICS, METRICS, Features, max_alignment
-from arr.rpo.trainer import PromptRecord, RPOTrainer, TrainerCallback, as_record
+from arr.rpo.trainer import RPOTrainer, TrainerCallback
 
 JudgeFeatures = Callable[[Sequence[Image.Image]], Any]
 

@@ -5,14 +5,14 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
 from arr.rpo.recipe import DataArguments, JudgeArguments, PolicyArguments, Recipe
-from arr.rpo.trainer import PromptRecord, RPOTrainer, as_record
+from arr.rpo.trainer import RPOTrainer
 
 EVAL_SEED = (
     1234  # held-out prompts are drawn with their own seed, so the eval set never depends on the run seed
@@ -124,53 +124,6 @@ def build_reward(judge, recipe: Recipe):
     return RubricPointwiseReward(judge)
 
 
-def load_records(source: str, split: str) -> list[PromptRecord]:
-    """Prompt records from a JSONL file (one {"prompt", "rubric", ...} per line) or a Hub dataset id."""
-    path = Path(source)
-    if path.suffix == ".jsonl":
-        if not path.is_file():
-            raise ConfigError(f"dataset file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"dataset file {path} is not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); "
-                "re-encode it as UTF-8"
-            ) from None
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    else:
-        from datasets import load_dataset
-
-        try:
-            rows = list(load_dataset(source, split=split))
-        except Exception as e:  # datasets raises many types for a missing/unreachable dataset
-            raise ConfigError(f"cannot load dataset {source!r} (split {split!r}): {e}") from None
-    records = []
-    for n, row in enumerate(rows, 1):
-        try:
-            image_path = row.get("source_image") if isinstance(row, dict) else None
-            if isinstance(
-                image_path, str
-            ):  # editing records in JSONL name their source image, relative to the file
-                from arr.images import ImageLoadError, load_image
-
-                try:
-                    row = {**row, "source_image": load_image(path.parent / image_path)}
-                except ImageLoadError as e:
-                    raise ValueError(str(e)) from None
-            records.append(as_record(row))
-        except (ConfigError, ValueError) as e:
-            raise ConfigError(f"{source} row {n}: {e}") from None
-    return records
-
-
 def parse_category_multipliers(text: str) -> dict[str, float]:
     """'counting=2, position=1.5' -> {"counting": 2.0, "position": 1.5}; '' -> {}."""
     out: dict[str, float] = {}
@@ -185,8 +138,9 @@ def parse_category_multipliers(text: str) -> dict[str, float]:
     return out
 
 
-def build_data(args: DataArguments, recipe: Recipe):
-    """(train records, eval records, evaluator or None for the judge's pointwise score)."""
+def build_data(args: DataArguments, recipe: Recipe) -> tuple[list[PromptRecord], list[PromptRecord], Any]:
+    """(train records, eval records, evaluator or None for the judge's pointwise score); a dataset that is not a
+    shapes world is a JSONL file or a Hub dataset (`arr.data.load_records`)."""
     rpo = recipe.rpo
     if args.dataset == "shapes":
         from arr.shapes.training import balanced_t2i_records, geneval_scores, t2i_records
