@@ -2,7 +2,8 @@
 
 One contract for every reward (as TRL's reward functions): keyword inputs (`prompts`, `images`, `rubrics`, `source_images`)
 -> per-sample values plus extra info, where `None` means "no judgment" (the sample is masked out of the loss).
-Images arrive grouped: `images[i]` holds the G samples drawn for `prompts[i]` from the same initial noise.
+Images arrive grouped: `images[i]` holds the G samples drawn for `prompts[i]` from the same initial noise. Rewards
+for `RPOTrainer` subclass `GroupReward`, which also reports the judge's cost counters, remoteness and cache.
 
 - `RubricPairwiseReward`: RPO's reward. Every pair in a group is judged (both orders when the judge swaps);
   a sample's reward is its mean pairwise outcome: +win for a win, lose (-0.1 in the paper) for a loss, 0 for a
@@ -14,10 +15,11 @@ Images arrive grouped: `images[i]` holds the G samples drawn for `prompts[i]` fr
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
@@ -33,9 +35,19 @@ class GroupRewardOutput:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class GroupReward(Protocol):
-    """What the RPO trainer calls once per batch of groups."""
+class GroupReward(ABC):
+    """Base of the rewards `RPOTrainer` takes: called once per batch of groups (the contract above), and asked for
+    what the trainer logs and schedules around that call.
 
+    Subclasses implement `__call__`. A reward backed by a `RubricJudge` sets `self.judge`, and its cost counters,
+    whether it waits on the network and its cache follow from the judge. A reward without one (a reward model)
+    leaves it None: no counters, not remote, no cache, and the trainer then needs an `evaluator`.
+    """
+
+    #: The judge behind the reward, if any; the trainer's default held-out score is its pointwise rubric score.
+    judge: RubricJudge | None = None
+
+    @abstractmethod
     def __call__(
         self,
         *,
@@ -44,6 +56,31 @@ class GroupReward(Protocol):
         rubrics: Sequence[Rubric],
         source_images: Sequence[Image.Image | None] | None = None,
     ) -> GroupRewardOutput: ...
+
+    def stats(self) -> dict[str, float]:
+        """Cost counters so far: backend questions asked ("calls"), answers served from the cache ("cached"),
+        "failures" and "seconds" spent in the backend; the trainer logs their change per step."""
+        return self.judge.stats.to_dict() if self.judge is not None else {}
+
+    @property
+    def remote(self) -> bool:
+        """Whether judging waits on the network, so that the trainer overlaps it with sampling."""
+        if self.judge is None:
+            return False
+        # An optional backend attribute: only backends that talk to a server (openai) declare it.
+        return bool(getattr(self.judge.backend, "remote", False))
+
+    @property
+    def cache(self) -> Any:
+        """The judge's judgment cache (a `JudgmentCache`, or None)."""
+        return self.judge.cache if self.judge is not None else None
+
+    @property
+    def cache_path(self) -> str | None:
+        """Where the judgment cache lives, recorded in checkpoints; None without a file-backed cache."""
+        from arr.cache import JudgmentCache
+
+        return str(self.cache.path) if isinstance(self.cache, JudgmentCache) else None
 
 
 def pairwise_outcome_rewards(
@@ -70,7 +107,7 @@ def pairwise_outcome_rewards(
     return [totals[k] / counts[k] if counts[k] else None for k in range(group_size)]
 
 
-class RubricPairwiseReward:
+class RubricPairwiseReward(GroupReward):
     """RPO's pairwise rubric reward (see the module docstring)."""
 
     def __init__(self, judge: RubricJudge, win_reward: float = 1.0, lose_reward: float = -0.1) -> None:
@@ -111,7 +148,7 @@ class RubricPairwiseReward:
         return GroupRewardOutput(rewards, info)
 
 
-class RubricPointwiseReward:
+class RubricPointwiseReward(GroupReward):
     """Rubric scores in [0, 1] per sample (the GRPO-style baseline normalises them within each group)."""
 
     def __init__(self, judge: RubricJudge) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from arr.rewards import GroupRewardOutput, completion_images
+from arr.rewards import GroupReward, GroupRewardOutput, completion_images
 
 
 @runtime_checkable
@@ -33,8 +33,9 @@ class ImageScorer(Protocol):
     ) -> list[float]: ...
 
 
-class RewardModelReward:
-    """A reward model's scores per sample, as a `GroupReward` (see the module docstring)."""
+class RewardModelReward(GroupReward):
+    """A reward model's scores per sample, as a `GroupReward` (see the module docstring); it has no judge, so no
+    judge counters, and `RPOTrainer` needs an `evaluator` for held-out scores."""
 
     def __init__(self, scorer: ImageScorer) -> None:
         if not isinstance(scorer, ImageScorer):
