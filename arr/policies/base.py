@@ -160,7 +160,15 @@ class Transition(NamedTuple):
 
 @runtime_checkable
 class FlowPolicy(Protocol):
-    """What the RPO trainer and evaluation need from a text-to-image or editing policy."""
+    """What the RPO trainer, its objectives and evaluation need from a text-to-image or editing policy.
+
+    `FlowMatchingPolicy` implements all of it; a policy of another kind implements these members.
+    """
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (and where the trainer puts latents, advantages and its all-reduced numbers)."""
+        ...
 
     def encode(
         self, prompts: Sequence[str], source_images: Sequence[Image.Image] | None = None
@@ -170,15 +178,42 @@ class FlowPolicy(Protocol):
 
     def transition(
         self, traj: Trajectory, step_index: int, sample_indices: Tensor | Sequence[int] | None = None
-    ) -> Transition: ...
+    ) -> Transition:
+        """A stored transition under the current weights (gradients flowing): the policy-gradient objectives."""
+        ...
 
-    def reference(self) -> contextlib.AbstractContextManager[None]: ...
+    def velocity(
+        self,
+        latents: Tensor,
+        sigma: Tensor,
+        cond: Conditioning,
+        guidance_scale: float,
+        extras: dict[str, Any],
+    ) -> Tensor:
+        """The (guided) velocity at latents [B, ...] and noise levels [B]: the flow-matching objectives."""
+        ...
+
+    def reference(self) -> contextlib.AbstractContextManager[None]:
+        """Within this context the policy is the reference (its LoRA disabled), for the KL term."""
+        ...
 
     def decode(self, latents: Tensor, **kwargs: Any) -> list[Image.Image]: ...
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
     def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None) -> None: ...
+
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The LoRA weights by name, for checkpoints (they may alias the live parameters)."""
+        ...
+
+    def load_lora_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load weights saved by `lora_state_dict` into the existing adapter (resume)."""
+        ...
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in backward (`RPOConfig.gradient_checkpointing`)."""
+        ...
 
 
 class FlowMatchingPolicy(ABC):
