@@ -221,7 +221,7 @@ def test_metrics_rows_before_the_checkpoint_survive_a_kill_during_resume(tmp_pat
 
     The kill is simulated at the worst moment: a file in the run folder was opened for writing and half-written.
     """
-    from arr.rpo import trainer as trainer_module
+    from arr.rpo.checkpoint import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 0.1 * s}) + "\n" for s in range(1, 6)))
@@ -236,7 +236,7 @@ def test_metrics_rows_before_the_checkpoint_survive_a_kill_during_resume(tmp_pat
 
     monkeypatch.setattr(Path, "write_text", killed_write_text)
     with contextlib.suppress(KeyboardInterrupt):
-        trainer_module._truncate_metrics(path, 4)
+        truncate_metrics(path, 4)
     monkeypatch.undo()
     kept = []
     for line in path.read_text().splitlines():

@@ -1,5 +1,6 @@
-"""The forward objective (`RPOConfig.objective="forward"`): its gradient by hand, the shared draws of a group,
-held-out images that move the way the judge prefers (with deterministic, eta 0 sampling), and an exact resume."""
+"""The forward objective (`RPOConfig.objective="forward"`): its gradient by hand, the shared draws of a group (keyed
+by the rollout's own indexing), held-out images that move the way the judge prefers (with deterministic, eta 0
+sampling), and an exact resume."""
 
 from __future__ import annotations
 
@@ -51,23 +52,40 @@ def test_config_allows_eta_zero_only_for_the_forward_objective():
         RPOConfig(eta=0.0)
     with pytest.raises(ConfigError, match="objective"):
         RPOConfig(objective="dpo")
-    with pytest.raises(ConfigError, match="forward_t_min"):
+    with pytest.raises(ConfigError, match=r"RPOConfig.forward_t_min=1.0: must be in \[0, 1\)"):
         RPOConfig(objective="forward", forward_t_min=1.0)
 
 
 def test_group_members_share_noise_levels_and_noise(tmp_path):
     trainer = forward_trainer(tmp_path, group_size=3, forward_timesteps=2, forward_t_min=0.5, beta=0.0)
     rollout = trainer.sample(0)
-    fixed = trainer._forward_targets(rollout)
-    t, x0 = fixed["t"], rollout.trajectory.final
+    fixed = trainer.objective.targets(rollout)
+    t, x0 = fixed.t, rollout.trajectory.final
     assert t.shape == (12, 2) and bool((t >= 0.5).all()) and bool((t < 1.0).all())
     groups = t.view(4, 3, 2)
     assert torch.equal(groups, groups[:, :1].expand_as(groups)), "a group's members share their draws"
     assert not torch.equal(groups[0, 0], groups[1, 0]), "different groups draw differently"
-    noise = fixed["target"] + x0[:, None]  # target = noise - x0
+    noise = fixed.target + x0[:, None]  # target = noise - x0
     assert torch.allclose(noise[0], noise[1], atol=1e-6) and not torch.allclose(noise[0], noise[3])
     tb = t.view(12, 2, 1, 1, 1)
-    assert torch.allclose(fixed["x_t"], (1 - tb) * x0[:, None] + tb * noise, atol=1e-5)
+    assert torch.allclose(fixed.x_t, (1 - tb) * x0[:, None] + tb * noise, atol=1e-5)
+    assert fixed.v_ref is None  # beta 0: no reference velocities are computed
+
+
+def test_draws_follow_the_group_not_its_position_or_the_trainer_step(tmp_path):
+    """A rollout carries its groups' global indices and its step: the forward objective's draws for a group are the
+    same wherever the group sits in the rollout and whatever step the trainer is at."""
+    from arr.rpo.rollout import cat_rollouts
+
+    trainer = forward_trainer(tmp_path, sample_batch_size=2, forward_timesteps=2, beta=0.0)
+    chunks = list(trainer.sample_chunks(3))  # one group per chunk; the trainer is at step 0
+    assert [c.group_indices for c in chunks] == [[0], [1], [2], [3]] and {c.step for c in chunks} == {3}
+    forward, backward = cat_rollouts(chunks), cat_rollouts(chunks[::-1])
+    t_forward = trainer.objective.targets(forward).t.view(4, 2, 2)
+    trainer.step = 7
+    t_backward = trainer.objective.targets(backward).t.view(4, 2, 2)
+    assert torch.equal(t_backward, t_forward.flip(0))
+    assert backward.sample_group_indices().tolist() == [3, 3, 2, 2, 1, 1, 0, 0]
 
 
 def test_gradient_at_the_sampling_policy_is_advantage_weighted_flow_matching(tmp_path):
@@ -81,8 +99,8 @@ def test_gradient_at_the_sampling_policy_is_advantage_weighted_flow_matching(tmp
     # advantages cancel to a gradient too small to compare in float32.
     adv = torch.tensor([0.9, 0.5, 0.3, -0.2, 2.0, 0.7, -3.0, 0.1])
     members = torch.arange(8)
-    fixed = trainer._forward_targets(rollout)
-    stats = trainer.backward_batch(rollout, adv, members, 1.0 / 8, fixed)
+    fixed = trainer.objective.targets(rollout)
+    stats = trainer.backward_batch(rollout, adv, members, 1.0 / 8).totals
     got = [p.grad.clone() for p in trainer.params]
 
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -90,10 +108,10 @@ def test_gradient_at_the_sampling_policy_is_advantage_weighted_flow_matching(tmp
     r = 0.5 * (1 + adv.clamp(-1, 1))
     surrogate, loss = 0.0, 0.0
     for j in range(2):
-        v = trainer.policy.velocity(fixed["x_t"][:, j], fixed["t"][:, j], traj.cond, 1.0, traj.extras)
-        sq = ((v - fixed["target"][:, j]) ** 2).mean(dim=(1, 2, 3))
+        v = trainer.policy.velocity(fixed.x_t[:, j], fixed.t[:, j], traj.cond, 1.0, traj.extras)
+        sq = ((v - fixed.target[:, j]) ** 2).mean(dim=(1, 2, 3))
         surrogate = surrogate + (0.7 * (2 * r - 1) * sq).sum() / 16
-        loss += float(((fixed["v_old"][:, j] - fixed["target"][:, j]) ** 2).mean(dim=(1, 2, 3)).sum())
+        loss += float(((fixed.v_old[:, j] - fixed.target[:, j]) ** 2).mean(dim=(1, 2, 3)).sum())
     surrogate.backward()
     assert stats["policy_loss"] == pytest.approx(loss, rel=1e-5)  # at v = v_old, v+ = v- = v_old
     assert stats["clip_frac"] == 0.0

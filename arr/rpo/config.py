@@ -10,26 +10,167 @@ values received and the fix.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from arr.errors import ConfigError
 
 REWARD_MODES = ("pairwise", "pointwise")
 LOGPROB_REDUCTIONS = ("mean", "sum")
-OBJECTIVES = ("policy_gradient", "forward")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
-
-
-class ConfigError(ValueError):
-    """An invalid training configuration; the message names the field, the value and the fix."""
+NAN_POLICIES = ("stop", "skip_step")
 
 
 @dataclass
 class RPOConfig:
-    """Configuration of `RPOTrainer` (YAML recipes + command-line overrides via `arr train`)."""
+    r"""
+    Configuration of `RPOTrainer`, one field per hyperparameter (YAML recipes and command-line overrides go through
+    `arr train`). The defaults are the paper's FLUX.1-dev text-to-image setting.
+
+    Parameters:
+        > Run
+
+        output_dir (`str`, *optional*, defaults to `"runs/rpo"`):
+            Run directory: `config.yaml`, `metrics.jsonl`, `checkpoints/step_N/`, `samples/`, `report.html`.
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Replace a run already in `output_dir` (its checkpoints, metrics, report and samples are deleted
+            first). Without it, or `resume_from_checkpoint`, a directory holding another run is refused.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the sampling noise, the data order and the LoRA initialisation.
+        max_steps (`int`, *optional*, defaults to `300`):
+            RPO steps to train (each samples, judges and updates once).
+
+        > Sampling
+
+        prompts_per_step (`int`, *optional*, defaults to `16`):
+            Prompts per step over all processes; the batch is prompts x `group_size` samples.
+        group_size (`int`, *optional*, defaults to `2`):
+            Samples per prompt that are compared with each other (at least 2).
+        num_sampling_steps (`int`, *optional*, defaults to `8`):
+            Flow SDE (or ODE) steps per sample.
+        eta (`float`, *optional*, defaults to `0.3`):
+            SDE noise level; 0 samples the ODE (only for objectives without log-probabilities).
+        shift (`float`, *optional*, defaults to `3.0`):
+            Timestep shift of the sigma schedule.
+        guidance_scale (`float`, *optional*, defaults to `3.5`):
+            Guidance while sampling (classifier-free or FLUX's embedded guidance).
+        train_timestep_fraction (`float`, *optional*, defaults to `1.0`):
+            Fraction of the sampling steps that are stochastic and trained (the high-noise ones); the rest are ODE.
+        shared_noise (`bool`, *optional*, defaults to `True`):
+            A group's samples start from the same initial noise (RPO); `False`: each from its own (flow-GRPO).
+        sample_batch_size (`int`, *optional*, defaults to `16`):
+            Images per sampling forward pass, per process.
+        overlap_judging (`str`, *optional*, defaults to `"auto"`):
+            Judge each sampled chunk in a background thread while the next one samples: `"on"`, `"off"`, or
+            `"auto"` (on for remote judges).
+
+        > Reward
+
+        reward_mode (`str`, *optional*, defaults to `"pairwise"`):
+            `"pairwise"` (RPO: judged pairs) or `"pointwise"` (GRPO on rubric scores).
+        win_reward (`float`, *optional*, defaults to `1.0`):
+            Reward of a pairwise win.
+        lose_reward (`float`, *optional*, defaults to `-0.1`):
+            Reward of a pairwise loss (a tie gives 0).
+        center_rewards (`bool`, *optional*, defaults to `False`):
+            Pairwise: subtract each group's mean reward (a baseline: same expected gradient, lower variance).
+        adv_clip (`float`, *optional*, defaults to `5.0`):
+            Advantages are clamped to +-`adv_clip`.
+        max_judge_failure_rate (`float`, *optional*, defaults to `0.5`):
+            Stop, with a checkpoint, when a larger fraction of a step's samples got no judgment.
+
+        > Loss
+
+        objective (`str`, *optional*, defaults to `"policy_gradient"`):
+            The update, by registered name (`arr.rpo.objectives.OBJECTIVES`): `"policy_gradient"` (the paper) or
+            `"forward"` (DiffusionNFT's negative-aware flow matching).
+        forward_beta (`float`, *optional*, defaults to `1.0`):
+            Forward objective: the step from the sampling policy to its implicit positive/negative policies.
+        forward_timesteps (`int`, *optional*, defaults to `2`):
+            Forward objective: noise levels drawn per sample (one forward pass each).
+        forward_ema_decay (`float`, *optional*, defaults to `0.0`):
+            Forward objective: the rollouts are sampled by a moving average of the LoRA with this decay per step
+            (0: by the LoRA itself).
+        forward_t_min (`float`, *optional*, defaults to `0.0`):
+            Forward objective: noise levels are drawn from [`forward_t_min`, 1).
+        clip_range (`float`, *optional*, defaults to `0.2`):
+            Policy gradient: the PPO clip epsilon of the importance ratio.
+        beta (`float`, *optional*, defaults to `0.01`):
+            Weight of the KL penalty to the LoRA-disabled reference (0 turns it off).
+        logprob_reduction (`str`, *optional*, defaults to `"sum"`):
+            Reduce transition log-probabilities (and the KL) over dimensions: `"sum"` (exact) or `"mean"`.
+
+        > Optimisation
+
+        learning_rate (`float`, *optional*, defaults to `5e-5`):
+            AdamW learning rate after warmup.
+        adam_beta1 (`float`, *optional*, defaults to `0.9`):
+            AdamW decay of the gradient's moving average, in [0, 1).
+        adam_beta2 (`float`, *optional*, defaults to `0.999`):
+            AdamW decay of the squared gradient's moving average, in [0, 1).
+        weight_decay (`float`, *optional*, defaults to `1e-4`):
+            AdamW decoupled weight decay of the LoRA weights (>= 0).
+        adam_epsilon (`float`, *optional*, defaults to `1e-8`):
+            AdamW epsilon added to the denominator (>= 0).
+        max_grad_norm (`float`, *optional*, defaults to `1.0`):
+            Gradients are clipped to this global norm before each optimizer step.
+        warmup_steps (`int`, *optional*, defaults to `0`):
+            Steps of linear learning-rate warmup.
+        lr_scheduler_type (`str`, *optional*, defaults to `"constant"`):
+            Learning rate after warmup: `"constant"`, or decayed to 0 at `max_steps` (`"linear"`, `"cosine"`).
+        train_batch_size (`int`, *optional*, defaults to `8`):
+            Samples per backward pass, per process (micro-batches are accumulated into one optimizer step).
+        num_minibatches (`int`, *optional*, defaults to `2`):
+            Optimizer steps per pass over a sampled batch (split by group).
+        num_inner_epochs (`int`, *optional*, defaults to `1`):
+            Passes over each sampled batch.
+        nan_policy (`str`, *optional*, defaults to `"stop"`):
+            When an update's loss or gradient norm is NaN or infinite: `"stop"` training with an error (no
+            checkpoint of that step), or `"skip_step"` that optimizer step and log it (`skipped_updates`).
+        lora_rank (`int`, *optional*, defaults to `16`):
+            LoRA rank.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA alpha (the update is scaled by alpha / rank).
+        gradient_checkpointing (`bool`, *optional*, defaults to `False`):
+            Recompute activations in backward: less memory, slower steps.
+        mixed_precision (`str`, *optional*, defaults to `"no"`):
+            `"no"`, `"bf16"` or `"fp16"` (accelerate's autocast).
+        cpu (`bool`, *optional*, defaults to `False`):
+            Train on the CPU even when a GPU is present.
+
+        > Evaluation, logging and checkpoints
+
+        eval_steps (`int`, *optional*, defaults to `50`):
+            Evaluate the held-out prompts every N steps (0: only at the start and the end).
+        eval_num_prompts (`int`, *optional*, defaults to `64`):
+            Held-out prompts per evaluation.
+        eval_num_sampling_steps (`int`, *optional*, defaults to `20`):
+            ODE steps of the evaluation samples.
+        logging_steps (`int`, *optional*, defaults to `1`):
+            Write a metrics row every N steps (and at every evaluation).
+        sample_steps (`int`, *optional*, defaults to `50`):
+            Save a grid of training samples every N steps.
+        save_steps (`int`, *optional*, defaults to `50`):
+            Checkpoint every N steps (and at the last step, and on SIGTERM/SIGINT).
+        save_total_limit (`int`, *optional*, defaults to `3`):
+            Checkpoints kept, the oldest deleted first (at least 1).
+        resume_from_checkpoint (`str` or `None`, *optional*, defaults to `None`):
+            `"latest"` (a fresh run when there is none), a `step_N` folder, or `None` for a fresh run.
+        report_to (`str`, *optional*, defaults to `"tensorboard"`):
+            Tracker: `"tensorboard"`, `"wandb"` or `"none"`.
+    """
 
     # ---- run ----
     output_dir: str = field(
         default="runs/rpo", metadata={"help": "run directory (metrics, checkpoints, report)"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "replace a run already in output_dir (its checkpoints, metrics, report and samples are deleted "
+            "first); without it, or resume_from_checkpoint, a directory holding another run is refused"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for sampling noise, data order and LoRA init"})
     max_steps: int = field(default=300, metadata={"help": "optimizer steps to train"})
@@ -94,9 +235,9 @@ class RPOConfig:
     objective: str = field(
         default="policy_gradient",
         metadata={
-            "help": "policy_gradient (the paper: PPO-clipped ratio of SDE transition log-probs) or forward "
-            "(reward-weighted flow matching on the final samples, negative-aware as in DiffusionNFT: no "
-            "log-probabilities, so any sampler works, eta 0 included)"
+            "help": "the update, by registered name: policy_gradient (the paper: PPO-clipped ratio of SDE "
+            "transition log-probs) or forward (reward-weighted flow matching on the final samples, "
+            "negative-aware as in DiffusionNFT: no log-probabilities, so any sampler works, eta 0 included)"
         },
     )
     forward_beta: float = field(
@@ -140,10 +281,18 @@ class RPOConfig:
 
     # ---- optimisation ----
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    weight_decay: float = 1e-4
-    adam_epsilon: float = 1e-8
+    adam_beta1: float = field(
+        default=0.9, metadata={"help": "AdamW decay of the gradient's moving average, in [0, 1)"}
+    )
+    adam_beta2: float = field(
+        default=0.999, metadata={"help": "AdamW decay of the squared gradient's moving average, in [0, 1)"}
+    )
+    weight_decay: float = field(
+        default=1e-4, metadata={"help": "AdamW decoupled weight decay of the LoRA weights (>= 0)"}
+    )
+    adam_epsilon: float = field(
+        default=1e-8, metadata={"help": "AdamW epsilon added to the denominator (>= 0)"}
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warmup steps"})
     lr_scheduler_type: str = field(
@@ -163,6 +312,13 @@ class RPOConfig:
         },
     )
     num_inner_epochs: int = field(default=1, metadata={"help": "passes over each sampled batch"})
+    nan_policy: str = field(
+        default="stop",
+        metadata={
+            "help": "when an update's loss or gradient norm is NaN or infinite: stop training with an error (no "
+            "checkpoint of that step), or skip_step (skip that optimizer step and log it as skipped_updates)"
+        },
+    )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     gradient_checkpointing: bool = field(
@@ -180,102 +336,139 @@ class RPOConfig:
     logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
     sample_steps: int = field(default=50, metadata={"help": "save a grid of training samples every N steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (and on SIGTERM/SIGINT)"})
-    save_total_limit: int = field(default=3, metadata={"help": "checkpoints kept (oldest deleted first)"})
+    save_total_limit: int = field(
+        default=3, metadata={"help": "checkpoints kept, the oldest deleted first (at least 1)"}
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest', a step_N folder, or None for a fresh run"}
     )
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard | wandb | none"})
 
     def __post_init__(self) -> None:
-        def fail(name: str, rule: str, fix: str) -> None:
-            raise ConfigError(f"RPOConfig.{name}={getattr(self, name)!r}: {rule}; {fix}")
+        if self.resume_from_checkpoint in ("", "none", "None"):
+            self.resume_from_checkpoint = None
+        for f in fields(self):  # a NaN or inf passes every comparison below, so it is refused first
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                self._fail(f.name, "must be a finite number", "check the recipe for nan/inf")
+        self._check_sampling()
+        self._check_reward()
+        self._check_loss()
+        self._check_optimisation()
+        self._check_schedule()
 
-        for name in ("learning_rate", "eta", "shift", "guidance_scale", "beta", "clip_range", "adv_clip",
-                     "win_reward", "lose_reward", "max_grad_norm", "weight_decay", "adam_epsilon"):  # fmt: skip
-            if not math.isfinite(getattr(self, name)):
-                fail(name, "must be a finite number", "check the recipe for nan/inf")
-        if self.lora_rank < 1 or self.lora_alpha <= 0:
-            fail("lora_rank", "LoRA rank must be >= 1 and lora_alpha > 0", "the paper uses r16/alpha32")
+    def _fail(self, name: str, rule: str, fix: str) -> None:
+        raise ConfigError(f"RPOConfig.{name}={getattr(self, name)!r}: {rule}; {fix}")
+
+    def _choice(self, name: str, choices: Sequence[str]) -> None:
+        if getattr(self, name) not in choices:
+            self._fail(name, f"must be one of {tuple(choices)}", "choose one of them")
+
+    def _check_sampling(self) -> None:
         if self.group_size < 2:
-            fail(
+            self._fail(
                 "group_size",
                 "RPO compares samples within a group, so it needs at least 2",
                 "set group_size >= 2",
             )
         if self.prompts_per_step < 1:
-            fail("prompts_per_step", "must be positive", "set prompts_per_step >= 1")
-        if self.reward_mode not in REWARD_MODES:
-            fail("reward_mode", f"must be one of {REWARD_MODES}", "choose one of them")
-        if self.logprob_reduction not in LOGPROB_REDUCTIONS:
-            fail("logprob_reduction", f"must be one of {LOGPROB_REDUCTIONS}", "choose one of them")
+            self._fail("prompts_per_step", "must be positive", "set prompts_per_step >= 1")
         if not 0.0 < self.train_timestep_fraction <= 1.0:
-            fail("train_timestep_fraction", "must be in (0, 1]", "e.g. 0.5 trains half of the sampling steps")
+            self._fail(
+                "train_timestep_fraction", "must be in (0, 1]", "e.g. 0.5 trains half of the sampling steps"
+            )
         if self.num_sampling_steps < 1:
-            fail("num_sampling_steps", "must be positive", "the paper uses 8 (FLUX) or 10 (editing)")
+            self._fail("num_sampling_steps", "must be positive", "the paper uses 8 (FLUX) or 10 (editing)")
         if self.eta < 0:
-            fail("eta", "the SDE noise level cannot be negative", "the paper uses 0.3")
-        if self.lr_scheduler_type not in LR_SCHEDULERS:
-            fail("lr_scheduler_type", f"must be one of {LR_SCHEDULERS}", "choose one of them")
+            self._fail("eta", "the SDE noise level cannot be negative", "the paper uses 0.3")
+        self._choice("overlap_judging", ("auto", "on", "off"))
+        for name in ("sample_batch_size", "train_batch_size"):
+            if getattr(self, name) < 1:
+                self._fail(name, "must be positive", f"set {name} >= 1")
+
+    def _check_reward(self) -> None:
+        self._choice("reward_mode", REWARD_MODES)
+        if self.adv_clip <= 0:
+            self._fail("adv_clip", "must be positive", "the paper clamps advantages to +-5")
+        if not 0 <= self.max_judge_failure_rate <= 1:
+            self._fail("max_judge_failure_rate", "must be a fraction in [0, 1]", "e.g. 0.5")
+
+    def _check_loss(self) -> None:
+        from arr.rpo.objectives import OBJECTIVES
+
         if self.objective not in OBJECTIVES:
-            fail("objective", f"must be one of {OBJECTIVES}", "choose one of them")
-        if self.eta == 0 and self.objective == "policy_gradient":
-            fail(
+            self._fail(
+                "objective", f"must be a registered objective, one of {sorted(OBJECTIVES)}", "choose one"
+            )
+        if self.eta == 0 and OBJECTIVES[self.objective].needs_log_probs:
+            self._fail(
                 "eta",
                 "with eta 0 the sampler is deterministic and has no log-probability",
                 "use eta > 0, or objective: forward",
             )
         if self.eta == 0 and self.shared_noise:
-            fail(
+            self._fail(
                 "shared_noise",
                 "with eta 0 and shared initial noise every sample of a group is the same image, so each "
                 "judgment ties and nothing is learned",
                 "set shared_noise: false (or eta > 0)",
             )
-        if self.forward_beta <= 0 or self.forward_timesteps < 1 or not 0 <= self.forward_t_min < 1:
-            fail(
-                "forward_beta",
-                "forward_beta must be > 0, forward_timesteps >= 1 and forward_t_min in [0, 1)",
-                "the defaults are 1.0, 2 and 0.0",
-            )
+        self._choice("logprob_reduction", LOGPROB_REDUCTIONS)
+        if self.forward_beta <= 0:
+            self._fail("forward_beta", "must be > 0", "the default is 1.0")
+        if self.forward_timesteps < 1:
+            self._fail("forward_timesteps", "must be >= 1", "the default is 2")
+        if not 0 <= self.forward_t_min < 1:
+            self._fail("forward_t_min", "must be in [0, 1)", "e.g. 0.5 trains at high noise only")
         if not 0 <= self.forward_ema_decay < 1:
-            fail(
+            self._fail(
                 "forward_ema_decay", "must be in [0, 1)", "e.g. 0.9 (a ~10-step average), or 0 to turn it off"
             )
         if self.clip_range <= 0:
-            fail("clip_range", "must be positive", "the paper uses 0.2")
+            self._fail("clip_range", "must be positive", "the paper uses 0.2")
         if self.beta < 0:
-            fail("beta", "must be >= 0", "use 0 to turn the KL penalty off")
-        if self.adv_clip <= 0:
-            fail("adv_clip", "must be positive", "the paper clamps advantages to +-5")
+            self._fail("beta", "must be >= 0", "use 0 to turn the KL penalty off")
+
+    def _check_optimisation(self) -> None:
         if self.learning_rate <= 0:
-            fail("learning_rate", "must be positive", "the paper uses 5e-5 (t2i) or 1e-5 (editing)")
-        if self.num_minibatches < 1 or self.num_inner_epochs < 1:
-            fail("num_minibatches", "num_minibatches and num_inner_epochs must be >= 1", "use 1 or more")
+            self._fail("learning_rate", "must be positive", "the paper uses 5e-5 (t2i) or 1e-5 (editing)")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                self._fail(name, "must be in [0, 1)", "the defaults are 0.9 and 0.999")
+        for name in ("weight_decay", "adam_epsilon"):
+            if getattr(self, name) < 0:
+                self._fail(name, "must be >= 0", "the defaults are 1e-4 and 1e-8")
+        if self.max_grad_norm <= 0:
+            self._fail("max_grad_norm", "must be positive", "the paper clips to 1.0")
+        if self.warmup_steps < 0:
+            self._fail("warmup_steps", "must be >= 0", "use 0 for no warmup")
+        self._choice("lr_scheduler_type", LR_SCHEDULERS)
+        for name in ("num_minibatches", "num_inner_epochs"):
+            if getattr(self, name) < 1:
+                self._fail(name, "must be >= 1", "use 1 or more")
         if self.num_minibatches > self.prompts_per_step:
-            fail(
+            self._fail(
                 "num_minibatches",
                 f"cannot exceed prompts_per_step={self.prompts_per_step} (groups are split)",
                 "lower it",
             )
-        if self.overlap_judging not in ("auto", "on", "off"):
-            fail("overlap_judging", "must be auto, on or off", "auto overlaps only with remote judges")
-        if self.train_batch_size < 1 or self.sample_batch_size < 1:
-            fail(
-                "train_batch_size",
-                "batch sizes must be positive",
-                "set train_batch_size and sample_batch_size >= 1",
-            )
-        if not 0 <= self.max_judge_failure_rate <= 1:
-            fail("max_judge_failure_rate", "must be a fraction in [0, 1]", "e.g. 0.5")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            fail("mixed_precision", "must be no, bf16 or fp16", "choose one of them")
-        if self.resume_from_checkpoint in ("", "none", "None"):
-            self.resume_from_checkpoint = None
+        self._choice("nan_policy", NAN_POLICIES)
+        if self.lora_rank < 1:
+            self._fail("lora_rank", "LoRA rank must be >= 1", "the paper uses r16/alpha32")
+        if self.lora_alpha <= 0:
+            self._fail("lora_alpha", "must be > 0", "the paper uses r16/alpha32")
+        self._choice("mixed_precision", ("no", "bf16", "fp16"))
+
+    def _check_schedule(self) -> None:
         for name in ("max_steps", "save_steps", "sample_steps", "logging_steps", "eval_num_prompts"):
             if getattr(self, name) < 1:
-                fail(name, "must be positive", f"set {name} >= 1")
+                self._fail(name, "must be positive", f"set {name} >= 1")
         if self.eval_steps < 0:
-            fail("eval_steps", "must be >= 0", "use 0 to evaluate only at the start and the end")
+            self._fail("eval_steps", "must be >= 0", "use 0 to evaluate only at the start and the end")
+        if self.eval_num_sampling_steps < 1:
+            self._fail("eval_num_sampling_steps", "must be positive", "e.g. 20")
+        if self.save_total_limit < 1:
+            self._fail("save_total_limit", "must be >= 1 (the newest checkpoint is always kept)", "e.g. 3")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

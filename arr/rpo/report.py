@@ -3,11 +3,11 @@ before/after sample grids on the same held-out prompts and seeds, the resolved c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from arr import report as html
+from arr.jsonl import read_jsonl
 from arr.rpo.trainer import RPOTrainer, TrainerCallback
 
 GRID_PROMPTS = 16
@@ -22,7 +22,7 @@ class ReportCallback(TrainerCallback):
 
     def on_evaluate(self, trainer: RPOTrainer, step: int, metrics: dict[str, Any]) -> None:
         if self.first_eval is None:
-            self.first_eval = getattr(trainer, "_last_eval_images", None)
+            self.first_eval = trainer.last_eval_images
             self.first_eval_step = step
 
     def on_train_end(self, trainer: RPOTrainer, step: int) -> None:
@@ -30,14 +30,8 @@ class ReportCallback(TrainerCallback):
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """The rows of a metrics.jsonl (a row cut by a crash is skipped)."""
+    return read_jsonl(path)
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
@@ -110,7 +104,7 @@ def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = 
         sections.append(("Per-category held-out scores", html.html_table(table)))
 
     grids = []
-    latest = getattr(trainer, "_last_eval_images", None)
+    latest = trainer.last_eval_images
     for label, data, step in (("before", first_eval, first_step), ("after", latest, trainer.step)):
         if data and data[2]:
             records, idx, images = data

@@ -1,0 +1,213 @@
+"""Checkpoints and the run directory: atomic saves, loading, pruning, RNG state, and metrics rows after a resume.
+
+A checkpoint is `checkpoints/step_N/`: the LoRA (`lora.safetensors`, peft names), the moving average that samples
+(`sampling_lora.safetensors`, when one is kept), optimizer and scheduler state (`optimizer.pt`, loadable with
+`weights_only=True`), RNG states (`rng.safetensors`, `rng.json`) and `trainer_state.json`. It is written into a
+`.tmp_step_N_PID` folder and renamed into place once complete, so a crash leaves either the old checkpoint or the
+new one; only folders holding `trainer_state.json` count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arr.jsonl import read_jsonl, write_text_atomic
+from arr.rpo.config import ConfigError
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "trainer_state.json"
+# The trackers' project name; TensorBoard writes its event files to output_dir/TRACKER_PROJECT.
+TRACKER_PROJECT = "rpo"
+# What a run writes into its output directory; `clear_run` removes these. The judgment cache stays: its entries
+# are keyed by everything that decides a judgment, so they are valid for any run.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.html", "samples", TRACKER_PROJECT)
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"{CHECKPOINT_PREFIX}{step}"
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def resolve_checkpoint(folder: Path, which: str) -> Path | None:
+    """'latest' (None when there is none: a fresh run) or a checkpoint folder, absolute or inside `folder`; a
+    checkpoint asked for by name must exist."""
+    if which == "latest":
+        found = complete_checkpoints(folder)
+        return found[-1] if found else None
+    path = Path(which)
+    if not path.is_absolute() and not path.exists():
+        path = folder / which
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
+    return path
+
+
+def write_checkpoint(
+    folder: Path,
+    step: int,
+    *,
+    lora: dict[str, torch.Tensor],
+    sampling_lora: dict[str, torch.Tensor] | None,
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write `folder/step_N` atomically: a temporary folder renamed into place once complete."""
+    from safetensors.torch import save_file
+
+    final = checkpoint_path(folder, step)
+    tmp = folder / f".tmp_{CHECKPOINT_PREFIX}{step}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(lora, tmp / "lora.safetensors")
+    if sampling_lora is not None:
+        # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
+        save_file(sampling_lora, tmp / "sampling_lora.safetensors")
+    torch.save(optimizer, tmp / "optimizer.pt")
+    save_rng_state(tmp)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    with open(tmp / STATE_FILE, "rb") as f:
+        os.fsync(f.fileno())
+    if final.exists():  # re-saving a step: move the old copy aside first, never half-delete it in place
+        old = folder / f".old_{final.name}_{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's contents, read to `device`."""
+
+    path: Path
+    state: dict[str, Any]
+    lora: dict[str, torch.Tensor]
+    sampling_lora: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+
+
+def read_checkpoint(path: Path, device: torch.device | str) -> LoadedCheckpoint:
+    from safetensors.torch import load_file
+
+    ema = path / "sampling_lora.safetensors"
+    return LoadedCheckpoint(
+        path=path,
+        state=json.loads((path / STATE_FILE).read_text()),
+        lora=load_file(path / "lora.safetensors", device=str(device)),
+        sampling_lora=load_file(ema, device=str(device)) if ema.is_file() else None,
+        optimizer=torch.load(path / "optimizer.pt", map_location=device, weights_only=True),
+    )
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    for old in complete_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_rng_state(folder: Path) -> None:
+    """RNG states without pickle: torch's as safetensors, numpy's and Python's as JSON."""
+    from safetensors.torch import save_file
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(tensors, folder / "rng.safetensors")
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    (folder / "rng.json").write_text(
+        json.dumps(
+            {
+                "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "python": [version, list(internal), py_gauss],
+            }
+        )
+    )
+
+
+def load_rng_state(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda_"))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    data = json.loads((folder / "rng.json").read_text())
+    name, keys, pos, has_gauss, gauss = data["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, py_gauss = data["python"]
+    random.setstate((version, tuple(internal), py_gauss))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint's step (they are logged again); a fresh run starts empty.
+
+    Written beside and renamed: a crash mid-rewrite must not lose the rows logged before the checkpoint."""
+    if not path.exists():
+        return
+    keep = [row for row in read_jsonl(path) if step > 0 and row.get("step", 0) <= step]
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in keep))
+
+
+def run_outputs(output_dir: Path) -> list[str]:
+    """What of another run `output_dir` holds: its metrics, config, report or complete checkpoints."""
+    found = [
+        name for name in ("metrics.jsonl", "config.yaml", "report.html") if (output_dir / name).is_file()
+    ]
+    if complete_checkpoints(output_dir / "checkpoints"):
+        found.append("checkpoints")
+    return found
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove what a run wrote into `output_dir` (`RUN_OUTPUTS`), keeping anything else there."""
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "RUN_OUTPUTS",
+    "TRACKER_PROJECT",
+    "LoadedCheckpoint",
+    "checkpoint_path",
+    "clear_run",
+    "complete_checkpoints",
+    "load_rng_state",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "run_outputs",
+    "save_rng_state",
+    "truncate_metrics",
+    "write_checkpoint",
+]
