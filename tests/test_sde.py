@@ -117,3 +117,35 @@ def test_sde_and_ode_keep_the_data_marginal_of_a_gaussian(eta):
             else sde_step(v, x, s, s_next, eta, generator=gen).prev_latents
         )
     assert x.std().item() == pytest.approx(c, rel=0.04)
+
+
+def test_float64_inputs_compute_in_float64_and_everything_else_in_float32():
+    x, v, s, s_next, eta, x_prev = 0.7, -0.4, 0.6, 0.45, 0.5, 0.9
+    dt = s_next - s
+    g = eta * math.sqrt(s / (1 - s))
+    mean = x * (1 + g * g / (2 * s) * dt) + v * (1 + g * g * (1 - s) / (2 * s)) * dt
+    std = g * math.sqrt(-dt)
+    expected = -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+
+    def t(value, dtype):
+        return torch.tensor([[value]], dtype=dtype)
+
+    out = sde_step(
+        t(v, torch.float64), t(x, torch.float64), s, s_next, eta, prev_latents=t(x_prev, torch.float64)
+    )
+    assert out.mean.dtype == out.std.dtype == out.prev_latents.dtype == torch.float64
+    # float64 agreement with the hand computation, far below float32's ~1e-7.
+    assert abs(out.mean.item() - mean) < 1e-14 and abs(out.std.item() - std) < 1e-14
+    assert abs(out.log_prob.item() - expected) < 1e-12
+    # A float64 model's first step starts from float32 noise: the float64 velocity decides.
+    assert sde_step(t(v, torch.float64), t(x, torch.float32), s, s_next, eta).mean.dtype == torch.float64
+    ode = ode_step(t(v, torch.float64), t(x, torch.float32), s, s_next)
+    x32 = t(x, torch.float32).item()  # the latents' value, exactly
+    assert ode.dtype == torch.float64 and abs(ode.item() - (x32 + dt * v)) < 1e-15
+    kl = gaussian_kl(t(0.3, torch.float64), t(0.1, torch.float64), t(0.5, torch.float64))
+    assert abs(kl.item() - 0.04 / 0.5) < 1e-15
+    # Half precision is upcast to float32, never computed in; float32 stays float32.
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        step = sde_step(t(v, dtype), t(x, torch.float32), s, s_next, eta, prev_latents=t(x_prev, dtype))
+        assert step.mean.dtype == step.std.dtype == step.prev_latents.dtype == torch.float32
+        assert ode_step(t(v, dtype), t(x, dtype), s, s_next).dtype == torch.float32
