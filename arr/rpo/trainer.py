@@ -159,14 +159,7 @@ class RPOTrainer:
                 f"RPOConfig.prompts_per_step={args.prompts_per_step} must be divisible by the number of processes "
                 f"({acc.num_processes}) so that every process judges whole groups; use a multiple of it"
             )
-        torch.manual_seed(seed_for(args.seed, LORA_INIT_SALT))  # LoRA init is identical on every process
-        if not policy.trainable_parameters():
-            policy.add_lora(args.lora_rank, args.lora_alpha, lora_target_modules)
-        if args.gradient_checkpointing:
-            policy.set_gradient_checkpointing(True)
-        self.params = policy.trainable_parameters()
-        if not self.params:
-            raise ConfigError(f"{type(policy).__name__} has no trainable parameters after add_lora")
+        self.params = self._trainable_parameters(lora_target_modules)
         # The weights that sample: a moving average of the trained LoRA when the objective keeps one (None: the
         # LoRA itself).
         self.sampling_params: list[torch.Tensor] | None = None
@@ -191,6 +184,19 @@ class RPOTrainer:
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
+
+    def _trainable_parameters(self, lora_target_modules: Sequence[str] | None) -> list[torch.nn.Parameter]:
+        """The LoRA parameters, adding the adapter unless the policy already has trainable parameters."""
+        args, policy = self.args, self.policy
+        torch.manual_seed(seed_for(args.seed, LORA_INIT_SALT))  # LoRA init is identical on every process
+        if not policy.trainable_parameters():
+            policy.add_lora(args.lora_rank, args.lora_alpha, lora_target_modules)
+        if args.gradient_checkpointing:
+            policy.set_gradient_checkpointing(True)
+        params = policy.trainable_parameters()
+        if not params:
+            raise ConfigError(f"{type(policy).__name__} has no trainable parameters after add_lora")
+        return params
 
     def _lr_factor(self, step: int) -> float:
         """The learning-rate multiplier after `step` RPO steps: linear warmup, then constant or decayed to 0 at
