@@ -69,8 +69,9 @@ class TrainingContext:
 class Objective(ABC):
     """The contract of an update: per-sample terms per trained timestep, with declared statistics.
 
-    Subclasses are dataclasses of their settings; `from_config` fills the settings from the `RPOConfig` fields of
-    the same names, so `RPOConfig.beta` reaches every objective that has a `beta`.
+    The trainer calls `bind` once; then, per rollout, `prepare`, `loss_terms` for each micro-batch of each
+    minibatch, and `release`. Subclasses are dataclasses of their settings; `from_config` fills them from the
+    `RPOConfig` fields of the same names, so `RPOConfig.beta` reaches every objective that has a `beta`.
     """
 
     #: Each statistic `loss_terms` yields and how it is reduced (see `Reduction`). "loss" is the one that trains.
@@ -107,6 +108,9 @@ class Objective(ABC):
 
     def prepare(self, rollout: Rollout) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Compute what stays fixed while `rollout` trains; the trainer calls it before the rollout's first update."""
+
+    def release(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Drop what `prepare` kept; the trainer calls it after the rollout's last update, before the next sample."""
 
     @abstractmethod
     def timesteps(self, rollout: Rollout) -> int:
@@ -216,6 +220,9 @@ class ForwardNFT(Objective):
     @torch.no_grad()
     def prepare(self, rollout: Rollout) -> None:
         self._prepared = (rollout, self._targets(rollout))
+
+    def release(self) -> None:
+        self._prepared = None
 
     def targets(self, rollout: Rollout) -> ForwardTargets:
         """The fixed inputs of `rollout` (computed by `prepare`, or now if it was not called for this rollout)."""

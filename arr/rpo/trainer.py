@@ -385,29 +385,32 @@ class RPOTrainer:
         totals = Statistics(self.objective.statistics)
         grad_norms: list[float] = []
         skipped = 0
-        for epoch in range(args.num_inner_epochs):
-            for m in range(args.num_minibatches):
-                members = torch.nonzero(mask & (group_index % args.num_minibatches == m)).flatten()
-                n_global = int(self._sum_over_processes(float(len(members))))
-                if n_global == 0:
-                    continue
-                order = torch.randperm(
-                    len(members),
-                    generator=torch.Generator().manual_seed(seed_for(args.seed, rollout.step, epoch, m)),
-                )
-                # Each sample weighs 1 / global samples: after the all-reduce sum, the gradient is that of the
-                # mean loss over the whole minibatch, however it is split.
-                stats = self.backward_batch(rollout, advantages, members[order], 1.0 / n_global)
-                self._all_reduce_grads()
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm))
-                if not self._update_is_finite(stats, grad_norm, m):
+        try:
+            for epoch in range(args.num_inner_epochs):
+                for m in range(args.num_minibatches):
+                    members = torch.nonzero(mask & (group_index % args.num_minibatches == m)).flatten()
+                    n_global = int(self._sum_over_processes(float(len(members))))
+                    if n_global == 0:
+                        continue
+                    order = torch.randperm(
+                        len(members),
+                        generator=torch.Generator().manual_seed(seed_for(args.seed, rollout.step, epoch, m)),
+                    )
+                    # Each sample weighs 1 / global samples: after the all-reduce sum, the gradient is that of
+                    # the mean loss over the whole minibatch, however it is split.
+                    stats = self.backward_batch(rollout, advantages, members[order], 1.0 / n_global)
+                    self._all_reduce_grads()
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm))
+                    if not self._update_is_finite(stats, grad_norm, m):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        skipped += 1
+                        continue
+                    totals.merge(stats)  # a rank may hold none of this minibatch's groups, so no statistics
+                    grad_norms.append(grad_norm)
+                    self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
-                    continue
-                totals.merge(stats)  # a rank may hold none of this minibatch's groups, and so no statistics
-                grad_norms.append(grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+        finally:
+            self.objective.release()
         lr = self.scheduler.get_last_lr()[0]  # the rate this step used
         self.scheduler.step()
         self._update_sampling_policy()
