@@ -99,5 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         logging.getLogger("arr").removeHandler(handler)
 
+
 if __name__ == "__main__":
     sys.exit(main())
