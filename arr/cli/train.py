@@ -46,10 +46,14 @@ class _OneSpellingFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings:
             return super()._format_action_invocation(action)
+        names: list[str] = []
+        for name in action.option_strings:
+            if name.replace("_", "-") not in (n.replace("_", "-") for n in names):
+                names.append(name)
         if action.nargs == 0:
-            return action.option_strings[0]
+            return ", ".join(names)
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
-        return f"{action.option_strings[0]} {metavar}"
+        return ", ".join(f"{name} {metavar}" for name in names)
 
 
 def recipe_help() -> str:
