@@ -237,3 +237,17 @@ def test_a_setting_the_backend_does_not_take_is_an_error(run_cli, tmp_path):
         )
     with pytest.raises(ConfigError, match="judge_backend=hf needs judge_model"):
         build_judge(JudgeArguments(judge_backend="hf"), str(tmp_path))
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_runs_saved_config_is_a_recipe_again(recipe, tmp_path):
+    """config.yaml (what `arr train RUN/config.yaml --resume_from_checkpoint latest` reads) parses back to the
+    same recipe: the alias-free loader accepts what the trainer writes, new judge keys included."""
+    import yaml
+
+    from arr.rpo.recipe import parse_recipe
+
+    parsed = parse_recipe([str(recipe)])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(parsed.to_dict(), sort_keys=False))  # as the trainer writes it
+    assert parse_recipe([str(saved)]).to_dict() == parsed.to_dict()

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -221,6 +220,8 @@ def judge_from_args(args: argparse.Namespace, swap: bool = True, backend: Any = 
 def writable_dir(path: str | os.PathLike[str], option: str) -> Path:
     """Create folder `path` if needed and prove it writable, before any model loads (a run that would fail at its
     first save fails now). `option` names the input in the error."""
+    import tempfile
+
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise CLIError(f"{option} {p} is a file, not a folder; give a folder path")
