@@ -251,3 +251,14 @@ def test_a_runs_saved_config_is_a_recipe_again(recipe, tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(yaml.safe_dump(parsed.to_dict(), sort_keys=False))  # as the trainer writes it
     assert parse_recipe([str(saved)]).to_dict() == parsed.to_dict()
+
+
+def test_shapes_pretrain_forwards_its_arguments_in_either_spelling(run_cli, monkeypatch):
+    import arr.shapes.pretrain
+
+    seen = []
+    monkeypatch.setattr(arr.shapes.pretrain, "main", lambda argv: seen.append(argv) or 0)
+    code, _, _ = run_cli(
+        "shapes", "pretrain", "--batch_size", "2", "--max-minutes=1", "--model", '{"a_b": 1}'
+    )
+    assert code == 0 and seen == [["--batch-size", "2", "--max-minutes=1", "--model", '{"a_b": 1}']]

@@ -36,7 +36,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "arr.cli.rubric:register",
     ),
     "eval": (
-        "evaluate editing models on benchmarks (`arr eval SUITE.yaml --policy P --judge J`) "
+        "evaluate editing models on benchmarks (`arr eval SUITE.yaml --policy P --backend J`) "
         "and judges (`arr eval preference`)",
         "arr.cli.eval:register",
     ),

@@ -67,17 +67,6 @@ class ArgumentParser(argparse.ArgumentParser):
             out.append(arg)
         return out
 
-    def _get_option_tuples(self, option_string: str) -> list[Any]:
-        # An abbreviation matching one option under two names (a deprecated alias and its replacement) is not
-        # ambiguous: keep one match per action.
-        seen: set[int] = set()
-        out = []
-        for t in super()._get_option_tuples(option_string):
-            if id(t[0]) not in seen:
-                seen.add(id(t[0]))
-                out.append(t)
-        return out
-
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {terminal_safe(message)} (see `{self.prog} --help`)\n")
 

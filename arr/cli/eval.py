@@ -1,10 +1,10 @@
 """`arr eval`: evaluate editing models on benchmarks, and judges on labelled pairs.
 
-    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
-    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai --model Qwen/Qwen2.5-VL-72B-Instruct \
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai --model Qwen/Qwen2.5-VL-72B-Instruct \
         --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
-    arr eval preference eval/shapes_pairs.yaml --judge pixel --out runs/eval/shapes_pairs
-    arr eval preference eval/mmrb2_sample.yaml --judge hf --model Qwen/Qwen2.5-VL-7B-Instruct \
+    arr eval preference eval/shapes_pairs.yaml --backend pixel --out runs/eval/shapes_pairs
+    arr eval preference eval/mmrb2_sample.yaml --backend hf --model Qwen/Qwen2.5-VL-7B-Instruct \
         --rubrics rubrics.jsonl --guide guide.json
 
 `arr eval SUITE.yaml` is short for `arr eval edit SUITE.yaml` (arr/evaluation/editing.py): it writes samples.jsonl,

@@ -277,4 +277,9 @@ def _run_edit(args: argparse.Namespace) -> int:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from arr.shapes.pretrain import main
 
-    return main(list(args.forwarded))
+    # Its parser declares dashed options (--batch-size); `--batch_size` works too, as everywhere in `arr`.
+    argv = []
+    for arg in args.forwarded:
+        name, eq, value = arg.partition("=")
+        argv.append(name.replace("_", "-") + eq + value if name.startswith("--") else arg)
+    return main(argv)
