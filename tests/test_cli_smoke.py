@@ -175,7 +175,7 @@ def test_shapes_edit_writes_a_grid(tmp_path):
 @shipped_edit
 def test_eval_shapes_edit_suite_on_the_shipped_model(tmp_path):
     out = tmp_path / "eval"
-    r = arr("eval", str(ROOT / "eval/shapes_edit.yaml"), "--policy", "shapes-edit", "--judge", "pixel",
+    r = arr("eval", str(ROOT / "eval/shapes_edit.yaml"), "--policy", "shapes-edit", "--backend", "pixel",
             "--limit", "8", "--no-progress", "--out", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

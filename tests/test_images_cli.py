@@ -83,7 +83,7 @@ def test_rubric_show_and_bad_input(tmp_path, capsys):
     path.write_text("nothing like a rubric")
     assert main(["rubric", "show", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("arr rubric: error:") and "r.json" in err and "Traceback" not in err
+    assert err.startswith("arr rubric show: error:") and "r.json" in err and "Traceback" not in err
 
 
 def test_judge_missing_image_is_one_line_error(tmp_path, capsys):

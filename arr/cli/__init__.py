@@ -1,15 +1,17 @@
 """The `arr` command line: a thin layer over the library.
 
-    arr judge --backend pixel --prompt "a red circle" --rubric rubric.json image.png [image_b.png]
-    arr rubric show rubric.json
+    arr judge --backend pixel --prompt "a red circle" --rubric examples/rubric.json examples/good.png
+    arr rubric show examples/rubric.json
 
-Each subcommand imports what it needs when it runs, so `arr --help` stays fast.
+Each subcommand imports what it needs when it runs, so `arr --help` stays fast (it imports neither torch nor any
+model library). Every long option is accepted as `--a-b` and as `--a_b`, like TRL's recipe parser.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -34,7 +36,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "arr.cli.rubric:register",
     ),
     "eval": (
-        "evaluate editing models on benchmarks (`arr eval SUITE.yaml --policy P --judge J`) "
+        "evaluate editing models on benchmarks (`arr eval SUITE.yaml --policy P --backend J`) "
         "and judges (`arr eval preference`)",
         "arr.cli.eval:register",
     ),
@@ -55,7 +57,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from arr.cli.common import ArgumentParser
+
+    parser = ArgumentParser(
         prog="arr",
         description="Rubric-based rewards (Auto-Rubric as Reward) and Rubric Policy Optimization.",
     )
@@ -77,16 +81,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "passthrough", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*getattr(args, "overrides", []), *extra]
-    from arr.cli.common import CLIError
+    from arr.cli.common import CLIError, terminal_safe
 
+    # Library warnings (a judge request that failed after its retries) print as `arr judge: ...` lines.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{args.command_prog}: %(message)s"))
+    logging.getLogger("arr").addHandler(handler)
     try:
         return args.run(args)
     except CLIError as e:
-        print(f"arr {args.command}: error: {e}", file=sys.stderr)
+        # terminal_safe also escapes newlines: an error is one line, whatever text from the input it quotes.
+        print(f"{args.command_prog}: error: {terminal_safe(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"arr {args.command}: interrupted", file=sys.stderr)
+        print(f"{args.command_prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("arr").removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """`arr align`: alignment metrics of two feature files, or a run's alignment curves.
 
     arr align A.npy B.npy [--metric all] [--topk 10] [--no-normalize]     # prints JSON
-    arr align --run runs/demo [--output runs/demo/alignment.png]           # PNG + correlation with eval_score
+    arr align --run runs/demo [--out runs/demo/alignment.png]              # PNG + correlation with eval_score
 
 A.npy and B.npy hold [N, D] features of the same N inputs in the same order (any widths).
 """
@@ -9,10 +9,11 @@ A.npy and B.npy hold [N, D] features of the same N inputs in the same order (any
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from arr.cli.common import CLIError, DeprecatedAlias, emit_json, positive_int, writable_file
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -26,21 +27,24 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
         help="a metric (repeat, or comma-separate) or 'all' (default): mutual_knn, cycle_knn, edit_distance_knn, "
         "cka, unbiased_cka, cknna",
     )
-    p.add_argument("--topk", type=int, default=10, help="neighbours for the kNN metrics (default 10)")
+    p.add_argument(
+        "--topk", type=positive_int(), default=10, help="neighbours for the kNN metrics (default 10)"
+    )
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise rows first")
     p.add_argument(
         "--run", dest="run_dir", metavar="RUN_DIR", help="plot this run's align/* curves with its eval_score"
     )
     p.add_argument(
-        "--output", metavar="PNG", help="--run: where to write the plot (default RUN_DIR/alignment.png)"
+        "--out", metavar="PNG", help="--run: where to write the plot (default RUN_DIR/alignment.png)"
+    )
+    p.add_argument(
+        "--output", dest="out", action=DeprecatedAlias, replacement="--out", why="`--out` in every command"
     )
     p.set_defaults(run=_run)
 
 
 def _load(path: str) -> Any:
     import numpy as np
-
-    from arr.cli.common import CLIError
 
     p = Path(path)
     if p.suffix != ".npy":
@@ -63,8 +67,6 @@ def _jsonable(v: float) -> float | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from arr.cli.common import CLIError
-
     if args.run_dir:
         if args.features:
             raise CLIError("give either two feature files or --run RUN_DIR, not both")
@@ -92,24 +94,22 @@ def _run(args: argparse.Namespace) -> int:
         "normalize": not args.no_normalize,
         "metrics": {k: _jsonable(v) for k, v in values.items()},
     }
-    print(json.dumps(result, indent=2))
+    emit_json(result)
     return 0
 
 
 def _run_curves(args: argparse.Namespace) -> int:
-    from arr.cli.common import CLIError
     from arr.diagnostics.curves import correlations, plot_alignment, read_metrics
 
     try:
         rows = read_metrics(args.run_dir)
-        out = plot_alignment(
-            rows, args.output or Path(args.run_dir) / "alignment.png", title=f"alignment: {args.run_dir}"
-        )
+        png = writable_file(args.out or Path(args.run_dir) / "alignment.png", "--out", "alignment.png")
+        out = plot_alignment(rows, png, title=f"alignment: {args.run_dir}")
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     corr = {
         k: {"n": v["n"], "pearson": _jsonable(v["pearson"]), "spearman": _jsonable(v["spearman"])}
         for k, v in correlations(rows).items()
     }
-    print(json.dumps({"png": str(out), "correlation_with_eval_score": corr}, indent=2))
+    emit_json({"png": str(out), "correlation_with_eval_score": corr})
     return 0

@@ -1,10 +1,10 @@
 """`arr eval`: evaluate editing models on benchmarks, and judges on labelled pairs.
 
-    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
-    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai --model Qwen/Qwen2.5-VL-72B-Instruct \
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai --model Qwen/Qwen2.5-VL-72B-Instruct \
         --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
-    arr eval preference eval/shapes_pairs.yaml --judge pixel --out runs/eval/shapes_pairs
-    arr eval preference eval/mmrb2_sample.yaml --judge hf --model Qwen/Qwen2.5-VL-7B-Instruct \
+    arr eval preference eval/shapes_pairs.yaml --backend pixel --out runs/eval/shapes_pairs
+    arr eval preference eval/mmrb2_sample.yaml --backend hf --model Qwen/Qwen2.5-VL-7B-Instruct \
         --rubrics rubrics.jsonl --guide guide.json
 
 `arr eval SUITE.yaml` is short for `arr eval edit SUITE.yaml` (arr/evaluation/editing.py): it writes samples.jsonl,
@@ -16,6 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
+
+from arr.cli.common import (
+    CLIError,
+    DeprecatedAlias,
+    add_backend_options,
+    backend_from_args,
+    cache_from_args,
+    emit_json,
+    finite_float,
+    positive_int,
+    writable_dir,
+)
 
 
 class _AnyName:
@@ -45,10 +59,20 @@ class _SuiteOrCommand(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+def _judge_alias(p: argparse.ArgumentParser) -> None:
+    """`--judge` was this command's name for `--backend`; the backend defaults to the suite's judge here."""
+    p.add_argument(
+        "--judge",
+        dest="backend",
+        action=DeprecatedAlias,
+        replacement="--backend",
+        why="the judge backend option has one name in every command",
+    )
+    p.set_defaults(backend=None)
+
+
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     """Add `arr eval` (`arr eval SUITE.yaml` / `edit`, and `preference`) to the `arr` parser."""
-    from arr.cli.common import add_backend_options
-
     p = sub.add_parser(name, help=help, description=help)
     esub = p.add_subparsers(
         dest="eval_command", metavar="SUITE.yaml | edit | preference", required=True, action=_SuiteOrCommand
@@ -61,10 +85,7 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     )
     pref.add_argument("suite", help="suite YAML (e.g. eval/shapes_pairs.yaml, eval/mmrb2_sample.yaml)")
     add_backend_options(pref)
-    pref.add_argument(
-        "--judge", dest="backend", help="judge backend (same as --backend; default: the suite's judge)"
-    )
-    pref.set_defaults(backend=None)
+    _judge_alias(pref)
     pref.add_argument(
         "--configs", default="plain,rubric,rubric+guide", help="comma-separated: plain, rubric, rubric+guide"
     )
@@ -77,17 +98,17 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
         action="store_true",
         help="write missing prompt rubrics zero-shot with the judge's writer (cached in OUT/rubrics.jsonl)",
     )
-    pref.add_argument("--limit", type=int, help="use at most this many pairs")
-    pref.add_argument("--batch-size", type=int, default=64, help="pairs per judge batch (default 64)")
+    pref.add_argument("--limit", type=positive_int(), help="use at most this many pairs")
+    pref.add_argument(
+        "--batch-size", type=positive_int(), default=64, help="pairs per judge batch (default 64)"
+    )
     pref.add_argument("--data-dir", help="where generated suites write their data (default: OUT/data)")
     pref.add_argument("--out", help="output folder (default: runs/eval/<suite name>)")
     pref.set_defaults(run=_run_preference)
 
 
 def _run_preference(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from arr.cli.common import CLIError, backend_from_args
+    from arr.backends.chat import JudgeUnavailableError
     from arr.evaluation.preference import CONFIGS, evaluate_preference, load_preference_suite, write_report
     from arr.rubrics import RubricParseError
 
@@ -95,10 +116,9 @@ def _run_preference(args: argparse.Namespace) -> int:
     bad = [c for c in configs if c not in CONFIGS]
     if bad:
         raise CLIError(f"--configs: unknown {bad}; choose from {list(CONFIGS)}")
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
     suite_path = Path(args.suite)
-    out = Path(args.out) if args.out else Path("runs") / "eval" / suite_path.stem
+    cache = cache_from_args(args)
+    out = writable_dir(args.out or Path("runs") / "eval" / suite_path.stem, "--out")
     try:
         suite, pairs, ties = load_preference_suite(
             suite_path, Path(args.data_dir or out / "data"), args.limit
@@ -145,9 +165,12 @@ def _run_preference(args: argparse.Namespace) -> int:
             made = generator.prompt_rubrics(wanted, task=task, cache=out / "rubrics.jsonl")
             rubrics.update({q: r for q, r in zip(wanted, made, strict=True) if r is not None})
 
-    result = evaluate_preference(
-        pairs, backend, configs, rubrics=rubrics, guide=guide, cache=args.cache, batch_size=args.batch_size
-    )
+    try:
+        result = evaluate_preference(
+            pairs, backend, configs, rubrics=rubrics, guide=guide, cache=cache, batch_size=args.batch_size
+        )
+    except JudgeUnavailableError as e:
+        raise CLIError(f"{e}; check that the server runs and --base-url points at it") from None
     result["suite"] = {
         "name": suite.get("name", suite_path.stem),
         "path": str(suite_path),
@@ -155,13 +178,11 @@ def _run_preference(args: argparse.Namespace) -> int:
     }
     json_path, html_path = write_report(result, out, f"Judge evaluation: {result['suite']['name']}")
     result["outputs"] = {"json": str(json_path), "html": str(html_path)}
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    emit_json(result)
     return 0
 
 
 def _register_edit(esub: argparse._SubParsersAction) -> None:
-    from arr.cli.common import add_backend_options
-
     edit = esub.add_parser(
         "edit",
         help="evaluate an editing model on a benchmark suite (GEdit-Bench, ImgEdit, MagicBrush, Emu Edit, shapes)",
@@ -180,23 +201,27 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit.add_argument("--policy-device", help="device of the editing model (default: cuda if available)")
     edit.add_argument("--policy-dtype", default="bfloat16", help="torch dtype of real editing models")
     edit.add_argument("--lora", help="LoRA to apply: an RPO checkpoint folder (RUN/checkpoints/step_N)")
-    edit.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: read from RUN/config.yaml)")
-    add_backend_options(edit)
     edit.add_argument(
-        "--judge",
-        dest="backend",
-        help="judge backend: pixel | hf | openai (same as --backend; default: the suite's)",
+        "--lora-alpha", type=finite_float, help="LoRA alpha (default: read from RUN/config.yaml)"
     )
-    edit.set_defaults(backend=None)
+    add_backend_options(edit)
+    _judge_alias(edit)
+    edit.add_argument(
+        "--judge-concurrency",
+        dest="max_concurrency",
+        type=positive_int(),
+        action=DeprecatedAlias,
+        replacement="--max-concurrency",
+        why="the same setting in every command, recipe and the library",
+    )
     edit.add_argument("--no-judge", action="store_true", help="compute the reference metrics only")
-    edit.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
     edit.add_argument(
         "--clip", help="CLIP model id or folder for CLIP-I / CLIP-T / CLIP-dir (default: the suite's)"
     )
     edit.add_argument("--dino", help="DINO model id or folder for the DINO metric (default: the suite's)")
-    edit.add_argument("--limit", type=int, help="evaluate at most this many samples")
+    edit.add_argument("--limit", type=positive_int(), help="evaluate at most this many samples")
     edit.add_argument(
-        "--batch-size", type=int, default=8, help="samples edited and judged together (default 8)"
+        "--batch-size", type=positive_int(), default=8, help="samples edited and judged together (default 8)"
     )
     edit.add_argument(
         "--seed", type=int, default=0, help="base seed; each sample's seed derives from it and its id"
@@ -207,21 +232,10 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit.set_defaults(run=_run_edit)
 
 
-def _run_edit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from arr.backends.chat import JudgeUnavailableError
-    from arr.cli.common import CLIError, backend_from_args
+def _edit_suite(args: argparse.Namespace) -> tuple[Path, Path, dict, list, dict]:
+    """Check the options and load the suite: (suite path, output folder, suite, samples, policy kwargs)."""
     from arr.evaluation.edit_benchmarks import load_edit_suite
-    from arr.evaluation.edit_judges import make_edit_judge
-    from arr.evaluation.edit_metrics import EditMetrics
-    from arr.evaluation.editing import evaluate_edits
-    from arr.evaluation.editors import build_editor
 
-    if args.limit is not None and args.limit < 1:
-        raise CLIError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         policy_kwargs = json.loads(args.policy_kwargs)
     except json.JSONDecodeError as e:
@@ -231,43 +245,40 @@ def _run_edit(args: argparse.Namespace) -> int:
     suite_path = Path(args.suite)
     if not suite_path.is_file():
         raise CLIError(f"suite {suite_path} not found (and {args.suite!r} is no `arr eval` subcommand)")
-    out = Path(args.out) if args.out else Path("runs") / "eval" / suite_path.stem
+    out = writable_dir(args.out or Path("runs") / "eval" / suite_path.stem, "--out")
     try:
         suite, samples = load_edit_suite(suite_path, Path(args.data_dir or out / "data"), args.limit)
     except ValueError as e:
         raise CLIError(str(e)) from None
     if not samples:
         raise CLIError(f"suite {suite_path} has no samples")
+    return suite_path, out, suite, samples, policy_kwargs
 
-    judge = None
-    if not args.no_judge:
-        if args.backend is None:
-            args.backend = suite.get("judge", "pixel")
-        if args.backend == "pixel":
-            from arr.backends import load_backend
 
-            backend = load_backend("pixel", **(suite.get("judge_kwargs") or {}))
-        elif args.backend == "openai" and args.judge_concurrency is not None:
-            if not args.model:
-                raise CLIError("--judge openai needs --model (the model name the server serves)")
-            if args.judge_concurrency < 1:
-                raise CLIError(f"--judge-concurrency must be >= 1, got {args.judge_concurrency}")
-            from arr.backends import load_backend
+def _edit_judge(args: argparse.Namespace, suite: dict) -> Any:
+    """The suite's judge protocol over the chosen backend (the suite's own judge unless --backend is given)."""
+    from arr.evaluation.edit_judges import make_edit_judge
 
-            kwargs = {"model": args.model, "max_concurrency": args.judge_concurrency}
-            kwargs.update(
-                {k: v for k, v in (("base_url", args.base_url), ("api_key_env", args.api_key_env)) if v}
-            )
-            try:
-                backend = load_backend("openai", **kwargs)
-            except (ValueError, OSError) as e:
-                raise CLIError(str(e)) from None
-        else:
-            backend = backend_from_args(args)
-        try:
-            judge = make_edit_judge(suite.get("protocol", "viescore"), backend)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
+    if args.no_judge:
+        return None
+    if args.backend is None:
+        args.backend = suite.get("judge", "pixel")
+    if args.backend == "pixel":
+        from arr.backends import load_backend
+
+        backend = load_backend("pixel", **(suite.get("judge_kwargs") or {}))
+    else:
+        backend = backend_from_args(args)
+    try:
+        return make_edit_judge(suite.get("protocol", "viescore"), backend)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _edit_metrics_and_editor(args: argparse.Namespace, suite: dict, policy_kwargs: dict) -> tuple[Any, Any]:
+    """The suite's reference metrics (None when it has none) and the editing model under evaluation."""
+    from arr.evaluation.edit_metrics import EditMetrics
+    from arr.evaluation.editors import build_editor
 
     metric_config = dict(suite.get("metrics") or {})
     for name in ("clip", "dino"):
@@ -280,9 +291,18 @@ def _run_edit(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
+    return metrics, editor
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from arr.backends.chat import JudgeUnavailableError
+    from arr.evaluation.editing import evaluate_edits
+
+    suite_path, out, suite, samples, policy_kwargs = _edit_suite(args)
+    judge = _edit_judge(args, suite)
+    metrics, editor = _edit_metrics_and_editor(args, suite, policy_kwargs)
     if judge is None and metrics is None:
         raise CLIError(f"suite {suite_path} has no metrics: it needs a judge (drop --no-judge)")
-
     info = {
         "suite": suite.get("name", suite_path.stem),
         "suite_path": str(suite_path),
@@ -312,5 +332,5 @@ def _run_edit(args: argparse.Namespace) -> int:
         "samples": str(out / "samples.jsonl"),
         "html": str(out / "report.html"),
     }
-    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    emit_json(summary)
     return 0

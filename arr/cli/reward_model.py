@@ -16,6 +16,8 @@ import json
 import random
 from pathlib import Path
 
+from arr.cli.common import CLIError, emit_json, finite_float, positive_int, writable_dir
+
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     """Add `arr reward-model` (train, eval) to the `arr` parser."""
@@ -26,13 +28,13 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     t.add_argument("--out", required=True, help="output folder (config, safetensors weights, training.json)")
     t.add_argument("--eval-pairs", help="held-out pairs.json; default: hold out --eval-fraction of --pairs")
     t.add_argument(
-        "--eval-fraction", type=float, default=0.2, help="held-out share when no --eval-pairs (0.2)"
+        "--eval-fraction", type=finite_float, default=0.2, help="held-out share when no --eval-pairs (0.2)"
     )
     t.add_argument("--task", choices=("t2i", "edit"), help="default: edit when the pairs have source images")
-    t.add_argument("--limit", type=int, help="use at most this many training pairs")
-    t.add_argument("--epochs", type=int, default=80)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--learning-rate", type=float, default=3e-4)
+    t.add_argument("--limit", type=positive_int(), help="use at most this many training pairs")
+    t.add_argument("--epochs", type=positive_int(), default=80)
+    t.add_argument("--batch-size", type=positive_int(), default=32)
+    t.add_argument("--learning-rate", type=finite_float, default=3e-4)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--no-text-init", action="store_true", help="random text encoder (default: the shapes t2i one)"
@@ -45,7 +47,6 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
 
 
 def _load(path: str):
-    from arr.cli.common import CLIError
     from arr.images import ImageLoadError
     from arr.shapes.benchmarks import load_preference_pairs
 
@@ -58,7 +59,6 @@ def _load(path: str):
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from arr.cli.common import CLIError
     from arr.reward_models.bradley_terry import (
         BradleyTerryConfig,
         BradleyTerryTrainer,
@@ -67,6 +67,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     pairs = _load(args.pairs)
+    writable_dir(args.out, "--out")
     if args.eval_pairs:
         train, held = pairs, _load(args.eval_pairs)
     else:
@@ -109,12 +110,11 @@ def _run_train(args: argparse.Namespace) -> int:
     summary = {"out": str(out), "train_pairs": len(train), "train_accuracy": round(result.train_accuracy, 4)}
     if result.eval:
         summary |= {"eval_pairs": len(held), "heldout_accuracy": round(result.eval["accuracy"], 4)}
-    print(json.dumps(summary, indent=2))
+    emit_json(summary)
     return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from arr.cli.common import CLIError
     from arr.reward_models.bradley_terry import PairwiseRewardModel, preference_accuracy
 
     try:
@@ -122,5 +122,5 @@ def _run_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
     result = preference_accuracy(model, _load(args.pairs))
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+    emit_json({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return 0

@@ -13,10 +13,19 @@ also the cache (prompts already in it are not asked again).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
 
-from arr.cli.common import CLIError, add_backend_options, backend_from_args
+from arr.cli.common import (
+    CLIError,
+    add_backend_options,
+    backend_from_args,
+    emit,
+    emit_json,
+    positive_int,
+    terminal_safe,
+    writable_file,
+)
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -37,20 +46,23 @@ def _run_show(args: argparse.Namespace) -> int:
     except RubricParseError as e:
         raise CLIError(str(e)) from None
     if args.json:
-        _emit(rubric.to_json(indent=2))
+        emit_json(rubric.to_dict())
         return 0
-    _emit(f"Rubric ({rubric.task}) for: {rubric.prompt}")
+    # Every value comes from the file (often a model's answer): escape control characters so that printing it
+    # cannot recolour, move the cursor or hide lines, and so that one item stays on one line.
+    safe = terminal_safe
+    emit(f"Rubric ({safe(rubric.task)}) for: {safe(rubric.prompt)}")
     for c in rubric.criteria:
-        extra = f"  [{c.category}]" if c.category else ""
-        check = f"  check={json.dumps(c.check)}" if c.check else ""
+        extra = f"  [{safe(c.category)}]" if c.category else ""
+        check = f"  check={safe(json.dumps(c.check, ensure_ascii=False))}" if c.check else ""
         levels = f"  levels=1..{c.levels}" if c.levels else ""
-        _emit(f"  {c.id:>6}  w={c.weight:+g}  {c.text}{extra}{levels}{check}")
+        emit(f"  {safe(c.id):>6}  w={c.weight:+g}  {safe(c.text)}{extra}{levels}{check}")
     if rubric.guide:
-        _emit("Guide:")
+        emit("Guide:")
         for g in rubric.guide:
-            _emit(f"  * {g.theme}")
+            emit(f"  * {safe(g.theme)}")
             for tip in g.tips:
-                _emit(f"      - {tip}")
+                emit(f"      - {safe(tip)}")
     return 0
 
 
@@ -65,8 +77,10 @@ def _add_pipeline_commands(rubric_sub: argparse._SubParsersAction) -> None:
         "--pairs", required=True, help="labelled pairs file (pairs.json, MMRB2 json, EditReward jsonl)"
     )
     gen.add_argument("--schema", default="hpdv3", help="hpdv3 (default) | mmrb2 | editreward")
-    gen.add_argument("--limit", type=int, help="use at most this many pairs (the paper uses 50-100)")
-    gen.add_argument("--k", type=int, default=5, help="rubric items per pair (default 5)")
+    gen.add_argument(
+        "--limit", type=positive_int(), help="use at most this many pairs (the paper uses 50-100)"
+    )
+    gen.add_argument("--k", type=positive_int(), default=5, help="rubric items per pair (default 5)")
     gen.add_argument(
         "--max-refine-rounds", type=int, default=5, help="refinements before discarding (default 5)"
     )
@@ -81,17 +95,13 @@ def _add_pipeline_commands(rubric_sub: argparse._SubParsersAction) -> None:
         "--prompts", required=True, help="text file with one prompt (or editing instruction) per line"
     )
     pr.add_argument("--task", default="t2i", choices=("t2i", "edit"), help="t2i (default) or edit")
-    pr.add_argument("--k", type=int, default=5, help="rubric items per prompt (default 5)")
+    pr.add_argument("--k", type=positive_int(), default=5, help="rubric items per prompt (default 5)")
     pr.add_argument(
         "--max-refine-rounds", type=int, default=5, help="retries of unreadable answers (default 5)"
     )
     pr.add_argument("--out", required=True, help="rubrics.jsonl (appended; also the cache)")
     add_backend_options(pr)
     pr.set_defaults(run=_run_prompts)
-
-
-def _emit(text: str) -> None:
-    sys.stdout.write(text + "\n")
 
 
 def _generator(args: argparse.Namespace):
@@ -103,6 +113,17 @@ def _generator(args: argparse.Namespace):
         raise CLIError(str(e)) from None
 
 
+@contextlib.contextmanager
+def _judge_reachable():
+    """An unreachable judge server is a one-line error, not a traceback."""
+    from arr.backends.chat import JudgeUnavailableError
+
+    try:
+        yield
+    except JudgeUnavailableError as e:
+        raise CLIError(f"{e}; check that the server runs and --base-url points at it") from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from arr.evaluation.preference import load_pairs
 
@@ -112,18 +133,17 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if not pairs:
         raise CLIError(f"{args.pairs}: no labelled pairs")
-    guide = _generator(args).generate(pairs)
+    writable_file(args.out, "--out", "guide.json")
+    generator = _generator(args)
+    with _judge_reachable():
+        guide = generator.generate(pairs)
     path = guide.save(args.out)
-    _emit(
-        json.dumps(
-            {
-                "out": str(path),
-                "categories": [g.to_dict() for g in guide.categories],
-                "stats": guide.stats.to_dict(),
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
+    emit_json(
+        {
+            "out": str(path),
+            "categories": [g.to_dict() for g in guide.categories],
+            "stats": guide.stats.to_dict(),
+        }
     )
     return 0
 
@@ -138,20 +158,18 @@ def _run_prompts(args: argparse.Namespace) -> int:
     prompts = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if not prompts:
         raise CLIError(f"{args.prompts}: no prompts (expected one per line)")
+    writable_file(args.out, "--out", "rubrics.jsonl")
     generator = _generator(args)
-    rubrics = generator.prompt_rubrics(prompts, task=args.task, cache=args.out)
+    with _judge_reachable():
+        rubrics = generator.prompt_rubrics(prompts, task=args.task, cache=args.out)
     failed = [p for p, r in zip(prompts, rubrics, strict=True) if r is None]
-    _emit(
-        json.dumps(
-            {
-                "out": args.out,
-                "prompts": len(prompts),
-                "written": len(prompts) - len(failed),
-                "failed": failed,
-                "stats": generator.stats.to_dict(),
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
+    emit_json(
+        {
+            "out": args.out,
+            "prompts": len(prompts),
+            "written": len(prompts) - len(failed),
+            "failed": failed,
+            "stats": generator.stats.to_dict(),
+        }
     )
     return 1 if failed else 0

@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from importlib import resources
 from pathlib import Path
+
+from arr.cli.common import shorten, writable_dir
 
 DEMO_RECIPE = "shapes_t2i_rpo.yaml"
 
 
 def register_train(sub: argparse._SubParsersAction, name: str, help: str) -> None:
-    p = sub.add_parser(name, help=help, description=help, add_help=False)
-    p.add_argument("recipe_args", nargs=argparse.REMAINDER, help="RECIPE.yaml [--key value ...]")
+    # The recipe parser (TRL's) owns every argument, `--help` included: see `_run_train`.
+    p = sub.add_parser(name, help=help, description=help, add_help=False, forward=True)
     p.set_defaults(run=_run_train)
 
 
 def register_demo(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     p = sub.add_parser(name, help=help, description=help)
-    p.add_argument("--output_dir", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--output-dir", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument(
-        "--num_processes",
+        "--num-processes",
         default="auto",
         help="CPU ranks to train with (default: auto, one per usable core, at most 8, dividing prompts_per_step)",
     )
@@ -37,16 +40,43 @@ def demo_recipe_path() -> Path:
     return Path(str(resources.files("arr.recipes").joinpath(DEMO_RECIPE)))
 
 
+class _OneSpellingFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that lists each recipe key once: TRL registers `--max_steps` and `--max-steps`, and both work."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        names: list[str] = []
+        for name in action.option_strings:
+            if name.replace("_", "-") not in (n.replace("_", "-") for n in names):
+                names.append(name)
+        if action.nargs == 0:
+            return ", ".join(names)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(f"{name} {metavar}" for name in names)
+
+
+def recipe_help() -> str:
+    """`arr train --help`: every recipe key, with its default and help, grouped by dataclass."""
+    from trl import TrlParser
+
+    from arr.rpo.recipe import RECIPE_TYPES
+
+    return TrlParser(
+        RECIPE_TYPES,
+        prog="arr train",
+        usage="arr train RECIPE.yaml [--key value ...]",
+        description="Train a policy with RPO from a YAML recipe. Every recipe key below can also be given on the "
+        "command line (`--key value`, as `--max_steps` or `--max-steps`); command-line values override the "
+        "recipe's, and unknown keys are errors.",
+        formatter_class=_OneSpellingFormatter,
+    ).format_help()
+
+
 def _run_train(args: argparse.Namespace) -> int:
-    argv = list(args.recipe_args)
-    if not argv or argv[0] in ("-h", "--help"):
-        from trl import TrlParser
-
-        from arr.rpo.recipe import RECIPE_TYPES
-
-        TrlParser(
-            RECIPE_TYPES, prog="arr train", usage="arr train RECIPE.yaml [--key value ...]"
-        ).print_help()
+    argv = list(args.forwarded)
+    if not argv or "-h" in argv or "--help" in argv:
+        sys.stdout.write(recipe_help())
         return 0
     return _train(argv)
 
@@ -65,6 +95,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise CLIError(str(e)) from None
     n = _demo_processes(args.num_processes, rpo.prompts_per_step, rpo.cpu)
+    writable_dir(rpo.output_dir, "--output-dir")
     if n == 1:
         return _train(argv, demo=True)
     print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
@@ -97,6 +128,33 @@ def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
     return n
 
 
+def _check_prompts(trainer) -> None:
+    """Refuse prompts the policy's text encoder cannot take before the first step, not at the step that draws one.
+
+    Diffusers pipelines truncate long prompts (with a warning); the shapes world's word-level encoder refuses them.
+    """
+    from arr.cli.common import CLIError
+    from arr.policies.shapes import ShapesPolicy
+
+    if not isinstance(trainer.policy, ShapesPolicy):
+        return
+    encoder = trainer.policy.model.text_encoder
+    for where, records in (("training", trainer.train_records), ("evaluation", trainer.eval_records)):
+        try:
+            encoder.tokenize([r.prompt for r in records])
+            continue
+        except ValueError:
+            pass
+        for n, record in enumerate(records, 1):  # name the first offending record
+            try:
+                encoder.tokenize([record.prompt])
+            except ValueError:
+                raise CLIError(
+                    f"{where} record {n}: prompt {shorten(record.prompt)!r} is longer than the shapes text "
+                    f"encoder's {encoder.max_length - 2} words; shorten the dataset's prompts"
+                ) from None
+
+
 def _train(argv: list[str], demo: bool = False) -> int:
     from arr.cli.common import CLIError
     from arr.rpo.build import build_trainer
@@ -107,7 +165,9 @@ def _train(argv: list[str], demo: bool = False) -> int:
 
     try:
         recipe = parse_recipe(argv)
+        writable_dir(recipe.rpo.output_dir, "output_dir")
         trainer = build_trainer(recipe)
+        _check_prompts(trainer)
         trainer.train()
     except (ConfigError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None

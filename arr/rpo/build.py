@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
@@ -67,25 +66,37 @@ def build_policy(args: PolicyArguments, recipe: Recipe):
 
 
 def build_judge(args: JudgeArguments, output_dir: str):
+    """The recipe's `RubricJudge`: its backend from the `judge_*` keys (the settings `arr judge` takes as options)."""
     from arr.backends import load_backend
+    from arr.backends.options import BackendOptionError, backend_kwargs
+    from arr.cache import CacheError
     from arr.judge import RubricJudge
 
-    kwargs: dict[str, Any] = {}
-    if args.judge_model:
-        kwargs["model"] = args.judge_model
-    if args.judge_backend == "openai":
-        if args.judge_base_url:
-            kwargs["base_url"] = args.judge_base_url
-        if args.judge_api_key_env:
-            kwargs["api_key_env"] = args.judge_api_key_env
-        kwargs["max_concurrency"] = args.judge_max_concurrency
+    try:
+        kwargs = backend_kwargs(
+            args.judge_backend,
+            model=args.judge_model,
+            base_url=args.judge_base_url,
+            api_key_env=args.judge_api_key_env,
+            dtype=args.judge_dtype,
+            device=args.judge_device,
+            mode=args.judge_mode,
+            trust_remote_code=args.judge_trust_remote_code,
+            max_concurrency=args.judge_max_concurrency,
+            timeout=args.judge_timeout,
+            spell=lambda name: f"judge_{name}",
+        )
+    except BackendOptionError as e:
+        raise ConfigError(str(e)) from None
     try:
         backend = load_backend(args.judge_backend, **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"cannot create judge backend {args.judge_backend!r}: {e}") from None
     cache = args.judge_cache or str(Path(output_dir) / "judge_cache.sqlite")
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    return RubricJudge(backend, cache=cache, swap=args.judge_swap)
+    try:
+        return RubricJudge(backend, cache=cache, swap=args.judge_swap)
+    except CacheError as e:
+        raise ConfigError(f"judge_cache: {e}") from None
 
 
 def build_reward(judge, recipe: Recipe):

@@ -52,7 +52,25 @@ class JudgeArguments:
     judge_api_key_env: str | None = field(
         default=None, metadata={"help": "openai: env var holding the API key"}
     )
-    judge_max_concurrency: int = field(default=16, metadata={"help": "openai: requests in flight"})
+    judge_max_concurrency: int | None = field(
+        default=None, metadata={"help": "openai: requests in flight at once (default: the backend's, 8)"}
+    )
+    judge_timeout: float | None = field(
+        default=None, metadata={"help": "openai: seconds per HTTP attempt before a retry (default: 60)"}
+    )
+    judge_dtype: str | None = field(
+        default=None, metadata={"help": "hf: torch dtype of the judge (auto, bfloat16, float32, ...)"}
+    )
+    judge_device: str | None = field(
+        default=None, metadata={"help": "hf: device of the judge (auto, cpu, cuda)"}
+    )
+    judge_mode: str | None = field(
+        default=None,
+        metadata={"help": "hf: 'probs' (choice-token probabilities) or 'generate' (reasoned answers)"},
+    )
+    judge_trust_remote_code: bool = field(
+        default=False, metadata={"help": "hf: allow the judge model folder's own code"}
+    )
     judge_swap: bool = field(
         default=True, metadata={"help": "judge pairs in both orders (ties if inconsistent)"}
     )
@@ -110,6 +128,51 @@ class DiagnosticsArguments:
     )
 
 
+# Recipes are a page of `key: value` lines; the cap only stops a wrong file (a dataset, a model) from being parsed.
+MAX_RECIPE_BYTES = 1 << 20
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML without anchors and aliases: a recipe has no use for them, and aliases are how a few lines expand into
+    gigabytes when the values are walked or printed ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(
+                f"line {mark.line + 1}: aliases (*name) are not allowed in recipes; write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_recipe_file(path: Path) -> dict[str, Any]:
+    """The mapping in a recipe file, refusing what is not one with a one-line `ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            f"recipe {path} is {size:,} bytes; a recipe is a short YAML file of key: value lines "
+            f"(limit {MAX_RECIPE_BYTES:,} bytes)"
+        )
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"recipe {path} is not UTF-8 text (byte {e.start}); re-encode it as UTF-8"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {_one_line(str(e))}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a YAML mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 RECIPE_TYPES = (RPOConfig, PolicyArguments, JudgeArguments, DataArguments, DiagnosticsArguments)
 
 
@@ -136,31 +199,30 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
     args = list(argv)
     if args and not args[0].startswith("-"):
         path = Path(args[0])
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"recipe {path} must be a YAML mapping of key: value, got {type(data).__name__}"
-            )
+        data = load_recipe_file(path)
         known = {f for t in RECIPE_TYPES for f in t.__dataclass_fields__}
         # str(): YAML keys may be numbers or booleans (`1: 2`), which neither sort with strings nor name a field.
         unknown = sorted(str(k) for k in set(data) - known - {"env"})
         if unknown:
-            raise ConfigError(f"recipe {path}: unknown keys {unknown}; see `arr train --help` for valid keys")
+            raise ConfigError(
+                f"recipe {path}: unknown keys {_one_line(str(unknown))}; see `arr train --help` for valid keys"
+            )
         for key, value in data.items():
             _check_type(path, key, value)
         args = ["--config", str(path), *args[1:]]
-    parser = TrlParser(RECIPE_TYPES)
+
+    class RecipeParser(TrlParser):
+        def error(self, message: str) -> typing.NoReturn:
+            # argparse would print its usage block and exit; a one-line error names the argument instead.
+            raise ConfigError(f"{message}; see `arr train --help` for valid keys")
+
+    parser = RecipeParser(RECIPE_TYPES)
     try:
         rpo, policy, judge, data, diagnostics = parser.parse_args_and_config(args)
-    except SystemExit as e:  # argparse already printed the problem (unknown flag, bad type)
-        raise ConfigError("invalid command-line arguments (see the message above)") from e
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # HfArgumentParser: "Some specified arguments are not used ..."
+        raise ConfigError(f"{_one_line(str(e))}; see `arr train --help` for valid keys") from None
     if diagnostics.align_every < 0:
         raise ConfigError(f"align_every={diagnostics.align_every}: must be >= 0 (0 turns the diagnostic off)")
     if diagnostics.align_every > 0 and diagnostics.align_num_prompts > rpo.eval_num_prompts:
@@ -196,4 +258,6 @@ def _check_type(path: Path, key: str, value: Any) -> None:
         if allowed is None:
             return
         if isinstance(value, bool) and base != "bool" or not isinstance(value, allowed):
-            raise ConfigError(f"recipe {path}: {key} must be {base}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"recipe {path}: {key} must be {base}, got {_one_line(repr(value), 80)} ({type(value).__name__})"
+            )

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arr.rubrics.parse import RubricParseError, parse_rubric_data, rubric_data_from_obj
+from arr.rubrics.parse import MAX_INPUT_BYTES, RubricParseError, parse_rubric_data, rubric_data_from_obj
 
 PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
 
@@ -138,11 +138,20 @@ class Rubric:
 
     @classmethod
     def load(cls, path: str | Path) -> Rubric:
+        """Read a rubric file. At most `MAX_INPUT_BYTES` + 1 bytes are read, so a huge file or a device that never
+        ends (`/dev/zero`) is refused at once instead of being read into memory first."""
         path = Path(path)
+        if path.is_dir():
+            raise RubricParseError(f"rubric path {path} is a folder; give a rubric JSON file")
         try:
-            raw = path.read_bytes()
+            with path.open("rb") as f:
+                raw = f.read(MAX_INPUT_BYTES + 1)
         except OSError as e:
             raise RubricParseError(f"cannot read rubric file {path}: {e.strerror}") from None
+        if len(raw) > MAX_INPUT_BYTES:
+            raise RubricParseError(
+                f"rubric file {path} is over {MAX_INPUT_BYTES:,} bytes; a rubric is a small JSON file"
+            )
         try:
             return cls.from_json(raw)
         except RubricParseError as e:

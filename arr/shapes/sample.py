@@ -7,6 +7,8 @@ images = sample(load_pretrained("t2i"), ["two red circles"], seeds=[0])
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -70,6 +72,15 @@ def sample_tensor(
         raise ValueError(f"unknown sampler {sampler!r}; only 'euler' is implemented")
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
+    if not prompts:
+        raise ValueError("sample needs at least one prompt")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    # NaN or infinite guidance would return NaN images without any error; a shift <= 0 breaks the time grid.
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance}")
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a finite number > 0, got {shift}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     size = model.config.image_size
