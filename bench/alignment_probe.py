@@ -1,6 +1,6 @@
 """AlignmentProbe on a shapes RPO run: its share of training time, and how alignment moves with the eval score.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/alignment_probe.py --model t2i --max_steps 20 --align_every 20 \
+    OMP_WAIT_POLICY=PASSIVE python bench/alignment_probe.py --model t2i --max-steps 20 --align-every 20 \
         --out bench/results/alignment_probe.json
 
 Runs the `arr demo` recipe (pixel judge) with recipe overrides (`--set key=value`, repeatable) and an
@@ -26,13 +26,17 @@ from arr.rpo.recipe import parse_recipe
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="t2i", help="shipped shapes model name or a save_pretrained folder")
-    p.add_argument("--max_steps", type=int, default=20)
-    p.add_argument("--eval_steps", type=int, default=20)
-    p.add_argument("--align_every", type=int, default=None, help="default: AlignmentProbe's")
-    p.add_argument("--num_prompts", type=int, default=None, help="probe size; default: AlignmentProbe's")
+    p.add_argument("--max-steps", "--max_steps", type=int, default=20)
+    p.add_argument("--eval-steps", "--eval_steps", type=int, default=20)
+    p.add_argument("--align-every", "--align_every", type=int, default=None, help="default: AlignmentProbe's")
+    p.add_argument(
+        "--num-prompts", "--num_prompts", type=int, default=None, help="probe size; default: AlignmentProbe's"
+    )
     p.add_argument("--metrics", default="mutual_knn,cknna")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override")
-    p.add_argument("--output_dir", default="runs/alignment_probe")
+    p.add_argument(
+        "--output-dir", "--output_dir", default="bench/results/alignment_probe", help="the run folder"
+    )
     p.add_argument("--out", default="bench/results/alignment_probe.json")
     args = p.parse_args()
 

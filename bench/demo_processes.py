@@ -1,6 +1,6 @@
 """Seconds per demo step with one process (2 threads, 1 thread) against several CPU ranks, in one run.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/demo_processes.py --steps 12 --out bench/demo_processes.json
+    OMP_WAIT_POLICY=PASSIVE python bench/demo_processes.py --steps 12 --out bench/results/demo_processes.json
 
 Runs `arr demo` for `--steps` steps (no intermediate evaluation, checkpoints or alignment probe) in each setting,
 one after another on an otherwise idle machine, and reads the per-step time from metrics.jsonl (the first two
@@ -44,7 +44,7 @@ def run(name: str, out: Path, steps: int, threads: int, processes: int) -> dict[
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--out", type=Path, default=Path("bench/demo_processes.json"))
+    p.add_argument("--out", type=Path, default=Path("bench/results/demo_processes.json"))
     args = p.parse_args()
     settings = {
         "1 process, 2 threads": (2, 1),
@@ -62,6 +62,7 @@ def main() -> None:
     for r in results.values():
         r["speedup_vs_1_process_2_threads"] = base / r["step_seconds"]
     figures = {"steps": args.steps, "cpu_count": os.cpu_count(), "settings": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
 

@@ -1,7 +1,9 @@
 """Held-out shapes-edit score of a shapes editing model, per edit kind, with the pixel judge.
 
     OMP_WAIT_POLICY=PASSIVE python bench/edit_eval.py --model arr/shapes/assets/edit --n 400 --guidance 1.5 \
-        --out bench/results/edit_eval.json --grid docs/images/edit_samples.png
+        --out bench/results/edit_eval.json --grid bench/results/edit_samples.png
+
+(`--grid docs/images/edit_samples.png` regenerates the README's figure.)
 
 `--model` is a folder written by `save_pretrained` (e.g. a pretraining checkpoint's `ema/`) or a shipped name
 ("edit"). Edits are `sample_edit(rng, "heldout")` with `rng = Random(seed)`; edit i samples with seed

@@ -1,20 +1,20 @@
 """One bf16 RPO step of an SD3.5-medium-shaped random-init transformer on CUDA: achieved TFLOP/s, eager and compiled.
 
     python bench/gpu_rpo_step.py --out bench/results/gpu_rpo_step.json          # a CUDA machine, < 10 minutes
-    python bench/gpu_rpo_step.py --dry-run --out /tmp/gpu_rpo_step_dry.json    # tiny config on CPU: the logic only
+    python bench/gpu_rpo_step.py --dry-run --out bench/results/gpu_rpo_step_dry.json  # tiny config on CPU: the logic only
 
-Needs torch, peft and diffusers. The GPU machine has no diffusers: carry its wheel in the working tree, e.g.
-`pip download diffusers==0.42.1 importlib_metadata zipp --no-deps -d .whl` here, then on the device
-`pip install --no-deps .whl/*.whl` before this script (diffusers needs nothing else there).
+Needs torch, peft and diffusers. On a GPU machine without internet access, bring diffusers' wheel along:
+`pip download diffusers==0.42.1 importlib_metadata zipp --no-deps -d .whl` on a connected machine, then
+`pip install --no-deps .whl/*.whl` on the GPU machine (diffusers needs nothing else beside torch).
 
 The step is the trainer's RPO step on `SD3Policy` (arr/policies/sd3.py): `--prompts` x `--group` SDE samples of
-`--steps` steps at `--resolution` px (no CFG unless `--guidance_scale` > 1), then for each of the first
-`--trained_steps` steps and each micro-batch of `--micro_batch` samples the policy's transition with gradient, the
+`--steps` steps at `--resolution` px (no CFG unless `--guidance-scale` > 1), then for each of the first
+`--trained-steps` steps and each micro-batch of `--micro-batch` samples the policy's transition with gradient, the
 reference's (LoRA disabled) without, clipped policy loss + beta * KL, backward; then clipping and AdamW. LoRA
-r`--lora_rank` on the attention projections, gradient checkpointing on. Text conditioning is random (the text
+r`--lora-rank` on the attention projections, gradient checkpointing on. Text conditioning is random (the text
 encoders are not part of the step). FLOPs are counted once with torch's FlopCounterMode (what runs, so the
 checkpointed forward recompute included) and divided by the timed steps' seconds. The fractions are of 790
-TFLOP/s (the H100 dense bf16 rate measured on these machines) and of an 8192^3 bf16 matmul timed in the same run.
+TFLOP/s (an H100's dense bf16 rate, as measured) and of an 8192^3 bf16 matmul timed in the same run.
 Attention runs through SDPA restricted to the flash backend (`--attention flash`), or SDPA's own choice
 (`--attention default`, cuDNN on H100). `torch.compile` compiles each transformer block (regional compilation;
 the blocks repeat, so one graph serves many). `--dry-run`: a two-layer config on CPU in float32, compile with the
@@ -76,9 +76,9 @@ def _import_diffusers():
         import diffusers
     except ImportError:
         sys.exit(
-            "bench/gpu_rpo_step.py needs diffusers, which the GPU machine lacks: carry its wheel "
-            "(pip download diffusers==0.42.1 importlib_metadata zipp --no-deps -d .whl) and run "
-            "`pip install --no-deps .whl/*.whl` first"
+            "bench/gpu_rpo_step.py needs diffusers: `pip install diffusers`, or offline, install its wheel "
+            "(`pip download diffusers==0.42.1 importlib_metadata zipp --no-deps -d .whl` on a connected machine, "
+            "then `pip install --no-deps .whl/*.whl`)"
         )
     return diffusers
 
@@ -233,15 +233,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="sampling steps")
-    p.add_argument("--trained_steps", type=int, default=4, help="the first N steps are SDE and trained")
-    p.add_argument("--micro_batch", type=int, default=8)
-    p.add_argument("--lora_rank", type=int, default=32)
-    p.add_argument("--text_len", type=int, default=333, help="77 CLIP + 256 T5 tokens, as the SD3 pipeline")
-    p.add_argument("--guidance_scale", type=float, default=1.0)
+    p.add_argument(
+        "--trained-steps",
+        "--trained_steps",
+        type=int,
+        default=4,
+        help="the first N steps are SDE and trained",
+    )
+    p.add_argument("--micro-batch", "--micro_batch", type=int, default=8)
+    p.add_argument("--lora-rank", "--lora_rank", type=int, default=32)
+    p.add_argument(
+        "--text-len", "--text_len", type=int, default=333, help="77 CLIP + 256 T5 tokens, as the SD3 pipeline"
+    )
+    p.add_argument("--guidance-scale", "--guidance_scale", type=float, default=1.0)
     p.add_argument("--attention", choices=("flash", "default"), default="flash")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--compile_backend", default="inductor")
+    p.add_argument("--compile-backend", "--compile_backend", default="inductor")
     p.add_argument("--out", default="bench/results/gpu_rpo_step.json")
     a = p.parse_args(argv)
     if a.dry_run:
@@ -301,5 +309,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when arr is not installed
     main()

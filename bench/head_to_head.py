@@ -337,7 +337,7 @@ def main() -> None:
     p.add_argument("--bt-epochs", type=int, default=80)
     p.add_argument("--bt-model", help="use this trained reward model folder instead of training one")
     p.add_argument("--out", default="bench/results/head_to_head.json")
-    p.add_argument("--runs-dir", default="runs/head_to_head")
+    p.add_argument("--runs-dir", default="bench/results/head_to_head", help="training runs and the BT model")
     p.add_argument(
         "--doc", action="store_true", help="also write the table into docs/head_to_head.md and the SVG plot"
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -22,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from judge_prefix import CRITERIA, PROMPT, build_bench_judge, machine, random_images  # noqa: E402
+# `python bench/judge_cache.py` puts bench/ first on the import path: the judge is judge_prefix.py's.
+from judge_prefix import CRITERIA, PROMPT, build_bench_judge, machine, random_images
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--criteria", type=int, default=8)
-    p.add_argument("--image_size", type=int, default=448)
+    p.add_argument("--image-size", "--image_size", type=int, default=448)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="bench/results/judge_cache.json")
     a = p.parse_args()

@@ -5,11 +5,11 @@
 Two parts, because a random-init judge can be timed but cannot agree with itself in any meaningful way:
 - speed: the random-init Qwen2-VL of bench/judge_prefix.py (448 px images, 256 tokens each) judges `--pairs`
   pairs with `HFBackend(mode="probs")` (the answer teacher-forced to `{"rank": [`, then P("1") vs P("2") read
-  from one forward pass) and with `mode="generate"` (greedy decoding of up to `--max_new_tokens` tokens: the JSON
+  from one forward pass) and with `mode="generate"` (greedy decoding of up to `--max-new-tokens` tokens: the JSON
   verdict with its reason), batched (all pairs at once) and one pair at a time. Speedup = generate seconds /
   probs seconds. The random model rarely stops early, so generation runs the full budget, as a real judge writing
   a reason of that length would.
-- agreement: the tiny test judge (arr.testing.tiny_vlm) is first fine-tuned for `--train_steps` steps to answer
+- agreement: the tiny test judge (arr.testing.tiny_vlm) is first fine-tuned for `--train-steps` steps to answer
   pair questions about two grey images with `{"rank": [1, 2], "reason": "Image 1 is brighter."}` (the brighter
   image wins). Held-out pairs are then judged both ways; agreement = share of pairs where the probability verdict
   (P(Image 1) > 0.5) and the parsed generated verdict pick the same image; accuracy of each against the truth is
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -31,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from judge_prefix import PROMPT, build_bench_judge, machine, random_images  # noqa: E402
+# `python bench/judge_choice_vs_generate.py` puts bench/ first on the import path: the judge is judge_prefix.py's.
+from judge_prefix import PROMPT, build_bench_judge, machine, random_images
+from PIL import Image
 
 
 def _speed(a: argparse.Namespace) -> dict:
@@ -178,12 +177,12 @@ def _agreement(a: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=4)
-    p.add_argument("--image_size", type=int, default=448)
-    p.add_argument("--max_new_tokens", type=int, default=128)
-    p.add_argument("--train_steps", type=int, default=200)
-    p.add_argument("--train_batch", type=int, default=8)
+    p.add_argument("--image-size", "--image_size", type=int, default=448)
+    p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128)
+    p.add_argument("--train-steps", "--train_steps", type=int, default=200)
+    p.add_argument("--train-batch", "--train_batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--eval_pairs", type=int, default=64)
+    p.add_argument("--eval-pairs", "--eval_pairs", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip", choices=("speed", "agreement"), default=None)
     p.add_argument("--out", default="bench/results/judge_choice_vs_generate.json")

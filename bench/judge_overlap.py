@@ -5,7 +5,7 @@
 The judge is a real HTTP server in another process (`python -m arr.testing.faulty_server --latency L`: an
 OpenAI-compatible /v1/chat/completions endpoint with canned verdicts, no faults) reached through the `openai`
 backend, so every request pays a real round trip plus `L` seconds. The policy is the shipped shapes model with the
-demo recipe, sampled in chunks of `--sample_batch_size` images so that judging can start before sampling ends.
+demo recipe, sampled in chunks of `--sample-batch-size` images so that judging can start before sampling ends.
 Three configurations run the same steps, interleaved step by step so machine load hits them alike:
 
 - baseline: a zero-latency server, overlap off (the judge's cost is only its round trips);
@@ -62,10 +62,10 @@ def main() -> None:
     p.add_argument(
         "--steps", type=int, default=6, help="timed steps per configuration (after 1 warm-up step)"
     )
-    p.add_argument("--sample_batch_size", type=int, default=8)
+    p.add_argument("--sample-batch-size", "--sample_batch_size", type=int, default=8)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--workdir", default="/tmp/judge_overlap")
+    p.add_argument("--workdir", default="bench/results/judge_overlap", help="the runs' folders")
     p.add_argument("--out", default="bench/results/judge_overlap.json")
     a = p.parse_args()
     if a.threads:

@@ -1,6 +1,6 @@
 """Shared-prefix pointwise judging against full passes, hf backend, random-init Qwen2-VL on CPU.
 
-    OMP_WAIT_POLICY=PASSIVE python bench/judge_prefix.py --image_size 448 --criteria 8 \
+    OMP_WAIT_POLICY=PASSIVE python bench/judge_prefix.py --image-size 448 --criteria 8 \
         --out bench/results/judge_prefix_448.json
 
 Builds a small random-init Qwen2-VL whose proportions follow Qwen2-VL-7B (vision tower ~1/10 of the language
@@ -134,7 +134,7 @@ def machine() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--image_size", type=int, default=448)
+    p.add_argument("--image-size", "--image_size", type=int, default=448)
     p.add_argument("--criteria", type=int, default=8)
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)

@@ -1,7 +1,7 @@
 """Shapes-GenEval score of a pretrained shapes model, per category, with the pixel judge.
 
     OMP_WAIT_POLICY=PASSIVE python bench/pretrain_eval.py --model arr/shapes/assets/t2i --n 600 --guidance 2 \
-        --out /tmp/eval.json --grid /tmp/grid.png
+        --out bench/results/pretrain_eval.json --grid bench/results/pretrain_eval.png
 
 `--model` is a folder written by `save_pretrained` (e.g. a checkpoint's `ema/`) or a shipped name ("t2i").
 Prompts are `sample_prompts(n, split, seed)`; image i uses seed `seed * 100000 + i`. Writes a JSON with overall and
@@ -14,6 +14,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
@@ -102,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[2.0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--grid", default=None)
+    p.add_argument("--out", default="bench/results/pretrain_eval.json")
+    p.add_argument(
+        "--grid", default=None, help="PNG of the first 64 samples per guidance (_g<scale> is added)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     for g in args.guidance:
         r = evaluate(model, args.n, args.split, args.seed, g, args.steps)
         if args.grid:
+            Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
             grid_image(r["_images"][:64], r["_texts"][:64]).save(args.grid.replace(".png", f"_g{g}.png"))
         r = {k: v for k, v in r.items() if not k.startswith("_")}
         r["model"] = str(args.model)
         results.append(r)
         print(json.dumps(r))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
 
 

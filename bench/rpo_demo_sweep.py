@@ -4,7 +4,7 @@
         --model /path/to/ema --out bench/results/rpo_demo_sweep.jsonl -- --learning_rate 1e-3 --eta 1.0
 
 Each run parses the demo recipe plus the overrides after `--`, trains `--steps` steps (or until `--minutes` pass),
-and scores the same `--eval_prompts` held-out prompts with the same per-prompt seeds before and after (the
+and scores the same `--eval-prompts` held-out prompts with the same per-prompt seeds before and after (the
 trainer's own `evaluate`, so the comparison is paired). The base model's score is computed once per (model,
 guidance, eval steps, prompts) and cached next to the output. Besides the reward the trainer optimises, every step
 logs the pointwise pixel rubric score and the strict GenEval correctness of the training samples, so pairwise and
@@ -42,13 +42,17 @@ def main() -> None:
     p.add_argument("--recipe", default=str(demo_recipe_path()))
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's max_steps)")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
-    p.add_argument("--eval_prompts", type=int, default=300)
+    p.add_argument("--eval-prompts", "--eval_prompts", type=int, default=300)
     p.add_argument(
-        "--eval_every", type=int, default=0, help="also evaluate every N steps (0: only at the end)"
+        "--eval-every",
+        "--eval_every",
+        type=int,
+        default=0,
+        help="also evaluate every N steps (0: only at the end)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="bench/results/rpo_demo_sweep.jsonl")
-    p.add_argument("--workdir", default="/tmp/rpo_sweep")
+    p.add_argument("--workdir", default="bench/results/rpo_demo_sweep", help="the runs' folders")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then recipe overrides")
     a = p.parse_args()
     if a.threads:

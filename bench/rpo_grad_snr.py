@@ -36,6 +36,7 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="bench/results/rpo_grad_snr.jsonl")
+    p.add_argument("--workdir", default="bench/results/rpo_grad_snr", help="the trainer's run folder")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then recipe overrides")
     a = p.parse_args()
     if a.batches < 2:
@@ -43,7 +44,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     overrides = [x for x in a.overrides if x != "--"]
-    argv = [a.recipe, "--output_dir", "/tmp/rpo_grad_snr", "--report_to", "none", "--align_every", "0"]
+    argv = [a.recipe, "--output_dir", a.workdir, "--report_to", "none", "--align_every", "0"]
     trainer = build_trainer(parse_recipe(argv + overrides))
 
     grads, rewards, t0 = [], [], time.perf_counter()

@@ -1,10 +1,11 @@
-"""Scripted judge backends for tests: predictable, position-biased and failing judges."""
+"""Scripted judge backends for tests: predictable, position-biased and failing judges, and a scripted chat VLM."""
 
 from __future__ import annotations
 
 from PIL import Image
 
 from arr.backends.base import CriterionVerdict, PairVerdict
+from arr.backends.chat import ChatBackend, ChatResult
 
 
 def grey(level: int) -> Image.Image:
@@ -66,3 +67,26 @@ class FailingBackend(BrightnessBackend):
         return [
             CriterionVerdict(None if q.criterion.id == "c2" else 1.0, error="unparseable") for q in queries
         ]
+
+
+class ScriptedVLM(ChatBackend):
+    """A chat backend that answers each request with `answer(request)` and remembers what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, answer) -> None:
+        self.answer, self.seen = answer, []
+
+    def fingerprint(self) -> str:
+        return "scripted/v0"
+
+    def _chat(self, requests):
+        self.seen.extend(requests)
+        return [ChatResult(text=self.answer(r)) for r in requests]
+
+
+def gedit_answers(request) -> str:
+    """Answers of a VIEScore judge: SC questions (two images) and PQ questions (one), in the formats VLMs use."""
+    if len(request.images) == 2:  # SC: Image BASE and the edit
+        return 'Sure. {"success": 8, "overediting": 6, "reason": "mostly right"}'
+    return '```json\n{"naturalness": 9, "artifacts": 7, "reason": "clean"}\n```'

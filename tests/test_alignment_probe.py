@@ -15,8 +15,8 @@ from arr.diagnostics.probe import AlignmentProbe, backend_features, judge_layers
 from arr.rewards import RubricPairwiseReward
 from arr.rpo import RPOTrainer
 from arr.shapes.training import t2i_records
+from tests.conftest import TIMING, brightness_eval, build_family_policy, make_args, read_rows, tiny_policy
 from tests.fakes import BrightnessBackend
-from tests.test_rpo import TIMING, brightness_eval, make_args, read_rows, tiny_policy
 
 
 def colour_features(images) -> np.ndarray:
@@ -145,9 +145,7 @@ def test_policy_features_of_every_family(family):
     import contextlib
     from types import SimpleNamespace
 
-    from tests.test_policies_families import build
-
-    policy = build(family)
+    policy = build_family_policy(family)
     trainer = SimpleNamespace(
         policy=policy,
         args=SimpleNamespace(num_sampling_steps=2, sample_batch_size=3, guidance_scale=1.0),

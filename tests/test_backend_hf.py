@@ -5,21 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import arr
 from arr.backends.base import CriterionQuery, JudgeBackend, PairQuery
 from arr.backends.chat import TEMPLATE_VERSION, render_criterion, render_pair
 from arr.backends.hf import HFBackend
 from arr.rubrics import Criterion, GuideCategory, Rubric
+from tests.conftest import random_image
 
-
-def _image(seed: int, size: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-IMAGES = [_image(i) for i in range(4)]
+IMAGES = [random_image(i) for i in range(4)]
 T2I = Rubric(
     "a red circle left of a blue square",
     [Criterion("c1", "there is a red circle"), Criterion("c2", "the circle is left of the square")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
@@ -20,15 +21,10 @@ from arr.backends.base import CriterionQuery, JudgeBackend, PairQuery
 from arr.backends.chat import TEMPLATE_VERSION, JudgeUnavailableError
 from arr.backends.openai import OpenAIBackend, answer_choice_probs
 from arr.rubrics import Criterion, Rubric
-from arr.testing.serve import TransformersServer, transformers_cli
+from arr.testing.serve import transformers_cli
+from tests.conftest import alive_server, random_image
 
-
-def _image(seed: int, size: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-IMAGES = [_image(i) for i in range(4)]
+IMAGES = [random_image(i) for i in range(4)]
 RUBRIC = Rubric("a red circle", [Criterion("c1", "there is a red circle"), Criterion("c2", "it is centred")])
 EDIT = Rubric("make the circle green", [Criterion("e1", "the circle is green")], task="edit")
 
@@ -218,18 +214,33 @@ def test_fingerprint_and_registry():
 
 def test_silent_server_times_out_within_bound():
     """A server that accepts connections but never answers: timeouts, retries, then JudgeUnavailableError."""
+    timeout, max_retries = 0.5, 1
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
         port = listener.getsockname()[1]
         backend = OpenAIBackend(
-            "m", base_url=f"http://127.0.0.1:{port}/v1", timeout=0.5, max_retries=1, backoff=0.01
+            "m",
+            base_url=f"http://127.0.0.1:{port}/v1",
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=0.01,
         )
         start = time.monotonic()
         with pytest.raises(JudgeUnavailableError, match="timed out after 0.5 s"):
             backend.judge_criteria(_criteria(2))
-        # 2 attempts x 0.5 s each, in parallel, plus a 0.01 s backoff.
-        assert time.monotonic() - start < 2.5
+        elapsed = time.monotonic() - start
+        # The bound is in attempts, each cut off by its timeout: every attempt opened one connection (they wait,
+        # unaccepted, in the listener's backlog), and each question's attempts ran one after another.
+        listener.setblocking(False)
+        attempts = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                listener.accept()[0].close()
+                attempts += 1
+    assert attempts == 2 * (1 + max_retries)
+    assert elapsed >= (1 + max_retries) * timeout
+    assert elapsed < 60, "a silent server hung the backend"  # only a hang fails this, not a loaded machine
 
 
 # ---- a real server ----------------------------------------------------------------------------------------------
@@ -239,37 +250,15 @@ needs_cli = pytest.mark.skipif(transformers_cli() is None, reason="needs pip ins
 # 2-core machine, so they run with `pytest -m slow`; the fake-transport tests above cover the logic by default.
 
 
-@pytest.fixture(scope="module")
-def server(tiny_vlm_path, tmp_path_factory):
-    """One `transformers serve` process on a free port for the module (start-up takes 5-40 s, mostly imports).
-
-    The stop-mid-run test kills it; `_alive` restarts it for any test that runs after that one.
-    """
-    srv = TransformersServer(tiny_vlm_path, log_path=tmp_path_factory.mktemp("serve") / "serve.log")
-    srv.start()
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
-
-
-def _alive(server: TransformersServer) -> TransformersServer:
-    if server.process is None or server.process.poll() is not None:
-        server.start()
-        server.wait_ready()
-    return server
-
-
 def _backend(server, tiny_vlm_path, **kwargs) -> OpenAIBackend:
     kwargs = {"max_tokens": 24, "timeout": 30.0, **kwargs}
-    return OpenAIBackend(str(tiny_vlm_path), base_url=_alive(server).base_url, **kwargs)
+    return OpenAIBackend(str(tiny_vlm_path), base_url=alive_server(server).base_url, **kwargs)
 
 
 @needs_cli
 @pytest.mark.slow
-def test_real_server_pairs_and_criteria_are_deterministic(server, tiny_vlm_path):
-    backend = _backend(server, tiny_vlm_path)
+def test_real_server_pairs_and_criteria_are_deterministic(transformers_server, tiny_vlm_path):
+    backend = _backend(transformers_server, tiny_vlm_path)
     pairs = backend.judge_pairs(_pairs())
     crits = backend.judge_criteria(_criteria(3))
     # The random model's text is whatever it is; each verdict is parsed or carries an error, never raises.
@@ -284,7 +273,7 @@ def test_real_server_pairs_and_criteria_are_deterministic(server, tiny_vlm_path)
 
 @needs_cli
 @pytest.mark.slow
-def test_real_server_logit_bias_forces_a_known_answer(server, tiny_vlm_path):
+def test_real_server_logit_bias_forces_a_known_answer(transformers_server, tiny_vlm_path):
     """`transformers serve` gives no logprobs, so the forced text answer is what gets parsed."""
     from transformers import AutoTokenizer
 
@@ -292,14 +281,19 @@ def test_real_server_logit_bias_forces_a_known_answer(server, tiny_vlm_path):
     for word, expected in ((" yes", 1.0), (" no", 0.0)):
         (token_id,) = tok.encode(word, add_special_tokens=False)
         backend = _backend(
-            server, tiny_vlm_path, max_tokens=4, extra_body={"logit_bias": {str(token_id): 100.0}}
+            transformers_server,
+            tiny_vlm_path,
+            max_tokens=4,
+            extra_body={"logit_bias": {str(token_id): 100.0}},
         )
         verdicts = backend.judge_criteria(_criteria(2))
         assert [v.prob_yes for v in verdicts] == [expected, expected], [v.raw for v in verdicts]
         assert all(v.raw.split() == [word.strip()] * 4 for v in verdicts)
     # Forcing a digit gives "1111": not a {"rank": ...} answer, so an error verdict, not an exception.
     (one,) = tok.encode("1", add_special_tokens=False)
-    backend = _backend(server, tiny_vlm_path, max_tokens=4, extra_body={"logit_bias": {str(one): 100.0}})
+    backend = _backend(
+        transformers_server, tiny_vlm_path, max_tokens=4, extra_body={"logit_bias": {str(one): 100.0}}
+    )
     (v,) = backend.judge_pairs(_pairs()[:1])
     assert v.prob_first is None and v.raw == "1111" and "unparseable" in v.error
 
@@ -334,11 +328,13 @@ class _CountingTransport(httpx.HTTPTransport):
 
 @needs_cli
 @pytest.mark.slow
-def test_real_server_concurrency(server, tiny_vlm_path):
+def test_real_server_concurrency(transformers_server, tiny_vlm_path):
     queries = _criteria(8)
     counting = _CountingTransport()
-    parallel = _backend(server, tiny_vlm_path, max_concurrency=4, transport=counting, max_tokens=8)
-    sequential = _backend(server, tiny_vlm_path, max_concurrency=1, max_tokens=8)
+    parallel = _backend(
+        transformers_server, tiny_vlm_path, max_concurrency=4, transport=counting, max_tokens=8
+    )
+    sequential = _backend(transformers_server, tiny_vlm_path, max_concurrency=1, max_tokens=8)
     got = parallel.judge_criteria(queries)
     assert 2 <= counting.max_in_flight <= 4 and counting.done == 8
     assert [v.raw for v in got] == [v.raw for v in sequential.judge_criteria(queries)]  # order kept
@@ -346,17 +342,19 @@ def test_real_server_concurrency(server, tiny_vlm_path):
 
 @needs_cli
 @pytest.mark.slow
-def test_real_server_stopped_mid_run(server, tiny_vlm_path):
+def test_real_server_stopped_mid_run(transformers_server, tiny_vlm_path):
     killed_at: list[float] = []
 
     def after(done: int) -> None:
         if done == 2:
-            server.kill()  # SIGKILL: what a crashed server looks like
+            transformers_server.kill()  # SIGKILL: what a crashed server looks like
             killed_at.append(time.monotonic())
 
-    timeout = 5.0
+    # A long timeout: a request that failed at once (connection refused) is then told apart from one that waited
+    # its timeout out by the elapsed times below, on a loaded machine too.
+    timeout = 60.0
     backend = _backend(
-        server, tiny_vlm_path, max_concurrency=2, timeout=timeout, max_retries=2, backoff=0.05, max_tokens=4,
+        transformers_server, tiny_vlm_path, max_concurrency=2, timeout=timeout, max_retries=2, backoff=0.05, max_tokens=4,
         transport=_CountingTransport(after),
     )  # fmt: skip
     verdicts = backend.judge_criteria(_criteria(10))

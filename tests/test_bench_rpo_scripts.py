@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.test_cli_smoke import ENV, shipped
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, SUBPROCESS_ENV, needs_shipped_t2i
+
+# Each test runs a bench script in a child process, as its docstring's command does.
+pytestmark = [pytest.mark.slow, needs_shipped_t2i]
 
 
 def _run(*args: str) -> None:
-    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@shipped
 def test_grad_snr_compares_batch_gradients(tmp_path):
     out = tmp_path / "snr.jsonl"
     _run("bench/rpo_grad_snr.py", "--name", "t", "--batches", "3", "--out", str(out), "--",
@@ -27,7 +28,6 @@ def test_grad_snr_compares_batch_gradients(tmp_path):
     assert -1.0 <= row["mean_cosine"] <= 1.0 and row["snr_per_batch"] == row["snr_per_batch"]  # not NaN
 
 
-@shipped
 def test_checkpoint_eval_scores_base_and_each_checkpoint(tmp_path):
     from safetensors.torch import save_file
 

@@ -179,6 +179,7 @@ def test_pickle_reopens_the_same_file(tmp_path):
 # ---- processes -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts child processes
 def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     path = str(tmp_path / "judge.sqlite")
     JudgmentCache(path).close()
@@ -205,6 +206,7 @@ def _forked_child(cache: JudgmentCache, queue) -> None:
 
 
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+@pytest.mark.slow  # starts child processes
 def test_forked_child_reuses_the_object_with_its_own_connection(tmp_path):
     cache = JudgmentCache(tmp_path / "judge.sqlite")
     cache.put("parent", {"pid": "parent"})
@@ -220,6 +222,7 @@ def test_forked_child_reuses_the_object_with_its_own_connection(tmp_path):
     cache.close()
 
 
+@pytest.mark.slow  # starts child processes
 def test_sigkill_while_writing_keeps_every_committed_entry(tmp_path):
     path = str(tmp_path / "judge.sqlite")
     batch = 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,35 +11,28 @@ from pathlib import Path
 
 import pytest
 
-from arr.shapes.models import ASSETS_DIR, CONFIG_NAME
 from arr.shapes.scene import Obj, Scene, render
+from tests.conftest import ROOT, SUBPROCESS_ENV, needs_shipped_edit, needs_shipped_t2i
 
-ROOT = Path(__file__).resolve().parent.parent
-# Without a launcher's rank variables: inside "a rank", `arr demo` would train instead of launching its ranks.
-ENV = {
-    **{
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    },
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-}
-shipped = pytest.mark.skipif(
-    not (ASSETS_DIR / "t2i" / CONFIG_NAME).is_file(), reason="shipped t2i weights missing"
-)
+# Every test here runs the CLI in a child process, as users do.
+pytestmark = pytest.mark.slow
+
 TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts", "4", "--num_train_prompts", "8",
             "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none", "--align_every", "0"]  # fmt: skip
 
 
 def arr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "arr", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
+        [sys.executable, "-m", "arr", *args],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=cwd,
+        timeout=600,
     )
 
 
-@shipped
+@needs_shipped_t2i
 def test_demo_runs_and_writes_a_run_directory(tmp_path):
     out = tmp_path / "demo"
     r = arr("demo", "--output_dir", str(out), "--num_processes", "1", *TINY_RUN)
@@ -53,14 +45,13 @@ def test_demo_runs_and_writes_a_run_directory(tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2] and "eval_score" in rows[0] and "eval_score" in rows[-1]
 
 
-@shipped
-@pytest.mark.slow
+@needs_shipped_t2i
 def test_train_with_two_processes_writes_one_set_of_checkpoints(tmp_path):
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "recipes/accelerate/cpu_2proc.yaml"), "-m", "arr", "train",
            str(ROOT / "recipes/shapes_t2i_rpo.yaml"), "--output_dir", str(out), *TINY_RUN]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=SUBPROCESS_ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1", "step_2"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # step 0 eval + 2 steps, written once
@@ -68,15 +59,14 @@ def test_train_with_two_processes_writes_one_set_of_checkpoints(tmp_path):
     assert state["num_processes"] == 2  # two ranks really ran (a MULTI_CPU config would start one)
 
 
-@shipped
-@pytest.mark.slow
+@needs_shipped_t2i
 def test_demo_with_two_processes_stops_together_on_sigterm_and_resumes(tmp_path):
     """`arr demo` launches its ranks itself; SIGTERM to it checkpoints once, for both ranks, and stops."""
     out = tmp_path / "demo"
     run = ["--max_steps", "60", *TINY_RUN[2:], "--save_steps", "1000"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "arr", "demo", "--output_dir", str(out), "--num_processes", "2", *run],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=SUBPROCESS_ENV,
     )  # fmt: skip
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
@@ -149,7 +139,7 @@ def test_judge_pixel_pairwise_prints_json(tmp_path):
     )
 
 
-@shipped
+@needs_shipped_t2i
 def test_shapes_sample_writes_a_scored_grid(tmp_path):
     r = arr("shapes", "sample", "a red circle", "--n", "4", "--out", str(tmp_path / "g.png"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -157,12 +147,7 @@ def test_shapes_sample_writes_a_scored_grid(tmp_path):
     assert out["category"] == "colors" and len(out["scores"]) == 4 and (tmp_path / "g.png").stat().st_size > 0
 
 
-shipped_edit = pytest.mark.skipif(
-    not (ASSETS_DIR / "edit" / CONFIG_NAME).is_file(), reason="shipped edit weights missing"
-)
-
-
-@shipped_edit
+@needs_shipped_edit
 def test_shapes_edit_writes_a_grid(tmp_path):
     source = render(Scene((Obj("circle", "red", 0, 0), Obj("square", "blue", 2, 3))))
     source.save(tmp_path / "src.png")
@@ -172,7 +157,7 @@ def test_shapes_edit_writes_a_grid(tmp_path):
     assert json.loads(r.stdout)["n"] == 2 and (tmp_path / "g.png").stat().st_size > 0
 
 
-@shipped_edit
+@needs_shipped_edit
 def test_eval_shapes_edit_suite_on_the_shipped_model(tmp_path):
     out = tmp_path / "eval"
     r = arr("eval", str(ROOT / "eval/shapes_edit.yaml"), "--policy", "shapes-edit", "--backend", "pixel",

@@ -18,7 +18,8 @@ from arr.evaluation.edit_judges import ImgEditJudge, PixelEditJudge, VIEScoreJud
 from arr.evaluation.editing import evaluate_edits, read_rows, sample_seed
 from arr.evaluation.editors import DiffusersEditor, PolicyEditor, build_editor
 from arr.shapes.models import ShapesModelConfig, build_edit_model, save_pretrained
-from tests.test_eval_edit_benchmarks import ScriptedVLM, gedit_answers
+from tests.conftest import save_tiny_feature_models
+from tests.fakes import ScriptedVLM, gedit_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "eval" / "shapes_edit.yaml"
@@ -183,8 +184,6 @@ def test_failed_judgments_are_listed_then_retried(assets, tmp_path):
 
 @pytest.mark.slow  # tiny CLIP + DINO models, and transformers' model imports
 def test_reference_metric_suites_from_the_cli(shipped, tmp_path, capsys):
-    from tests.test_eval_edit_benchmarks import save_tiny_feature_models
-
     clip, dino = save_tiny_feature_models(tmp_path / "models")
     common = ["--policy", "shapes-edit", "--policy-kwargs", '{"num_steps": 2}', "--no-judge", "--no-progress",
               "--clip", str(clip), "--dino", str(dino)]  # fmt: skip

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from arr.backends.chat import ChatBackend, ChatResult
 from arr.evaluation.edit_benchmarks import (
     LOADERS,
     EditSample,
@@ -35,34 +34,14 @@ from arr.evaluation.edit_metrics import (
     l1_distance,
     l2_distance,
 )
+from tests.conftest import save_tiny_feature_models
+from tests.fakes import ScriptedVLM, gedit_answers
 
 EVAL = Path(__file__).resolve().parents[1] / "eval"
 
 
-class ScriptedVLM(ChatBackend):
-    """A chat backend that answers each request with `answer(request)` and remembers what it was asked."""
-
-    name = "scripted"
-
-    def __init__(self, answer) -> None:
-        self.answer, self.seen = answer, []
-
-    def fingerprint(self) -> str:
-        return "scripted/v0"
-
-    def _chat(self, requests):
-        self.seen.extend(requests)
-        return [ChatResult(text=self.answer(r)) for r in requests]
-
-
 def request_text(request) -> str:
     return "\n".join(p["text"] for m in request.messages for p in m["content"] if p["type"] == "text")
-
-
-def gedit_answers(request) -> str:
-    if len(request.images) == 2:  # SC: Image BASE and the edit
-        return 'Sure. {"success": 8, "overediting": 6, "reason": "mostly right"}'
-    return '```json\n{"naturalness": 9, "artifacts": 7, "reason": "clean"}\n```'
 
 
 # ---- loaders -----------------------------------------------------------------------------------------------------
@@ -283,46 +262,6 @@ def test_edit_metrics_with_stub_encoders():
     assert none == {"l1": None}
     with pytest.raises(ValueError, match="need a CLIP model"):
         EditMetrics(["clip_i"])
-
-
-def save_tiny_feature_models(root: Path) -> tuple[Path, Path]:
-    """A tiny random CLIP (with a word-level tokenizer) and a tiny DINOv2, saved as Hub-style folders."""
-    from transformers import (
-        BitImageProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        Dinov2Config,
-        Dinov2Model,
-    )
-
-    from arr.shapes.models import build_tokenizer
-
-    tok = build_tokenizer(max_length=16)
-    clip_dir, dino_dir = root / "clip", root / "dino"
-    torch.manual_seed(0)
-    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=16, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id)  # fmt: skip
-    vision = dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(clip_dir)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        clip_dir
-    )
-    tok.save_pretrained(clip_dir)
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                             image_size=32, patch_size=8)).save_pretrained(dino_dir)  # fmt: skip
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        dino_dir
-    )
-    return clip_dir, dino_dir
 
 
 @pytest.mark.slow  # importing transformers' CLIP and DINOv2 takes 5-20 s on a loaded 2-core machine

@@ -65,6 +65,7 @@ def test_transparent_pixels_become_white(tmp_path):
     assert load_image(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
 
 
+@pytest.mark.slow  # starts child processes
 def test_help_lists_every_subcommand():
     out = subprocess.run(
         [sys.executable, "-m", "arr", "--help"], capture_output=True, text=True, check=True

@@ -52,6 +52,7 @@ def test_a_cgroup_cpu_quota_limits_the_cores(tmp_path, files, expected):
     assert _cgroup_cpu_quota(tmp_path) == expected
 
 
+@pytest.mark.slow  # starts child processes
 def test_a_failed_rank_stops_the_others():
     """A rank that crashes would leave the others waiting in a collective: they are terminated."""
     waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -61,6 +62,7 @@ def test_a_failed_rank_stops_the_others():
     assert waiting.wait(timeout=10) != 0 and time.monotonic() - t < 30
 
 
+@pytest.mark.slow  # starts child processes
 def test_after_a_signal_every_rank_is_waited_for():
     """Stopping ranks checkpoint first: the slowest one is waited for, not terminated."""
     fast = subprocess.Popen([sys.executable, "-c", "raise SystemExit(130)"])

@@ -9,7 +9,6 @@ import re
 from string import Template
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -32,14 +31,9 @@ from arr.backends.fewshot import CriterionExample, FewShotBackend, RatingExample
 from arr.backends.hf import HFBackend
 from arr.backends.openai import OpenAIBackend, answer_choice_probs
 from arr.rubrics import Criterion, GuideCategory, Rubric
+from tests.conftest import random_image
 
-
-def _image(seed: int, size: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-IMAGES = [_image(i) for i in range(3)]
+IMAGES = [random_image(i) for i in range(3)]
 GUIDE = [GuideCategory("Col", ["hue"])]
 MIXED = Rubric(
     "a red circle left of a blue square",

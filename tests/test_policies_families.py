@@ -7,121 +7,18 @@ policy's final latents equal the pipeline's (output_type="latent") for the same 
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
-    FluxTransformer2DModel,
     QwenImagePipeline,
-    QwenImageTransformer2DModel,
-    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
 from PIL import Image
 
-from arr.policies import FlowPolicy, make_policy
+from arr.policies import FlowPolicy
 from arr.policies.sde import gaussian_kl
+from tests.conftest import FAMILIES, build_family_policy
 
-FAMILIES = ["sd3", "flux", "qwen_image"]
 PROMPTS = ["a red circle", "two blue squares"]
-
-
-class TinyText:
-    """A deterministic stand-in for the text encoders: a fixed random table indexed by characters."""
-
-    def __init__(self, dim: int, pooled: int = 16, length: int = 6):
-        gen = torch.Generator().manual_seed(123)
-        self.table = torch.randn(128, dim, generator=gen)
-        self.pool = torch.randn(dim, pooled, generator=gen)
-        self.length = length
-
-    def ids(self, prompts):
-        return torch.tensor(
-            [[ord(ch) % 128 for ch in (p + " " * self.length)[: self.length]] for p in prompts]
-        )
-
-    def pair(self, prompts):
-        e = self.table[self.ids(prompts)]
-        return e, e.mean(1) @ self.pool
-
-    def qwen(self, prompts, images=None):
-        # Variable lengths with a mask, as Qwen2.5-VL gives; the source image shifts the states when present.
-        e = self.table[self.ids(prompts)]
-        if images is not None:
-            e = e + torch.tensor([float(sum(im.convert("L").tobytes())) / 1e5 for im in images]).view(
-                -1, 1, 1
-            )
-        mask = torch.ones(e.shape[:2], dtype=torch.long)
-        mask[0, -2:] = 0
-        return e, mask
-
-
-def kl_vae():
-    return AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-
-
-def build(family, guidance_scale=1.0, **kw):
-    torch.manual_seed(0)
-    common = {"height": 16, "width": 16, "num_steps": 3, "guidance_scale": guidance_scale, **kw}
-    if family == "sd3":
-        tr = SD3Transformer2DModel(
-            sample_size=8,
-            patch_size=2,
-            in_channels=4,
-            num_layers=1,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            joint_attention_dim=16,
-            caption_projection_dim=16,
-            pooled_projection_dim=16,
-            out_channels=4,
-        )
-        return make_policy("sd3", transformer=tr, vae=kl_vae(), encode_fn=TinyText(16).pair, **common)
-    if family == "flux":
-        tr = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=16,
-            pooled_projection_dim=16,
-            guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6),
-        )
-        return make_policy("flux", transformer=tr, vae=kl_vae(), encode_fn=TinyText(16).pair, **common)
-    tr = QwenImageTransformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=4,
-        num_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        axes_dims_rope=(4, 6, 6),
-    )
-    vae = AutoencoderKLQwenImage(
-        base_dim=8,
-        z_dim=4,
-        dim_mult=[1, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False],
-        latents_mean=[0.1, -0.2, 0.0, 0.3],
-        latents_std=[1.5, 0.8, 1.0, 2.0],
-    )
-    return make_policy(
-        "qwen_image", transformer=tr, vae=vae, encode_fn=TinyText(16).qwen, edit_area=32 * 32, **common
-    )
 
 
 def perturb_lora(policy, scale=0.2):
@@ -135,7 +32,7 @@ def perturb_lora(policy, scale=0.2):
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_recomputed_log_probs_give_ratio_one(family, cfg, reduction):
-    policy = build(family, guidance_scale=cfg, eta=0.7, reduction=reduction)
+    policy = build_family_policy(family, guidance_scale=cfg, eta=0.7, reduction=reduction)
     assert isinstance(policy, FlowPolicy)
     policy.add_lora(r=4, alpha=8)
     perturb_lora(policy)  # a non-zero LoRA, so the recomputation really goes through it
@@ -154,7 +51,7 @@ def test_recomputed_log_probs_give_ratio_one(family, cfg, reduction):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_groups_share_initial_noise_and_diverge(family):
-    policy = build(family)
+    policy = build_family_policy(family)
     traj = policy.sample(policy.encode(PROMPTS), group_size=2, seed=5)
     assert traj.group_ids.tolist() == [0, 0, 1, 1]
     torch.testing.assert_close(traj.noise[0], traj.noise[1], rtol=0, atol=0)
@@ -168,7 +65,7 @@ def test_groups_share_initial_noise_and_diverge(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_reference_is_the_base_model_and_kl_has_a_gradient(family):
-    policy = build(family, eta=0.5)
+    policy = build_family_policy(family, eta=0.5)
     cond = policy.encode(PROMPTS)
     base = policy.sample(cond, seed=1)
     base_mean = policy.transition(base, 1).mean.detach()
@@ -193,7 +90,7 @@ def test_reference_is_the_base_model_and_kl_has_a_gradient(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sde_on_a_subset_of_steps(family):
-    policy = build(family, num_steps=4)
+    policy = build_family_policy(family, num_steps=4)
     traj = policy.sample(policy.encode(PROMPTS[:1]), sde_steps=[1, 2], seed=0)
     assert traj.train_steps == [1, 2]
     assert traj.log_probs[0, 0] == 0 and traj.log_probs[0, 3] == 0 and traj.log_probs[0, 1] != 0
@@ -203,7 +100,7 @@ def test_sde_on_a_subset_of_steps(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_state_round_trips(family):
-    policy = build(family)
+    policy = build_family_policy(family)
     policy.add_lora(r=2, alpha=2)
     perturb_lora(policy)
     state = {k: v.clone() for k, v in policy.lora_state_dict().items()}
@@ -216,7 +113,7 @@ def test_lora_state_round_trips(family):
 
 @pytest.mark.parametrize("family", ["flux", "qwen_image"])
 def test_editing_with_source_images(family):
-    policy = build(family, guidance_scale=2.0)
+    policy = build_family_policy(family, guidance_scale=2.0)
     policy.add_lora(r=2, alpha=2)
     perturb_lora(policy)
     sources = [Image.new("RGB", (16, 16), (200, 30, 30)), Image.new("RGB", (16, 16), (30, 30, 200))]
@@ -301,7 +198,7 @@ def pipeline_latents(family, policy, cond, noise, cfg):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ode_sampling_matches_the_diffusers_pipeline(family):
     cfg = 1.0 if family == "flux" else 3.0
-    policy = build(family, guidance_scale=cfg, shift=None, scheduler_config={"shift": 3.0})
+    policy = build_family_policy(family, guidance_scale=cfg, shift=None, scheduler_config={"shift": 3.0})
     cond = policy.encode(PROMPTS)
     noise = policy._initial_noise(2, 16, 16, torch.Generator().manual_seed(0))
     traj = policy.sample(cond, eta=0.0, noise=noise)

@@ -1,4 +1,4 @@
-"""One recipe key swaps RPO's reward for a baseline: the plain judge or a trained reward model (issue 12)."""
+"""One recipe key swaps RPO's reward for a baseline: the plain judge or a trained reward model."""
 
 from __future__ import annotations
 

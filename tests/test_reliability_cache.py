@@ -10,6 +10,8 @@ import multiprocessing as mp
 import sqlite3
 import time
 
+import pytest
+
 from arr.cache import JudgmentCache
 
 BATCH = 10
@@ -47,6 +49,7 @@ def _batches(cache: JudgmentCache, tag: str) -> int:
     return n
 
 
+@pytest.mark.slow  # starts child processes
 def test_a_writer_killed_beside_a_live_writer_loses_nothing_committed(tmp_path):
     path = str(tmp_path / "judge.sqlite")
     JudgmentCache(path).close()

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rpo import TIMING
+from tests.conftest import ROOT, TIMING
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_FILES = {"lora.safetensors", "optimizer.pt", "rng.json", "rng.safetensors", "trainer_state.json"}
 
 ZYGOTE = r"""
@@ -31,7 +30,7 @@ import json, os, sys, time, traceback
 sys.path.insert(0, {root!r})
 from pathlib import Path
 import torch
-from tests.test_rpo import tiny_policy, make_args
+from tests.conftest import tiny_policy, make_args
 from tests.fakes import BrightnessBackend
 from arr import RubricJudge
 from arr.rewards import RubricPairwiseReward

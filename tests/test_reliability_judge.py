@@ -22,8 +22,8 @@ from arr.rpo.trainer import TrainerCallback
 from arr.rubrics import Criterion, Rubric
 from arr.shapes.training import t2i_records
 from arr.testing.faulty_server import FAULTS, RETRYABLE, FaultyJudgeServer
+from tests.conftest import TIMING, make_args, read_rows, tiny_policy
 from tests.fakes import BrightnessBackend, grey
-from tests.test_rpo import TIMING, make_args, read_rows, tiny_policy
 
 RUBRIC = Rubric("a bright square", [Criterion("c1", "the square is bright")])
 NON_RETRYABLE = sorted(set(FAULTS) - RETRYABLE)
@@ -35,36 +35,37 @@ def backend(server: FaultyJudgeServer, **kw) -> OpenAIBackend:
     return OpenAIBackend("canned", base_url=server.base_url, **opts)
 
 
-@pytest.fixture
-def server():
-    with FaultyJudgeServer(hang_seconds=0.8) as s:
-        yield s
-
-
 # ---- one request, one fault ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_each_fault_is_retried_or_masked(server, fault):
-    judge = RubricJudge(backend(server, max_concurrency=1), swap=False)
-    server.queue_faults([fault])  # the first attempt fails this way, a second one would succeed
+def test_each_fault_is_retried_or_masked(faulty_judge_server, fault):
+    judge = RubricJudge(backend(faulty_judge_server, max_concurrency=1), swap=False)
+    faulty_judge_server.queue_faults([fault])  # the first attempt fails this way, a second one would succeed
     jd = judge.compare("a bright square", grey(200), grey(100), RUBRIC)
-    attempts = sum(server.counts.values())
+    attempts = sum(faulty_judge_server.counts.values())
     if fault in RETRYABLE:
         assert jd.ok and jd.preferred == 0, jd.error
-        assert attempts == 2 and server.counts["ok"] == 1
+        assert attempts == 2 and faulty_judge_server.counts["ok"] == 1
     else:  # an HTTP 200 that is no verdict: a deterministic judge would say it again, so it is masked at once
         assert not jd.ok and jd.preferred is None and jd.error
         assert attempts == 1
     assert judge.stats.failures == (0 if fault in RETRYABLE else 1)
 
 
-def test_retries_give_up_with_a_message_naming_the_server(server):
-    judge = RubricJudge(backend(server, max_retries=2, max_concurrency=1), swap=False)
-    server.queue_faults(["http_503"] * 3)
+def test_retries_give_up_with_a_message_naming_the_server(faulty_judge_server):
+    judge = RubricJudge(backend(faulty_judge_server, max_retries=2, max_concurrency=1), swap=False)
+    faulty_judge_server.queue_faults(["http_503"] * 3)
     jd = judge.compare("p", grey(200), grey(100), RUBRIC)
-    assert not jd.ok and "HTTP 503" in jd.error and server.base_url in jd.error and "3 attempts" in jd.error
-    server.queue_faults(["drop"] * 3)  # every request of the batch unreachable: the server is down
+    assert (
+        not jd.ok
+        and "HTTP 503" in jd.error
+        and faulty_judge_server.base_url in jd.error
+        and "3 attempts" in jd.error
+    )
+    faulty_judge_server.queue_faults(
+        ["drop"] * 3
+    )  # every request of the batch unreachable: the server is down
     with pytest.raises(JudgeUnavailableError, match="unreachable"):
         judge.compare("p", grey(200), grey(100), RUBRIC)
 
@@ -109,11 +110,11 @@ def _same_rows(a: list[dict], b: list[dict]) -> None:
                 assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
 
 
-def test_http_judge_without_faults_equals_the_direct_judge(tmp_path, server):
+def test_http_judge_without_faults_equals_the_direct_judge(tmp_path, faulty_judge_server):
     direct = _train(tmp_path, "direct", BrightnessBackend(), steps=2)
-    http = _train(tmp_path, "http", backend(server), steps=2)
+    http = _train(tmp_path, "http", backend(faulty_judge_server), steps=2)
     _same_rows(direct, http)
-    assert server.counts == {"ok": 2 * 4 * 2}  # steps x pairs x both orders
+    assert faulty_judge_server.counts == {"ok": 2 * 4 * 2}  # steps x pairs x both orders
 
 
 def test_training_with_20pct_retryable_faults_loses_nothing(tmp_path):
@@ -156,28 +157,38 @@ class _BreakServerAfter(TrainerCallback):
             self.server.faults = ("refusal", "empty", "malformed_json")
 
 
-def test_failure_rate_over_the_limit_stops_with_a_checkpoint_and_resume_loses_nothing(tmp_path, server):
+def test_failure_rate_over_the_limit_stops_with_a_checkpoint_and_resume_loses_nothing(
+    tmp_path, faulty_judge_server
+):
     direct = _train(tmp_path, "direct", BrightnessBackend())
     with pytest.raises(
         TrainingStopped, match=r"step 3: 100% of samples got no judgment.*max_judge_failure_rate"
     ):
-        _train(tmp_path, "run", backend(server), callbacks=[_BreakServerAfter(server, 2)], save_steps=100)
+        _train(
+            tmp_path,
+            "run",
+            backend(faulty_judge_server),
+            callbacks=[_BreakServerAfter(faulty_judge_server, 2)],
+            save_steps=100,
+        )
     ckpt = tmp_path / "run" / "checkpoints" / "step_2"
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "lora.safetensors", "optimizer.pt", "rng.json", "rng.safetensors", "trainer_state.json",
     ]  # fmt: skip
-    server.fault_rate = 0.0  # the judge is fixed; resume
-    rows = _train(tmp_path, "run", backend(server), resume_from_checkpoint="latest", save_steps=100)
+    faulty_judge_server.fault_rate = 0.0  # the judge is fixed; resume
+    rows = _train(
+        tmp_path, "run", backend(faulty_judge_server), resume_from_checkpoint="latest", save_steps=100
+    )
     _same_rows(direct, rows)
 
 
-def test_judge_server_down_stops_with_a_checkpoint(tmp_path, server):
+def test_judge_server_down_stops_with_a_checkpoint(tmp_path, faulty_judge_server):
     with pytest.raises(TrainingStopped, match="max_judge_failure_rate"):
         _train(
             tmp_path,
             "run",
-            backend(server, max_retries=1),
-            callbacks=[_Down(server, 2)],
+            backend(faulty_judge_server, max_retries=1),
+            callbacks=[_Down(faulty_judge_server, 2)],
             save_steps=100,
         )
     assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").is_file()

@@ -233,8 +233,8 @@ def test_checkpoints_load_without_pickle(tmp_path):
     from arr.rewards import RubricPairwiseReward
     from arr.rpo import RPOTrainer
     from arr.shapes.training import t2i_records
+    from tests.conftest import make_args, tiny_policy
     from tests.fakes import BrightnessBackend
-    from tests.test_rpo import make_args, tiny_policy
 
     args = make_args(tmp_path, max_steps=1)
     RPOTrainer(

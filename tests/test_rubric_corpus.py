@@ -254,9 +254,9 @@ def test_generated_case(name):
 
 def test_one_megabyte_valid_rubric_parses_fast():
     raw = _big_valid()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: the bound must hold on a loaded machine too
     rubric = parse_rubric(raw)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert len(rubric.criteria) == 400 and rubric.criteria[399].text.startswith("399 xxx")
 
 
@@ -281,9 +281,9 @@ def test_one_megabyte_valid_rubric_parses_fast():
 )
 def test_one_megabyte_adversarial_inputs_finish_fast(data):
     assert len(data) <= MAX_INPUT_BYTES
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a quadratic parse fails this, a busy machine does not
     result = _run(data)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
+    elapsed = time.process_time() - start
+    assert elapsed < 2.0, f"{elapsed:.2f} CPU s"
     if isinstance(result, RubricParseError):
         assert "\n" not in str(result)

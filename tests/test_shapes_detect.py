@@ -158,9 +158,9 @@ def test_speed_at_least_200_images_per_second():
     rng = random.Random(3)
     images = [render(random_scene(rng, rng.randint(1, 4))) for _ in range(100)]
     best = float("inf")
-    for _ in range(3):  # best of three: the CPU is shared
-        t0 = time.perf_counter()
+    for _ in range(3):  # CPU time, best of three: the bound must hold on a shared, loaded machine too
+        t0 = time.process_time()
         for image in images:
             analyze(image)
-        best = min(best, time.perf_counter() - t0)
-    assert len(images) / best >= 200, f"{len(images) / best:.0f} images/s"
+        best = min(best, time.process_time() - t0)
+    assert len(images) / best >= 200, f"{len(images) / best:.0f} images per CPU second"

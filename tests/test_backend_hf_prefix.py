@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from arr import RubricJudge
 from arr.backends.base import CriterionQuery, PairQuery
 from arr.backends.hf import HFBackend
 from arr.rubrics import Criterion, Rubric
-
-
-def _image(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-
+from tests.conftest import random_image
 
 RUBRIC = Rubric(
     "a red circle left of a blue square",
@@ -43,7 +36,7 @@ def backends(tiny_vlm_path):
 
 
 def _queries() -> list[CriterionQuery]:
-    images = [_image(i) for i in range(3)]
+    images = [random_image(i) for i in range(3)]
     out = [CriterionQuery(RUBRIC.prompt, im, RUBRIC, c) for im in images[:2] for c in RUBRIC.criteria]
     out += [CriterionQuery(EDIT.prompt, images[2], EDIT, c, source=images[0]) for c in EDIT.criteria]
     # A lone question (nothing to share with) and a pair go through the full path in both backends.
@@ -72,10 +65,10 @@ def test_shared_prefix_matches_full_passes_and_encodes_each_image_once(backends)
 
 def test_shared_prefix_through_rubric_judge_and_pairs(backends):
     full, shared = backends
-    image = _image(7)
+    image = random_image(7)
     s_full = RubricJudge(full).score(RUBRIC.prompt, image, RUBRIC)
     s_shared = RubricJudge(shared).score(RUBRIC.prompt, image, RUBRIC)
     assert s_shared.score == pytest.approx(s_full.score, abs=1e-4)
-    pair = PairQuery(RUBRIC.prompt, (_image(1), _image(2)), RUBRIC)
+    pair = PairQuery(RUBRIC.prompt, (random_image(1), random_image(2)), RUBRIC)
     (p_full,), (p_shared,) = full.judge_pairs([pair]), shared.judge_pairs([pair])
     assert p_shared.prob_first == pytest.approx(p_full.prob_first, abs=1e-6)

@@ -1,4 +1,5 @@
-"""Scorer depth on the pixel judge: penalties, ordinal criteria, judge ensembles and bootstrap intervals."""
+"""Rubric scoring beyond yes/no items, on the pixel judge: penalties, ordinal criteria, judge ensembles and bootstrap
+intervals."""
 
 from __future__ import annotations
 
