@@ -6,6 +6,7 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 from arr.data import PromptRecord, load_records
