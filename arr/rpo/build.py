@@ -6,8 +6,8 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 from __future__ import annotations
 
 import os
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
