@@ -1,5 +1,9 @@
 """Flow-matching policies with an SDE sampler and exact transition log-probabilities.
 
+`FlowMatchingPolicy` (base.py) holds conditioning, sampling, transitions, CFG and LoRA once; `LatentFlowPolicy`
+(latent.py) adds what the diffusers latent-space families share (VAE, latent packing, pipeline text encoding), and
+each family module keeps only what differs.
+
 `make_policy("sd3" | "flux" | "qwen_image" | "shapes", **kwargs)` builds one by short name or dotted path
 ("package.module:Class"); each family module is imported only when asked for, so `import arr.policies` stays light.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from arr.policies.base import Conditioning, FlowMatchingPolicy, FlowPolicy, Trajectory, Transition
+from arr.policies.latent import LatentFlowPolicy
 from arr.registry import resolve
 
 # Short name -> "module:Class", imported lazily.
@@ -39,6 +44,7 @@ __all__ = [
     "Conditioning",
     "FlowMatchingPolicy",
     "FlowPolicy",
+    "LatentFlowPolicy",
     "Trajectory",
     "Transition",
     "make_policy",
