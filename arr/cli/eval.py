@@ -88,7 +88,9 @@ def _run_preference(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from arr.cli.common import CLIError, backend_from_args
-    from arr.evaluation.preference import CONFIGS, evaluate_preference, load_preference_suite, write_report
+    from arr.evaluation.preference import CONFIGS, evaluate_preference
+    from arr.evaluation.preference_benchmarks import load_preference_suite
+    from arr.evaluation.preference_report import write_report
     from arr.rubrics import RubricParseError
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]

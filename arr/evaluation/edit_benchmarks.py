@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from arr.jsonl import iter_jsonl
 from arr.suites import read_suite
 
 SUITE_KEYS = {
@@ -264,16 +265,9 @@ def load_shapes(source: str, split: str = "") -> list[EditSample]:
 
     path = Path(source)
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.append(EditSample(f"line_{i}", "", None, error=f"{path}:{i}: not JSON ({e.msg})"))
-            continue
+    for n, record in iter_jsonl(path, strict=True):
         sample = _sample(
-            str(record.get("key") or f"line_{i}"),
+            str(record.get("key") or f"line_{n}"),
             record,
             "input_image",
             "instruction",
@@ -282,7 +276,7 @@ def load_shapes(source: str, split: str = "") -> list[EditSample]:
             language=str(record.get("instruction_language") or "en"),
         )
         try:
-            edit = edit_from_record(record, where=f"{path}:{i}")
+            edit = edit_from_record(record, where=f"{path}:{n}")
             sample.extra["edit"] = edit
             sample.target = render(edit.target)
         except ValueError as e:
@@ -314,8 +308,12 @@ def read_edit_suite(path: str | Path) -> dict[str, Any]:
     data = suite.get("data")
     if not isinstance(data, dict) or not ("path" in data or "generator" in data):
         raise ValueError(
-            f"suite {path}: 'data' needs 'path' (Hub id or folder) or 'generator' (module:function)"
+            f"suite {path}: 'data' needs 'path' (Hub id or folder) or 'generator' (a shapes-world generator)"
         )
+    if "generator" in data:
+        from arr.shapes.benchmarks import suite_generator
+
+        suite_generator(data, path)  # an unknown generator is refused when the suite is read
     return suite
 
 
@@ -328,21 +326,17 @@ def suite_schema(suite: dict[str, Any]) -> str:
 
 
 def _generate(data: dict[str, Any], data_dir: Path, where: Path) -> Path:
-    """Run a suite's `data.generator` ("module:function", deterministic) into `data_dir`, once."""
-    import importlib
+    """Run a suite's `data.generator` (one of arr's own, deterministic) into `data_dir`, once."""
+    from arr.shapes.benchmarks import suite_generator
 
-    module_name, _, fn_name = str(data["generator"]).partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ModuleNotFoundError, AttributeError) as e:
-        raise ValueError(f"suite {where}: cannot load generator {data['generator']!r} ({e})") from None
+    generate = suite_generator(data, where)
     target = data_dir / str(data.get("file", "records.jsonl"))
     args = data.get("args", {})
     stamp = target.with_name(target.name + ".args.json")
     # Regenerating on resume would rewrite identical files; the stamp proves they were made with these arguments.
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == args:
         return target
-    out = Path(fn(target, **args))
+    out = Path(generate(target))
     stamp.write_text(json.dumps(args), encoding="utf-8")
     return out
 

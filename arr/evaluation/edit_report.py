@@ -75,7 +75,7 @@ def _group_table(groups: dict[str, dict[str, Any]], columns: list[str], label: s
 
 
 def _bar_chart(summary: dict[str, Any]) -> str:
-    from arr.evaluation.preference import svg_bar_chart
+    from arr.evaluation.preference_report import svg_bar_chart
 
     protocol = summary.get("protocol")
     if protocol not in HEADLINE:

@@ -25,15 +25,16 @@ POLICIES: dict[str, str] = {
 }
 
 
-def policy_class(name: str) -> type:
-    """The policy class for a registry name or a dotted path ("package.module:Class")."""
-    return resolve(POLICIES, name, "policy family")
+def policy_class(name: str, *, allow_import_path: bool = True) -> type:
+    """The policy class for a registry name or a dotted path ("package.module:Class") to a FlowPolicy class;
+    `allow_import_path=False` (a name from a data file, e.g. a recipe) accepts registry names only."""
+    return resolve(POLICIES, name, "policy family", allow_import_path=allow_import_path, expected=FlowPolicy)
 
 
-def make_policy(family: str, **kwargs: Any) -> FlowPolicy:
+def make_policy(family: str, *, allow_import_path: bool = True, **kwargs: Any) -> FlowPolicy:
     """Create a policy: `make_policy("flux", model_id=...)` loads real weights via the class's from_pretrained
     when `model_id` is given; otherwise the keyword arguments go to the constructor (tiny models in tests)."""
-    cls = policy_class(family)
+    cls = policy_class(family, allow_import_path=allow_import_path)
     if "model_id" in kwargs:
         return cls.from_pretrained(**kwargs)
     return cls(**kwargs)

@@ -486,7 +486,8 @@ class RubricGenerator:
         """Run the whole pipeline on labelled pairs and return the guide (see `RubricGuide`).
 
         A pair is anything with `prompt`, `image_a`, `image_b`, `winner` ("A"/"B") and optionally `source`, `task`
-        and `id` (e.g. `arr.shapes.pairs.PreferencePair`, or what `arr.evaluation.preference` loaders return).
+        and `id` (e.g. `arr.shapes.pairs.PreferencePair`, or what the `arr.evaluation.preference_benchmarks`
+        loaders return).
         """
         start = time.perf_counter()
         outcomes = self.verify_pairs(pairs)
