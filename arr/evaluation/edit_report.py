@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from arr.evaluation.edit_benchmarks import EditSample
-from arr.evaluation.editing import HEADLINE, LOWER_IS_BETTER, file_stem
+from arr.evaluation.edit_results import HEADLINE, LOWER_IS_BETTER, file_stem
 from arr.report import cards, html_table, write_html
 
 THUMB = 160
