@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,17 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict[str, Any]
 
     `strict=False` (logs): lines that do not parse as a JSON object are skipped, and a missing file reads as
     empty. `strict=True` (data): they raise `JSONLError`, as does a missing file."""
+    return [row for _, row in iter_jsonl(path, strict=strict)]
+
+
+def iter_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-empty line, as `read_jsonl` reads them: for callers whose own checks
+    of a record name its line."""
     path = Path(path)
     if not path.is_file():
         if strict:
             raise JSONLError(f"{path}: no such file")
-        return []
-    rows: list[dict[str, Any]] = []
+        return
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -40,8 +46,7 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict[str, Any]
             if strict:
                 raise JSONLError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             continue
-        rows.append(row)
-    return rows
+        yield n, row
 
 
 def append_jsonl(path: str | Path, row: dict[str, Any], *, fsync: bool = True) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from arr.judge import PairItem, RubricJudge, ScoreItem
-from arr.rubrics import Rubric
+from arr.rubrics import Rubric, as_rubric
 
 
 @dataclass
@@ -220,16 +220,6 @@ def image_from_completion(completion: Any) -> Image.Image:
     )
 
 
-def _rubric_from_value(value: Any, where: str) -> Rubric:
-    if isinstance(value, Rubric):
-        return value
-    if isinstance(value, dict):
-        return Rubric.from_dict(value)
-    if isinstance(value, (str, bytes)):
-        return Rubric.from_json(value)
-    raise TypeError(f"{where}: expected a Rubric, a rubric dict or rubric JSON, got {type(value).__name__}")
-
-
 def completion_images(
     prompts: Sequence[Any],
     completions: Sequence[Any],
@@ -319,7 +309,7 @@ class _TRLRewardBase:
                     f"{self.__name__}: no rubrics= given and no {self.rubric_column!r} dataset column; "
                     f"columns are {sorted(row)}"
                 )
-            return _rubric_from_value(row[self.rubric_column], f"{self.rubric_column}[{i}]")
+            return as_rubric(row[self.rubric_column], f"{self.rubric_column}[{i}]")
         if isinstance(spec, Rubric):
             return spec
         if isinstance(spec, dict):
@@ -330,7 +320,7 @@ class _TRLRewardBase:
                 )
             return spec[text]
         if callable(spec):
-            return _rubric_from_value(spec(prompt, **row), f"rubrics({str(prompt)[:40]!r})")
+            return as_rubric(spec(prompt, **row), f"rubrics({str(prompt)[:40]!r})")
         raise TypeError(
             f"{self.__name__}: rubrics= must be a Rubric, a dict prompt -> Rubric, a callable or None "
             f"(read the {self.rubric_column!r} column), got {type(spec).__name__}"

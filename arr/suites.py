@@ -1,10 +1,16 @@
-"""Evaluation suite files: one YAML mapping per benchmark, read strictly (unknown keys are errors, as in recipes)."""
+"""Evaluation suite files: one YAML mapping per benchmark, read strictly (unknown keys are errors, as in recipes).
+
+Suites are shared like datasets, so they are data: a suite names arr's own judge backends and data generators by
+their registry names, never a Python callable for arr to import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+
+from arr.backends import BACKENDS
 
 
 def read_suite(path: str | Path, allowed_keys: Collection[str]) -> dict[str, Any]:
@@ -21,4 +27,7 @@ def read_suite(path: str | Path, allowed_keys: Collection[str]) -> dict[str, Any
     unknown = set(suite) - set(allowed_keys)
     if unknown:
         raise ValueError(f"suite {path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed_keys)}")
+    judge = suite.get("judge")
+    if judge is not None and (not isinstance(judge, str) or judge not in BACKENDS):
+        raise ValueError(f"suite {path}: unknown judge {judge!r}; expected one of {sorted(BACKENDS)}")
     return suite

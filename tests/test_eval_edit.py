@@ -15,7 +15,8 @@ from PIL import Image
 from arr.cli import build_parser, main
 from arr.evaluation.edit_benchmarks import load_edit_suite
 from arr.evaluation.edit_judges import ImgEditJudge, PixelEditJudge, VIEScoreJudge
-from arr.evaluation.editing import evaluate_edits, read_rows, sample_seed
+from arr.evaluation.edit_results import read_rows
+from arr.evaluation.editing import evaluate_edits, sample_seed
 from arr.evaluation.editors import DiffusersEditor, PolicyEditor, build_editor
 from arr.shapes.models import ShapesModelConfig, build_edit_model, save_pretrained
 from tests.conftest import save_tiny_feature_models

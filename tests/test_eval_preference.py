@@ -12,17 +12,14 @@ import pytest
 from arr import load_backend
 from arr.backends.base import PairVerdict
 from arr.backends.chat import ChatBackend, ChatResult
-from arr.evaluation.preference import (
-    binomial_stderr,
-    evaluate_config,
-    evaluate_preference,
+from arr.evaluation.preference import binomial_stderr, evaluate_config, evaluate_preference
+from arr.evaluation.preference_benchmarks import (
     load_editreward_bench,
     load_hpdv3,
     load_mmrb2,
     load_preference_suite,
-    svg_bar_chart,
-    write_report,
 )
+from arr.evaluation.preference_report import svg_bar_chart, write_report
 from arr.judge import PairItem, RubricJudge
 from arr.rubrics import GuideCategory
 from arr.shapes.pairs import make_pairs

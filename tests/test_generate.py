@@ -251,6 +251,28 @@ def test_prompt_rubrics_are_cached_by_prompt(tmp_path):
     assert set(load_prompt_rubrics(cache)) == set(prompts)
 
 
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('{"key": "k2", "rubric": ', "rubrics.jsonl:3: not valid JSON"),
+        ('["k2"]', "rubrics.jsonl:3: expected a JSON object"),
+        ('{"key": "k2"}', "rubrics.jsonl:3: not a prompt-rubric cache line"),
+        ('{"key": "k2", "rubric": {"prompt": "p", "criteria": "nope"}}', "rubrics.jsonl:3: "),
+    ],
+)
+def test_a_damaged_prompt_rubric_file_names_the_line(tmp_path, line, words):
+    good = Rubric("a red circle", [Criterion("c1", "There is a red circle.")])
+    path = tmp_path / "rubrics.jsonl"
+    path.write_text(
+        json.dumps({"key": "k1", "prompt": good.prompt, "rubric": good.to_dict()}) + "\n\n" + line + "\n"
+    )
+    with pytest.raises(RubricParseError) as e:
+        load_prompt_rubrics(path)
+    assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    path.write_text(json.dumps({"key": "k1", "prompt": good.prompt, "rubric": good.to_dict()}) + "\n")
+    assert load_prompt_rubrics(path)["a red circle"].to_dict() == good.to_dict()
+
+
 class RecordingChat(ChatBackend):
     """A chat transport that records requests and answers with fixed text."""
 

@@ -391,3 +391,18 @@ def test_openai_rating_token_must_be_exactly_the_number():
     assert answer_choice_probs(labelled, "ordinal", ("1", "2", "3")) == pytest.approx((0.1, 0.7, 0.2))
     with pytest.raises(ValueError, match="kind must be one of"):
         answer_choice_probs(labelled, "rating", ("1", "2", "3"))
+
+
+def test_openai_reads_no_rating_from_a_decimal_as_the_text_parser_does():
+    # "3.5: between": the "3" token is only the integer part of a decimal, so it gives no rating probabilities (it
+    # used to give P(3) = 0.6 here while the text parser rejected the answer); the verdict is the parser's error.
+    decimal = [_tok("3", 0.6, {"3": 0.6, "4": 0.3}), _tok(".", 0.9), _tok("5", 0.9), _tok(":", 0.9)]
+    assert answer_choice_probs(decimal, "ordinal", ("1", "2", "3", "4", "5")) is None
+    backend, _ = _fake(iter([_completion("3.5: between", {"content": decimal})]))
+    (verdict,) = backend.judge_criteria(_queries()[:1])
+    assert verdict.prob_yes is None and "expected a rating 1..5" in verdict.error
+    # A whole rating right before the separator still reads its token's probabilities.
+    whole = [_tok("3", 0.6, {"3": 0.6, "4": 0.3}), _tok(":", 0.9), _tok(" between", 0.9)]
+    assert answer_choice_probs(whole, "ordinal", ("1", "2", "3", "4", "5")) == pytest.approx(
+        (0, 0, 0.6, 0.3, 0)
+    )

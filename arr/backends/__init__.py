@@ -21,9 +21,13 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_backend(name: str, **kwargs: Any) -> JudgeBackend:
-    """Create a judge backend by registry name or dotted path ("package.module:Class")."""
-    cls = resolve(BACKENDS, name, "judge backend")
+def load_backend(name: str, *, allow_import_path: bool = True, **kwargs: Any) -> JudgeBackend:
+    """Create a judge backend by registry name or dotted path ("package.module:Class") with `kwargs`.
+
+    A path must name a judge backend class. A name read from a data file (a suite, a recipe) is looked up with
+    `allow_import_path=False`: registry names only, nothing imported from elsewhere.
+    """
+    cls = resolve(BACKENDS, name, "judge backend", allow_import_path=allow_import_path, expected=JudgeBackend)
     return cls(**kwargs)
 
 

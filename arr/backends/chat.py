@@ -269,9 +269,11 @@ _RANK_RE = re.compile(
 )
 _REASON_RE = re.compile(r"""["']?reason["']?\s*:\s*"((?:[^"\\]|\\.)*)""", re.DOTALL)
 _YES_NO = re.compile(r"^[\s\W]*(?:answer\s*[:=-]?\s*[\W]*)?(yes|no)\b[\s\W]*", re.IGNORECASE)
-# A leading rating, optionally labelled ("Rating: 4") and optionally out of the scale ("4/5", "4 out of 5"); a
-# decimal ("3.5") is no rating, and the separator before the reason is consumed.
-_LEADING_RATING = re.compile(
+# A leading rating, optionally labelled ("Rating: 4") and optionally out of the scale ("4/5", "4 out of 5"); the
+# whole number (a "1" starting "10" is not rating 1), never a decimal's integer part ("3.5" is no rating 3), and the
+# separator before the reason is consumed. Group 1 is the rating: the text parser and the openai backend's search
+# for the rating token (arr.backends.openai) read it the same way.
+LEADING_RATING = re.compile(
     r"^[\s\W]*(?:(?:rating|score|level|answer|grade)\s*[:=-]?\s*[\W]*)?(\d+)(?!\d|[.,]\d)"
     r"(?:[\s*_]*(?:/|out\s+of)\s*\d+)?[\s\W]*",
     re.IGNORECASE,
@@ -380,7 +382,7 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
             if isinstance(value, int) and not isinstance(value, bool):
                 reason = obj.get("reason")
                 return _rated(value, levels, reason if isinstance(reason, str) else "", text)
-    m = _LEADING_RATING.match(cleaned)
+    m = LEADING_RATING.match(cleaned)
     if m:
         return _rated(int(m.group(1)), levels, cleaned[m.end() :], text)
     return CriterionVerdict(

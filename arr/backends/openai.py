@@ -39,6 +39,7 @@ import httpx
 from PIL import Image
 
 from arr.backends.chat import (
+    LEADING_RATING,
     TEMPLATE_VERSION,
     ChatBackend,
     ChatRequest,
@@ -51,13 +52,10 @@ logger = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20
 # Where the answer token sits in the answer text: the first rank digit, a leading yes/no, or a leading rating
-# (optionally labelled, "Rating: 4"; the whole number, so that a "1" token starting "10" is not read as rating 1).
+# (the text parser's own pattern, so that both read the same number, or none).
 _RANK_DIGIT = re.compile(r"""rank["']?\s*[:=]\s*\[\s*["']?(\d)""")
 _LEADING_YES_NO = re.compile(r"^[\s\W]*(yes|no)\b", re.IGNORECASE)
-_LEADING_RATING = re.compile(
-    r"^[\s\W]*(?:(?:rating|score|level|answer|grade)\s*[:=-]?\s*[\W]*)?(\d+)", re.IGNORECASE
-)
-_ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": _LEADING_RATING}
+_ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": LEADING_RATING}
 # A server's Retry-After is honoured up to this many seconds (or the request timeout, if smaller).
 _MAX_RETRY_AFTER = 30.0
 

@@ -108,8 +108,10 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
 
 
 def _run_preference(args: argparse.Namespace) -> int:
-    from arr.backends.chat import JudgeUnavailableError
-    from arr.evaluation.preference import CONFIGS, evaluate_preference, load_preference_suite, write_report
+    from arr.backends.base import JudgeUnavailableError
+    from arr.evaluation.preference import CONFIGS, evaluate_preference
+    from arr.evaluation.preference_benchmarks import load_preference_suite
+    from arr.evaluation.preference_report import write_report
     from arr.rubrics import RubricParseError
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]

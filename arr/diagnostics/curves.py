@@ -6,7 +6,6 @@ step axis.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from arr.jsonl import read_jsonl
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -25,15 +26,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(
             f"{path} not found: expected a run directory written by `arr train` / `arr demo`"
         )
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path)
 
 
 def _number(v: Any) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from arr.jsonl import iter_jsonl
 from arr.suites import read_suite
 
 SUITE_KEYS = {
@@ -264,16 +265,9 @@ def load_shapes(source: str, split: str = "") -> list[EditSample]:
 
     path = Path(source)
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.append(EditSample(f"line_{i}", "", None, error=f"{path}:{i}: not JSON ({e.msg})"))
-            continue
+    for n, record in iter_jsonl(path, strict=True):
         sample = _sample(
-            str(record.get("key") or f"line_{i}"),
+            str(record.get("key") or f"line_{n}"),
             record,
             "input_image",
             "instruction",
@@ -282,7 +276,7 @@ def load_shapes(source: str, split: str = "") -> list[EditSample]:
             language=str(record.get("instruction_language") or "en"),
         )
         try:
-            edit = edit_from_record(record, where=f"{path}:{i}")
+            edit = edit_from_record(record, where=f"{path}:{n}")
             sample.extra["edit"] = edit
             sample.target = render(edit.target)
         except ValueError as e:
@@ -314,8 +308,12 @@ def read_edit_suite(path: str | Path) -> dict[str, Any]:
     data = suite.get("data")
     if not isinstance(data, dict) or not ("path" in data or "generator" in data):
         raise ValueError(
-            f"suite {path}: 'data' needs 'path' (Hub id or folder) or 'generator' (module:function)"
+            f"suite {path}: 'data' needs 'path' (Hub id or folder) or 'generator' (a shapes-world generator)"
         )
+    if "generator" in data:
+        from arr.shapes.benchmarks import suite_generator
+
+        suite_generator(data, path)  # an unknown generator is refused when the suite is read
     return suite
 
 
@@ -328,21 +326,17 @@ def suite_schema(suite: dict[str, Any]) -> str:
 
 
 def _generate(data: dict[str, Any], data_dir: Path, where: Path) -> Path:
-    """Run a suite's `data.generator` ("module:function", deterministic) into `data_dir`, once."""
-    import importlib
+    """Run a suite's `data.generator` (one of arr's own, deterministic) into `data_dir`, once."""
+    from arr.shapes.benchmarks import suite_generator
 
-    module_name, _, fn_name = str(data["generator"]).partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ModuleNotFoundError, AttributeError) as e:
-        raise ValueError(f"suite {where}: cannot load generator {data['generator']!r} ({e})") from None
+    generate = suite_generator(data, where)
     target = data_dir / str(data.get("file", "records.jsonl"))
     args = data.get("args", {})
     stamp = target.with_name(target.name + ".args.json")
     # Regenerating on resume would rewrite identical files; the stamp proves they were made with these arguments.
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == args:
         return target
-    out = Path(fn(target, **args))
+    out = Path(generate(target))
     stamp.write_text(json.dumps(args), encoding="utf-8")
     return out
 
@@ -400,127 +394,160 @@ def _png(image: Image.Image) -> dict[str, Any]:
     return {"bytes": buf.getvalue(), "path": None}
 
 
+@dataclass
+class _FixtureEdits:
+    """A fixture's edits as benchmark cells; with `corrupt`, the second-to-last row has no image and the last an
+    empty instruction (both must be reported and skipped)."""
+
+    edits: list[Any]
+    corrupt: bool
+
+    @property
+    def bad_image(self) -> int:
+        return len(self.edits) - 2 if self.corrupt else -1
+
+    def source(self, i: int) -> dict[str, Any] | None:
+        from arr.shapes.scene import render
+
+        return None if i == self.bad_image else _png(render(self.edits[i].source))
+
+    def text(self, i: int) -> str:
+        return "" if self.corrupt and i == len(self.edits) - 1 else self.edits[i].text
+
+
+def _write_imgedit_fixture(directory: Path, fx: _FixtureEdits) -> Path:
+    """basic_edit.json and the images it names, relative to `directory`."""
+    from arr.shapes.scene import render
+
+    directory.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for i, e in enumerate(fx.edits):
+        rel = f"{IMGEDIT_TYPES[e.kind]}/{i:06d}.png"
+        if i != fx.bad_image:
+            (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+            render(e.source).save(directory / rel)
+        records[str(i + 1)] = {"id": rel, "prompt": fx.text(i), "edit_type": IMGEDIT_TYPES[e.kind]}
+    (directory / "basic_edit.json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    return directory
+
+
+def _gedit_rows(fx: _FixtureEdits) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    image = ImageFeature()
+    features = {
+        "key": Value("string"),
+        "task_type": Value("string"),
+        "instruction": Value("string"),
+        "instruction_language": Value("string"),
+        "input_image": image,
+        "input_image_raw": image,
+        "Intersection_exist": Value("bool"),
+    }
+    rows = [
+        {
+            "key": f"{i:04x}",
+            "task_type": e.task_type,
+            # One Chinese row, so that per-language tables have two languages.
+            "instruction": fx.text(i) if i != 1 else _CN[e.kind],
+            "instruction_language": "cn" if i == 1 else "en",
+            "input_image": fx.source(i),
+            "input_image_raw": fx.source(i),
+            "Intersection_exist": i % 2 == 0,
+        }
+        for i, e in enumerate(fx.edits)
+    ]
+    return "train", features, rows
+
+
+def _magicbrush_rows(fx: _FixtureEdits) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    from arr.shapes.scene import render
+
+    image = ImageFeature()
+    features = {
+        "img_id": Value("string"),
+        "turn_index": Value("int32"),
+        "source_img": image,
+        "mask_img": image,
+        "instruction": Value("string"),
+        "target_img": image,
+    }
+    rows = []
+    for i, e in enumerate(fx.edits):
+        mask = Image.new("RGB", render(e.source).size, (0, 0, 0))
+        rows.append(
+            {
+                "img_id": str(100000 + i),
+                "turn_index": 1 + i % 2,
+                "source_img": fx.source(i),
+                "mask_img": _png(mask),
+                "instruction": fx.text(i),
+                "target_img": _png(render(e.target)),
+            }
+        )
+    return "dev", features, rows
+
+
+def _emu_edit_rows(fx: _FixtureEdits) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    features = {
+        "instruction": Value("string"),
+        "image": ImageFeature(),
+        "task": Value("string"),
+        "split": Value("string"),
+        "idx": Value("int64"),
+        "hash": Value("string"),
+        "input_caption": Value("string"),
+        "output_caption": Value("string"),
+    }
+    rows = [
+        {
+            "instruction": fx.text(i),
+            "image": fx.source(i),
+            "task": EMU_TASKS[e.kind],
+            "split": "test",
+            "idx": i,
+            "hash": hashlib.sha256(e.text.encode()).hexdigest()[:16],
+            "input_caption": _scene_caption(e.source),
+            "output_caption": _scene_caption(e.target),
+        }
+        for i, e in enumerate(fx.edits)
+    ]
+    return "test", features, rows
+
+
+# Hub-style benchmarks: schema -> (split, column features, rows), written as one parquet shard.
+_PARQUET_FIXTURES = {"gedit": _gedit_rows, "magicbrush": _magicbrush_rows, "emu_edit": _emu_edit_rows}
+
+
 def write_fixture(
     schema: str, directory: str | Path, n: int = 8, seed: int = 0, corrupt: bool = True
 ) -> Path:
     """Write `n` shapes-world edits in `schema`'s exact layout under `directory` (plus, with `corrupt`, one row
     without an image and one with an empty instruction). Returns the folder to point `data.path` at."""
-    from datasets import Dataset, Features, Value
-    from datasets import Image as ImageFeature
-
     from arr.shapes.edits import sample_edit
-    from arr.shapes.scene import render
 
     directory = Path(directory)
     rng = random.Random(seed)
-    edits = [sample_edit(rng, "heldout") for _ in range(n)]
-    bad_image = len(edits) - 2 if corrupt else -1
-    bad_text = len(edits) - 1 if corrupt else -1
-
-    def source(i: int) -> dict[str, Any] | None:
-        return None if i == bad_image else _png(render(edits[i].source))
-
-    def text(i: int) -> str:
-        return "" if i == bad_text else edits[i].text
-
+    fx = _FixtureEdits([sample_edit(rng, "heldout") for _ in range(n)], corrupt)
     if schema == "imgedit":
-        directory.mkdir(parents=True, exist_ok=True)
-        records = {}
-        for i, e in enumerate(edits):
-            rel = f"{IMGEDIT_TYPES[e.kind]}/{i:06d}.png"
-            if i != bad_image:
-                (directory / rel).parent.mkdir(parents=True, exist_ok=True)
-                render(e.source).save(directory / rel)
-            records[str(i + 1)] = {"id": rel, "prompt": text(i), "edit_type": IMGEDIT_TYPES[e.kind]}
-        (directory / "basic_edit.json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-        return directory
-
-    image = ImageFeature()
-    if schema == "gedit":
-        split = "train"
-        features = Features(
-            {
-                "key": Value("string"),
-                "task_type": Value("string"),
-                "instruction": Value("string"),
-                "instruction_language": Value("string"),
-                "input_image": image,
-                "input_image_raw": image,
-                "Intersection_exist": Value("bool"),
-            }
-        )
-        rows = [
-            {
-                "key": f"{i:04x}",
-                "task_type": e.task_type,
-                # One Chinese row, so that per-language tables have two languages.
-                "instruction": text(i) if i != 1 else _CN[e.kind],
-                "instruction_language": "cn" if i == 1 else "en",
-                "input_image": source(i),
-                "input_image_raw": source(i),
-                "Intersection_exist": i % 2 == 0,
-            }
-            for i, e in enumerate(edits)
-        ]
-    elif schema == "magicbrush":
-        split = "dev"
-        features = Features(
-            {
-                "img_id": Value("string"),
-                "turn_index": Value("int32"),
-                "source_img": image,
-                "mask_img": image,
-                "instruction": Value("string"),
-                "target_img": image,
-            }
-        )
-        rows = []
-        for i, e in enumerate(edits):
-            mask = Image.new("RGB", render(e.source).size, (0, 0, 0))
-            rows.append(
-                {
-                    "img_id": str(100000 + i),
-                    "turn_index": 1 + i % 2,
-                    "source_img": source(i),
-                    "mask_img": _png(mask),
-                    "instruction": text(i),
-                    "target_img": _png(render(e.target)),
-                }
-            )
-    elif schema == "emu_edit":
-        split = "test"
-        features = Features(
-            {
-                "instruction": Value("string"),
-                "image": image,
-                "task": Value("string"),
-                "split": Value("string"),
-                "idx": Value("int64"),
-                "hash": Value("string"),
-                "input_caption": Value("string"),
-                "output_caption": Value("string"),
-            }
-        )
-        rows = [
-            {
-                "instruction": text(i),
-                "image": source(i),
-                "task": EMU_TASKS[e.kind],
-                "split": "test",
-                "idx": i,
-                "hash": hashlib.sha256(e.text.encode()).hexdigest()[:16],
-                "input_caption": _scene_caption(e.source),
-                "output_caption": _scene_caption(e.target),
-            }
-            for i, e in enumerate(edits)
-        ]
-    else:
+        return _write_imgedit_fixture(directory, fx)
+    if schema not in _PARQUET_FIXTURES:
         raise ValueError(
             f"no fixture writer for schema {schema!r}; expected gedit, imgedit, magicbrush or emu_edit"
         )
+    from datasets import Dataset, Features
+
+    split, features, rows = _PARQUET_FIXTURES[schema](fx)
     out = directory / "data" / f"{split}-00000-of-00001.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
-    Dataset.from_list(rows, features=features).to_parquet(str(out))
+    Dataset.from_list(rows, features=Features(features)).to_parquet(str(out))
     return directory
 
 

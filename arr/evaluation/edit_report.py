@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from arr.evaluation.edit_benchmarks import EditSample
-from arr.evaluation.editing import HEADLINE, LOWER_IS_BETTER, file_stem
+from arr.evaluation.edit_results import HEADLINE, LOWER_IS_BETTER, file_stem
 from arr.report import cards, html_table, write_html
 
 THUMB = 160
@@ -75,7 +75,7 @@ def _group_table(groups: dict[str, dict[str, Any]], columns: list[str], label: s
 
 
 def _bar_chart(summary: dict[str, Any]) -> str:
-    from arr.evaluation.preference import svg_bar_chart
+    from arr.evaluation.preference_report import svg_bar_chart
 
     protocol = summary.get("protocol")
     if protocol not in HEADLINE:

@@ -13,17 +13,13 @@ regenerated, and the summary is computed from the rows alone, so it equals that 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import re
 import time
 import zlib
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
 from tqdm.auto import tqdm
@@ -31,47 +27,15 @@ from tqdm.auto import tqdm
 from arr.evaluation.edit_benchmarks import EditSample
 from arr.evaluation.edit_judges import EditJudge
 from arr.evaluation.edit_metrics import EditMetrics
+from arr.evaluation.edit_report import write_edit_report
+from arr.evaluation.edit_results import ROWS, SETTINGS, SUMMARY, file_stem, read_rows, summarize
 from arr.evaluation.editors import Editor
-
-ROWS = "samples.jsonl"
-SETTINGS = "settings.json"
-SUMMARY = "summary.json"
-# Where each protocol's headline score lives, and its scale (for charts).
-HEADLINE: dict[str, tuple[str, float]] = {"viescore": ("O", 10.0), "imgedit": ("score", 5.0)}
-# Lower is better for these; the report sorts them ascending by default.
-LOWER_IS_BETTER = ("l1", "l2")
+from arr.jsonl import write_text_atomic
 
 
 def sample_seed(sample_id: str, seed: int = 0) -> int:
     """A seed that depends only on the sample and the run seed (stable across processes, unlike hash())."""
     return (zlib.crc32(sample_id.encode("utf-8")) + 1_000_003 * int(seed)) % 2**31
-
-
-def file_stem(sample_id: str) -> str:
-    """A safe, unique file name for a sample id."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:80]
-    return f"{safe}-{hashlib.sha1(sample_id.encode('utf-8')).hexdigest()[:8]}"
-
-
-def read_rows(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished rows by id. A torn last line (the process died while writing it) is ignored; later rows win."""
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "id" in row:
-            rows[row["id"]] = row
-    return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_image(image: Image.Image, path: Path) -> None:
@@ -80,54 +44,91 @@ def _save_image(image: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _claim_folder(out: Path, settings: dict[str, Any]) -> None:
+    """Record what this evaluation is in OUT/settings.json, or check that OUT holds results of the same one."""
+    path = out / SETTINGS
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    if previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise ValueError(
+            f"{out} holds results of another evaluation (different {', '.join(changed)}); "
+            "use a new --out or delete that folder to start over"
+        )
 
 
-def _means(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    values: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        for group in ("scores", "metrics"):
-            for k, v in (row.get(group) or {}).items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    values[k].append(float(v))
-    return {"n": len(rows), **{k: _mean(v) for k, v in values.items()}}
+def _edit_missing(editor: Editor, batch: Sequence[EditSample], paths: list[Path], seeds: list[int]) -> float:
+    """Edit the samples whose image is not on disk yet (a resumed run judges the others as they are); returns the
+    seconds per edited image."""
+    todo = [k for k, p in enumerate(paths) if not p.is_file()]
+    t0 = time.perf_counter()
+    if todo:
+        made = editor.edit(
+            [batch[k].source for k in todo],
+            [batch[k].instruction for k in todo],
+            [seeds[k] for k in todo],
+        )
+        for k, image in zip(todo, made, strict=True):
+            _save_image(image.convert("RGB"), paths[k])
+    return (time.perf_counter() - t0) / max(len(todo), 1)
 
 
-def summarize(
-    rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]], info: dict[str, Any]
+def _row(
+    sample: EditSample,
+    edit: str,
+    seed: int,
+    judged: dict[str, Any] | None,
+    measured: dict[str, Any] | None,
+    seconds: tuple[float, float],
 ) -> dict[str, Any]:
-    """Means over the scored rows: overall (over samples), per category and per language, the macro average (mean of
-    the category means, as ImgEdit's overall) and GEdit-Bench's intersection subset where the data marks it. Failed
-    rows (no judgment) are listed, not averaged."""
-    scored = [r for r in rows if not r.get("error")]
-    failed = [{"id": r["id"], "error": r["error"]} for r in rows if r.get("error")]
-    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in scored:
-        by_cat[r.get("category") or "-"].append(r)
-        by_lang[r.get("language") or "-"].append(r)
-    categories = {c: _means(rs) for c, rs in sorted(by_cat.items())}
-    overall = _means(scored)
-    keys = [k for k in overall if k != "n"]
-    macro = {k: _mean([m[k] for m in categories.values() if m.get(k) is not None]) for k in keys}
-    headline_key = HEADLINE.get(info.get("protocol") or "", (None, 1.0))[0]
-    subsets = {}
-    if any("intersection" in r for r in scored):
-        subsets["intersection"] = _means([r for r in scored if r.get("intersection")])
-    return {
-        **info,
-        "n_samples": len(rows) + len(skipped),
-        "n_scored": len(scored),
-        "headline": {"metric": headline_key, "value": overall.get(headline_key)} if headline_key else None,
-        "overall": overall,
-        "macro": macro,
-        "categories": categories,
-        "languages": {lang: _means(rs) for lang, rs in sorted(by_lang.items())},
-        "subsets": subsets,
-        "skipped": list(skipped),
-        "failed": failed,
+    """One sample's row of samples.jsonl: its judgment, metrics and timings (edit, judge seconds)."""
+    row: dict[str, Any] = {
+        "id": sample.id,
+        "category": sample.category,
+        "language": sample.language,
+        "instruction": sample.instruction,
+        "seed": seed,
+        "edit": edit,
+        "scores": None if judged is None else judged.get("scores"),
+        "reason": None if judged is None else judged.get("reason"),
+        "metrics": measured,
+        "error": None if judged is None else judged.get("error"),
+        "edit_seconds": round(seconds[0], 4),
+        "judge_seconds": round(seconds[1], 4),
     }
+    if "intersection" in sample.extra:  # GEdit-Bench's subset with both an en and a cn instruction
+        row["intersection"] = bool(sample.extra["intersection"])
+    if judged is not None and judged.get("raw") is not None:
+        row["raw"] = judged["raw"]
+    return row
+
+
+def _run_batch(
+    batch: Sequence[EditSample],
+    editor: Editor,
+    judge: EditJudge | None,
+    metrics: EditMetrics | None,
+    out: Path,
+    seed: int,
+    rows: IO[str],
+) -> None:
+    """Edit, judge and measure one batch, then append its rows with one flush: a row on disk always has its image
+    on disk."""
+    paths = [out / "edits" / f"{file_stem(s.id)}.png" for s in batch]
+    seeds = [sample_seed(s.id, seed) for s in batch]
+    edit_seconds = _edit_missing(editor, batch, paths, seeds)
+    edits = [Image.open(p).convert("RGB") for p in paths]
+    t0 = time.perf_counter()
+    judged = judge.judge(batch, edits) if judge is not None else [None] * len(batch)
+    judge_seconds = (time.perf_counter() - t0) / len(batch)
+    measured = metrics.compute(batch, edits) if metrics is not None else [None] * len(batch)
+    for s, path, sd, j, m in zip(batch, paths, seeds, judged, measured, strict=True):
+        row = _row(s, str(path.relative_to(out)), sd, j, m, (edit_seconds, judge_seconds))
+        rows.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows.flush()
+    os.fsync(rows.fileno())
 
 
 def evaluate_edits(
@@ -151,26 +152,14 @@ def evaluate_edits(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = Path(out_dir)
-    edits_dir = out / "edits"
-    edits_dir.mkdir(parents=True, exist_ok=True)
+    (out / "edits").mkdir(parents=True, exist_ok=True)
     settings = {
         "policy": editor.fingerprint(),
         "judge": judge.fingerprint() if judge is not None else None,
         "metrics": metrics.fingerprint() if metrics is not None else None,
         "seed": int(seed),
     }
-    settings_path = out / SETTINGS
-    if settings_path.is_file():
-        previous = json.loads(settings_path.read_text(encoding="utf-8"))
-        if previous != settings:
-            changed = sorted(k for k in settings if previous.get(k) != settings[k])
-            raise ValueError(
-                f"{out} holds results of another evaluation (different {', '.join(changed)}); "
-                "use a new --out or delete that folder to start over"
-            )
-    else:
-        _atomic_write(settings_path, json.dumps(settings, indent=1) + "\n")
-
+    _claim_folder(out, settings)
     info = {
         **(info or {}),
         "policy": editor.name,
@@ -180,7 +169,7 @@ def evaluate_edits(
     valid = [s for s in samples if not s.error]
     skipped = [{"id": s.id, "reason": s.error or ""} for s in samples if s.error]
     rows_path = out / ROWS
-    done = {k: r for k, r in read_rows(rows_path).items() if not r.get("error")}
+    done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
     pending = [s for s in valid if s.id not in done]
 
     bar = tqdm(
@@ -195,70 +184,17 @@ def evaluate_edits(
             fh.write("\n")  # end a row torn by a kill, so the next row starts on its own line
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
-            paths = [edits_dir / f"{file_stem(s.id)}.png" for s in batch]
-            seeds = [sample_seed(s.id, seed) for s in batch]
-            todo = [k for k, p in enumerate(paths) if not p.is_file()]
-            t0 = time.perf_counter()
-            if todo:
-                made = editor.edit(
-                    [batch[k].source for k in todo],
-                    [batch[k].instruction for k in todo],
-                    [seeds[k] for k in todo],
-                )
-                for k, image in zip(todo, made, strict=True):
-                    _save_image(image.convert("RGB"), paths[k])
-            edit_seconds = (time.perf_counter() - t0) / max(len(todo), 1)
-            edits = [Image.open(p).convert("RGB") for p in paths]
-            t0 = time.perf_counter()
-            judged = judge.judge(batch, edits) if judge is not None else [None] * len(batch)
-            judge_seconds = (time.perf_counter() - t0) / len(batch)
-            measured = metrics.compute(batch, edits) if metrics is not None else [None] * len(batch)
-            for s, path, sd, j, m in zip(batch, paths, seeds, judged, measured, strict=True):
-                row: dict[str, Any] = {
-                    "id": s.id,
-                    "category": s.category,
-                    "language": s.language,
-                    "instruction": s.instruction,
-                    "seed": sd,
-                    "edit": str(path.relative_to(out)),
-                    "scores": None if j is None else j.get("scores"),
-                    "reason": None if j is None else j.get("reason"),
-                    "metrics": m,
-                    "error": None if j is None else j.get("error"),
-                    "edit_seconds": round(edit_seconds, 4),
-                    "judge_seconds": round(judge_seconds, 4),
-                }
-                if "intersection" in s.extra:  # GEdit-Bench's subset with both an en and a cn instruction
-                    row["intersection"] = bool(s.extra["intersection"])
-                if j is not None and j.get("raw") is not None:
-                    row["raw"] = j["raw"]
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                if not row["error"]:
-                    done[s.id] = row
-            # One flush per batch: a row on disk always has its image on disk.
-            fh.flush()
-            os.fsync(fh.fileno())
+            _run_batch(batch, editor, judge, metrics, out, seed, fh)
             bar.update(len(batch))
     bar.close()
 
     final = read_rows(rows_path)
     rows = [final[s.id] for s in valid if s.id in final]
     summary = summarize(rows, skipped, info)
-    _atomic_write(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:
-        from arr.evaluation.edit_report import write_edit_report
-
         write_edit_report(summary, rows, valid, out)
     return summary
 
 
-__all__ = [
-    "HEADLINE",
-    "ROWS",
-    "SUMMARY",
-    "evaluate_edits",
-    "file_stem",
-    "read_rows",
-    "sample_seed",
-    "summarize",
-]
+__all__ = ["evaluate_edits", "sample_seed"]

@@ -217,10 +217,11 @@ class FlowPolicy(Protocol):
 
 
 class FlowMatchingPolicy(ABC):
-    """Base of the family adapters: SDE sampling, transition recomputation, CFG, LoRA and the reference.
+    """Base of the family adapters: conditioning, SDE sampling, transition recomputation, CFG, LoRA and the reference.
 
-    Subclasses set `self.transformer` (the network that LoRA adapts) and implement `encode`, `decode`,
-    `_sigmas`, `_initial_noise` and `_forward` (one call of the transformer on model-ready latents).
+    Subclasses set `self.transformer` (the network that LoRA adapts) and implement `_embed` (text encoding),
+    `decode`, `_sigmas`, `_initial_noise` and `_forward` (one call of the transformer on model-ready latents);
+    editing families also override `_prepare_sources` and `_source_embeds`.
     """
 
     #: LoRA targets used when add_lora gets none.
@@ -228,6 +229,8 @@ class FlowMatchingPolicy(ABC):
     #: Whether CFG runs both branches in one batch (SD3 pipeline) or as two calls (FLUX and Qwen-Image "true
     #: CFG", whose negative prompt may have another text length).
     batch_cfg: bool = True
+    #: The unconditional branch's prompt under CFG (guidance_scale > 1) when `encode` gets none.
+    negative_prompt: str = ""
 
     def __init__(
         self,
@@ -261,13 +264,23 @@ class FlowMatchingPolicy(ABC):
     # --- what the families supply -------------------------------------------------------------------------
 
     @abstractmethod
-    def encode(
-        self,
-        prompts: Sequence[str],
-        source_images: Sequence[Image.Image] | None = None,
-        negative_prompt: str | None = None,
-    ) -> Conditioning:
-        """Text (and, for editing, source-image) conditioning for a batch of prompts."""
+    def _embed(self, prompts: list[str], images: list[Image.Image] | None) -> dict[str, Tensor]:
+        """Text conditioning [B, ...] per key for `prompts`; `images` are the prepared source images (editing
+        families whose text encoder also sees the source), else None."""
+
+    def _prepare_sources(
+        self, source_images: Sequence[Image.Image] | None
+    ) -> tuple[list[Image.Image] | None, dict[str, Any]]:
+        """The source images as the family conditions on them, and the settings they fix (`Conditioning.extras`).
+
+        Text-to-image families refuse source images; editing families override this and `_source_embeds`."""
+        if source_images is not None:
+            raise ValueError(f"{type(self).__name__} is text-to-image only: it takes no source images")
+        return None, {}
+
+    def _source_embeds(self, images: list[Image.Image], extras: dict[str, Any]) -> dict[str, Tensor]:
+        """Conditioning entries [B, ...] for the prepared source images (e.g. their VAE latents)."""
+        raise NotImplementedError(f"{type(self).__name__} does not condition on source images")
 
     @abstractmethod
     def decode(
@@ -307,6 +320,35 @@ class FlowMatchingPolicy(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.transformer.parameters()).dtype
+
+    @torch.no_grad()
+    def encode(
+        self,
+        prompts: Sequence[str],
+        source_images: Sequence[Image.Image] | None = None,
+        negative_prompt: str | None = None,
+    ) -> Conditioning:
+        """Text (and, for editing, source-image) conditioning for a batch of prompts.
+
+        With CFG (guidance_scale > 1) the negative prompt (default: `self.negative_prompt`) is encoded too, as the
+        unconditional branch; it sees the same source images, as in the editing pipelines.
+        """
+        prompts = list(prompts)
+        sources, extras = self._prepare_sources(source_images)
+        embeds = self._embed(prompts, sources)
+        if sources is not None:
+            embeds.update(self._source_embeds(sources, extras))
+        negative = None
+        if self.guidance_scale > 1.0:
+            text = self.negative_prompt if negative_prompt is None else negative_prompt
+            negative = self._embed([text] * len(prompts), sources)
+        return Conditioning(
+            prompts=prompts,
+            embeds=embeds,
+            negative=negative,
+            source_images=None if source_images is None else list(source_images),
+            extras=extras,
+        )
 
     def velocity(
         self,
@@ -373,56 +415,24 @@ class FlowMatchingPolicy(ABC):
                 f"guidance_scale {scale} > 1 needs negative embeddings: encode the prompts with this policy's "
                 "guidance_scale > 1 (or pass guidance_scale=1)"
             )
+        if generators is not None and len(generators) != len(cond):
+            raise ValueError(f"got {len(generators)} generators for {len(cond)} prompts; pass one per prompt")
         if generator is None and seed is not None:
             generator = torch.Generator("cpu").manual_seed(seed)
         device = self.device
         sigmas = self._sigmas(n_steps, h, w).to(device=device, dtype=torch.float32)
-        stochastic = torch.zeros(n_steps, dtype=torch.bool)
-        if eta > 0:
-            steps = range(n_steps) if sde_steps is None else sorted(set(int(i) for i in sde_steps))
-            for i in steps:
-                if not 0 <= i < n_steps:
-                    raise ValueError(f"sde_steps must lie in [0, {n_steps}), got {i}")
-                stochastic[i] = True
-
-        n_groups = len(cond)
-        if generators is not None and len(generators) != n_groups:
-            raise ValueError(f"got {len(generators)} generators for {n_groups} prompts; pass one per prompt")
-        per_group = 1 if shared_noise else group_size
-        if noise is None and generators is not None:
-            noise = torch.cat([self._initial_noise(per_group, h, w, g) for g in generators])
-        elif noise is None:
-            noise = self._initial_noise(n_groups * per_group, h, w, generator)
-        elif noise.shape[0] != n_groups * per_group:
-            raise ValueError(
-                f"noise has batch {noise.shape[0]}, expected {n_groups * per_group} "
-                f"({'one per prompt' if shared_noise else 'one per sample'})"
-            )
-        x = noise.to(device=device, dtype=torch.float32)
-        if shared_noise:
-            x = x.repeat_interleave(group_size, dim=0)
+        stochastic = _stochastic_steps(n_steps, eta, sde_steps)
+        x = self._start_latents(len(cond), group_size, h, w, shared_noise, noise, generator, generators)
         full = cond.repeat_interleave(group_size) if group_size > 1 else cond
         extras = self._sample_extras(h, w)
-        batch = x.shape[0]
         latents = [x]
         log_probs = torch.zeros(
-            batch, n_steps, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device
+            x.shape[0], n_steps, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device
         )
         for i in range(n_steps):
-            sig = sigmas[i].expand(batch)
-            v = self.velocity(x, sig, full, scale, extras)
+            v = self.velocity(x, sigmas[i].expand(x.shape[0]), full, scale, extras)
             if stochastic[i]:
-                if generators is not None:
-                    shape = (group_size, *x.shape[1:])
-                    step_noise = torch.cat(
-                        [torch.randn(shape, generator=g, device=g.device) for g in generators]
-                    ).to(device)
-                else:
-                    step_noise = torch.randn(
-                        x.shape,
-                        generator=generator,
-                        device=generator.device if generator is not None else device,
-                    ).to(device)
+                step_noise = _step_noise(x, group_size, generator, generators)
                 out = sde_step(v, x, sigmas[i], sigmas[i + 1], eta, noise=step_noise, reduction=red)
                 x = out.prev_latents
                 log_probs[:, i] = out.log_prob.to(log_probs.dtype)
@@ -435,13 +445,39 @@ class FlowMatchingPolicy(ABC):
             sigmas=sigmas,
             stochastic=stochastic,
             cond=full,
-            group_ids=torch.arange(n_groups, device=device).repeat_interleave(group_size),
+            group_ids=torch.arange(len(cond), device=device).repeat_interleave(group_size),
             eta=eta,
             guidance_scale=scale,
             reduction=red,
             seed=seed,
             extras=extras,
         )
+
+    def _start_latents(
+        self,
+        n_groups: int,
+        group_size: int,
+        height: int,
+        width: int,
+        shared_noise: bool,
+        noise: Tensor | None,
+        generator: torch.Generator | None,
+        generators: Sequence[torch.Generator] | None,
+    ) -> Tensor:
+        """The initial latents [n_groups x group_size, ...] float32 on the policy's device: one draw per group
+        repeated over it (`shared_noise`), or one per sample; `noise` replaces the draw."""
+        per_group = 1 if shared_noise else group_size
+        if noise is None and generators is not None:
+            noise = torch.cat([self._initial_noise(per_group, height, width, g) for g in generators])
+        elif noise is None:
+            noise = self._initial_noise(n_groups * per_group, height, width, generator)
+        elif noise.shape[0] != n_groups * per_group:
+            raise ValueError(
+                f"noise has batch {noise.shape[0]}, expected {n_groups * per_group} "
+                f"({'one per prompt' if shared_noise else 'one per sample'})"
+            )
+        x = noise.to(device=self.device, dtype=torch.float32)
+        return x.repeat_interleave(group_size, dim=0) if shared_noise else x
 
     def transition(
         self,
@@ -564,6 +600,33 @@ class FlowMatchingPolicy(ABC):
         if fn is None:
             raise TypeError(f"{type(self.transformer).__name__} does not support gradient checkpointing")
         fn()
+
+
+def _stochastic_steps(n_steps: int, eta: float, sde_steps: Iterable[int] | None) -> Tensor:
+    """[n_steps] bool: which steps are SDE steps (all by default; none when eta = 0)."""
+    stochastic = torch.zeros(n_steps, dtype=torch.bool)
+    if eta > 0:
+        steps = range(n_steps) if sde_steps is None else sorted(set(int(i) for i in sde_steps))
+        for i in steps:
+            if not 0 <= i < n_steps:
+                raise ValueError(f"sde_steps must lie in [0, {n_steps}), got {i}")
+            stochastic[i] = True
+    return stochastic
+
+
+def _step_noise(
+    x: Tensor,
+    group_size: int,
+    generator: torch.Generator | None,
+    generators: Sequence[torch.Generator] | None,
+) -> Tensor:
+    """The standard normal noise of one SDE step, shaped like `x` [B, ...]: each group's from its own generator
+    (so it does not depend on batching), else from `generator` on its device, else from torch's global RNG."""
+    if generators is not None:
+        shape = (group_size, *x.shape[1:])
+        return torch.cat([torch.randn(shape, generator=g, device=g.device) for g in generators]).to(x.device)
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device).to(x.device)
 
 
 def images_to_pil(images: Tensor) -> list[Image.Image]:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from arr.policies.base import Conditioning, FlowMatchingPolicy, images_to_pil, pil_to_tensor
+from arr.policies.base import FlowMatchingPolicy, images_to_pil, pil_to_tensor
 from arr.policies.sde import Reduction, flow_sigmas
 from arr.shapes.models import ShapesFlowModel, load_pretrained
 
@@ -60,42 +60,27 @@ class ShapesPolicy(FlowMatchingPolicy):
         """A shipped shapes model by name ("t2i", "edit") or a folder written by arr.shapes.models.save_pretrained."""
         return cls(load_pretrained(model_id), device=device, **kwargs)
 
-    @torch.no_grad()
-    def _embed(self, prompts: list[str]) -> dict[str, Tensor]:
+    def _embed(self, prompts: list[str], images: list[Image.Image] | None) -> dict[str, Tensor]:
         states, pooled = self.model.encode_text(prompts)
         return {
             "token_states": states.to(self.device, self.dtype),
             "pooled": pooled.to(self.device, self.dtype),
         }
 
-    def encode(
-        self,
-        prompts: Sequence[str],
-        source_images: Sequence[Image.Image] | None = None,
-        negative_prompt: str | None = None,
-    ) -> Conditioning:
-        prompts = list(prompts)
+    def _prepare_sources(
+        self, source_images: Sequence[Image.Image] | None
+    ) -> tuple[list[Image.Image] | None, dict[str, Any]]:
         editing = self.model.task == "edit"
         if editing != (source_images is not None):
             raise ValueError(
                 f"the shapes {self.model.task!r} model {'needs' if editing else 'takes no'} source images"
                 f" (got {'none' if source_images is None else len(source_images)})"
             )
-        embeds = self._embed(prompts)
-        if source_images is not None:
-            embeds["source"] = pil_to_tensor(source_images, self.height, self.width).to(
-                self.device, self.dtype
-            )
-        neg = None
-        if self.guidance_scale > 1.0:
-            text = self.negative_prompt if negative_prompt is None else negative_prompt
-            neg = self._embed([text] * len(prompts))
-        return Conditioning(
-            prompts=prompts,
-            embeds=embeds,
-            negative=neg,
-            source_images=None if source_images is None else list(source_images),
-        )
+        return (None if source_images is None else list(source_images)), {}
+
+    def _source_embeds(self, images: list[Image.Image], extras: dict[str, Any]) -> dict[str, Tensor]:
+        # Pixel space: the source image itself, in the model's [-1, 1] range.
+        return {"source": pil_to_tensor(images, self.height, self.width).to(self.device, self.dtype)}
 
     def _sigmas(self, num_steps: int, height: int, width: int) -> Tensor:
         # linspace(1, 1/n, n) + [0] is arr.shapes.sample.timesteps' linspace(1, 0, n + 1), shifted the same way.

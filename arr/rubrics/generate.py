@@ -34,8 +34,9 @@ from typing import Any
 from PIL import Image
 
 from arr.backends.base import JudgeBackend
+from arr.jsonl import JSONLError, iter_jsonl
 from arr.judge import PairItem, RubricJudge
-from arr.rubrics.model import Criterion, GuideCategory, Rubric, rubric_from_obj
+from arr.rubrics.model import Criterion, GuideCategory, Rubric, as_rubric, rubric_from_obj
 from arr.rubrics.parse import RubricParseError
 from arr.rubrics.writer import RefineTask, RubricWriter, WriterOutput, WritesRubrics, WriteTask
 
@@ -486,7 +487,8 @@ class RubricGenerator:
         """Run the whole pipeline on labelled pairs and return the guide (see `RubricGuide`).
 
         A pair is anything with `prompt`, `image_a`, `image_b`, `winner` ("A"/"B") and optionally `source`, `task`
-        and `id` (e.g. `arr.shapes.pairs.PreferencePair`, or what `arr.evaluation.preference` loaders return).
+        and `id` (e.g. `arr.shapes.pairs.PreferencePair`, or what the `arr.evaluation.preference_benchmarks`
+        loaders return).
         """
         start = time.perf_counter()
         outcomes = self.verify_pairs(pairs)
@@ -682,14 +684,15 @@ class PromptRubricCache:
         found: dict[str, Rubric] = {}
         if not self.path.exists():
             return found
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                found[record["key"]] = Rubric.from_dict(record["rubric"])
-            except (json.JSONDecodeError, KeyError, TypeError, RubricParseError) as e:
-                raise RubricParseError(f"{self.path}:{n}: not a prompt-rubric cache line ({e})") from None
+        try:
+            for n, record in iter_jsonl(self.path, strict=True):
+                if not isinstance(record.get("key"), str) or "rubric" not in record:
+                    raise RubricParseError(
+                        f"{self.path}:{n}: not a prompt-rubric cache line (needs key and rubric)"
+                    )
+                found[record["key"]] = as_rubric(record["rubric"], f"{self.path}:{n}")
+        except JSONLError as e:
+            raise RubricParseError(f"{e} (a prompt-rubric cache line)") from None
         return found
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Rubric]:

@@ -21,17 +21,19 @@ Schemas:
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib
+import inspect
 import json
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from arr.images import load_image
-from arr.rubrics import Rubric
+from arr.jsonl import iter_jsonl
+from arr.rubrics import Rubric, as_rubric
 from arr.shapes.edits import EDIT_KINDS, EditSpec, sample_edit, scene_from_dict, scene_to_dict
 from arr.shapes.pairs import PreferencePair, make_pairs
 from arr.shapes.prompts import CATEGORIES, RELATIONS, ObjectSpec, PromptSpec, sample_prompts
@@ -122,17 +124,10 @@ def write_geneval_metadata(
 
 
 def load_geneval_metadata(path: str | Path) -> list[PromptSpec]:
-    path = Path(path)
-    specs = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-        specs.append(spec_from_geneval_record(record, where=f"{path}:{i}"))
-    return specs
+    """The prompts of an evaluation_metadata.jsonl written by `write_geneval_metadata`; errors name the line."""
+    return [
+        spec_from_geneval_record(record, where=f"{path}:{n}") for n, record in iter_jsonl(path, strict=True)
+    ]
 
 
 def geneval_summary(results: Iterable[tuple[PromptSpec, bool]]) -> dict[str, Any]:
@@ -223,14 +218,8 @@ def load_edit_benchmark(path: str | Path) -> list[tuple[dict[str, Any], EditSpec
     """Records with their EditSpec; `record["input_image"]` is resolved to an absolute path."""
     path = Path(path)
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-        edit = edit_from_record(record, where=f"{path}:{i}")
+    for n, record in iter_jsonl(path, strict=True):
+        edit = edit_from_record(record, where=f"{path}:{n}")
         record["input_image"] = str((path.parent / record["input_image"]).resolve())
         out.append((record, edit))
     return out
@@ -322,7 +311,9 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
             a, b = (chosen, rejected) if winner == "A" else (rejected, chosen)
             source = load_image(path.parent / r["source_image"]) if r.get("source_image") else None
             rubric = (
-                Rubric.from_dict(r["rubric"]) if "rubric" in r else Rubric(prompt=r["prompt"], criteria=[])
+                as_rubric(r["rubric"], f"{path} pair {i}'s rubric")
+                if "rubric" in r
+                else Rubric(prompt=r["prompt"], criteria=[])
             )
             out.append(
                 PreferencePair(
@@ -349,6 +340,36 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
 # Suites
 
 
+#: The data generators a suite may name as `data.generator`. Suite files are shared like datasets, so they pick
+#: one of arr's own generators by name and never name a Python callable for arr to import and call.
+GENERATORS: dict[str, Callable[..., Path]] = {
+    "shapes_geneval": write_geneval_metadata,
+    "shapes_edit": write_edit_benchmark,
+    "shapes_pairs": write_preference_pairs,
+}
+
+
+def suite_generator(data: dict[str, Any], where: str | Path) -> Callable[[Path], Path]:
+    """The suite's `data.generator`, a GENERATORS name, bound to its `data.args`: a function of the output file.
+
+    Anything else (an unknown name, a "module:function" path, arguments the generator does not take) is a
+    one-line ValueError, raised before anything runs."""
+    name = data.get("generator")
+    if not isinstance(name, str) or name not in GENERATORS:
+        raise ValueError(
+            f"suite {where}: unknown data generator {name!r}; expected one of {sorted(GENERATORS)}"
+        )
+    fn = GENERATORS[name]
+    args = data.get("args") or {}
+    if not isinstance(args, dict):
+        raise ValueError(f"suite {where}: data.args must be a mapping, got {type(args).__name__}")
+    params = [p for p in inspect.signature(fn).parameters if p != "path"]
+    unknown = sorted(set(map(str, args)) - set(params))
+    if unknown:
+        raise ValueError(f"suite {where}: generator {name!r} takes {params}; unknown args {unknown}")
+    return functools.partial(fn, **args)
+
+
 def load_suite(path: str | Path) -> dict[str, Any]:
     """Read and validate a suite YAML (unknown keys are an error, as in recipes)."""
     path = Path(path)
@@ -358,7 +379,8 @@ def load_suite(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"suite {path}: missing key {key!r}")
     data = suite["data"]
     if not isinstance(data, dict) or "generator" not in data or "file" not in data:
-        raise ValueError(f"suite {path}: 'data' needs 'generator' (module:function) and 'file'")
+        raise ValueError(f"suite {path}: 'data' needs 'generator' (one of {sorted(GENERATORS)}) and 'file'")
+    suite_generator(data, path)
     return suite
 
 
@@ -366,17 +388,13 @@ def prepare_suite(path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Generate the suite's data into `out_dir` (deterministic) and return the suite with `data_path` set."""
     suite = load_suite(path)
     data = suite["data"]
-    module_name, _, fn_name = str(data["generator"]).partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), fn_name)
-    except (ModuleNotFoundError, AttributeError) as e:
-        raise ValueError(f"suite {path}: cannot load generator {data['generator']!r} ({e})") from None
-    target = Path(out_dir) / str(data["file"])
-    suite["data_path"] = str(fn(target, **data.get("args", {})))
+    generate = suite_generator(data, path)
+    suite["data_path"] = str(generate(Path(out_dir) / str(data["file"])))
     return suite
 
 
 __all__ = [
+    "GENERATORS",
     "edit_from_record",
     "edit_record",
     "edit_summary",
@@ -388,6 +406,7 @@ __all__ = [
     "load_suite",
     "prepare_suite",
     "spec_from_geneval_record",
+    "suite_generator",
     "write_edit_benchmark",
     "write_geneval_metadata",
     "write_preference_pairs",

@@ -203,94 +203,95 @@ def _sel(o: Obj, with_cell: bool = True) -> dict[str, Any]:
     return out
 
 
-def rubric_for_edit(edit: EditSpec) -> Rubric:
-    """Instruction criteria (the change happened) and preservation criteria (nothing else changed)."""
+def _recolor_criteria(edit: EditSpec) -> list[Criterion]:
     x, new = edit.subject, edit.result
-    if new is None and edit.kind != "remove":
-        raise ValueError(
-            f"edit {edit.text!r} of kind {edit.kind!r} needs a `result` object (only removals have none)"
-        )
-    ins: list[Criterion] = []
-    if edit.kind == "recolor":
-        ins.append(
-            Criterion(
-                "recolored",
-                f"The {x.shape} in {cell_phrase((x.row, x.col))} is now {new.color}.",
-                check={"type": "object_at", **_sel(new)},
-            )
-        )
-        ins.append(
-            Criterion(
-                "old_color_gone",
-                f"There is no {x.color} {x.shape} left in the image.",
-                check={"type": "count", "shape": x.shape, "color": x.color, "n": 0},
-            )
-        )
-    elif edit.kind == "remove":
-        ins.append(
-            Criterion(
-                "removed",
-                f"The {x.color} {x.shape} has been removed.",
-                check={"type": "count", "shape": x.shape, "color": x.color, "n": 0},
-            )
-        )
-        ins.append(
-            Criterion(
-                "cell_cleared",
-                f"Nothing is left where the {x.color} {x.shape} was ({cell_phrase((x.row, x.col))}).",
-                check={"type": "cell_empty", "cell": [x.row, x.col]},
-            )
-        )
-    elif edit.kind == "add":
-        ins.append(
-            Criterion(
-                "added",
-                f"The image now contains exactly one {x.color} {x.shape}.",
-                check={"type": "count", "shape": x.shape, "color": x.color, "n": 1},
-            )
-        )
-        if edit.anchor is not None and edit.relation is not None:
-            a = edit.anchor
-            ins.append(
-                Criterion(
-                    "placed",
-                    f"The {x.color} {x.shape} is {_rel_text(edit.relation)} the {a.color} {a.shape}.",
-                    check={
-                        "type": "relation",
-                        "a": _sel(x, False),
-                        "rel": edit.relation,
-                        "b": _sel(a, False),
-                    },
-                )
-            )
-        elif not edit.free:
-            ins.append(
-                Criterion(
-                    "placed",
-                    f"The {x.color} {x.shape} is in {cell_phrase((x.row, x.col))}.",
-                    check={"type": "object_at", **_sel(x)},
-                )
-            )
-    else:  # move
-        ins.append(
-            Criterion(
-                "moved_to",
-                f"The {x.color} {x.shape} is now in {cell_phrase((new.row, new.col))}.",
-                check={"type": "object_at", **_sel(new)},
-            )
-        )
-        ins.append(
-            Criterion(
-                "moved_from",
-                f"The {x.color} {x.shape} is no longer in {cell_phrase((x.row, x.col))}.",
-                check={"type": "cell_empty", "cell": [x.row, x.col]},
-            )
-        )
-    for c in ins:
-        c.category = "instruction"
+    return [
+        Criterion(
+            "recolored",
+            f"The {x.shape} in {cell_phrase((x.row, x.col))} is now {new.color}.",
+            check={"type": "object_at", **_sel(new)},
+        ),
+        Criterion(
+            "old_color_gone",
+            f"There is no {x.color} {x.shape} left in the image.",
+            check={"type": "count", "shape": x.shape, "color": x.color, "n": 0},
+        ),
+    ]
 
+
+def _remove_criteria(edit: EditSpec) -> list[Criterion]:
+    x = edit.subject
+    return [
+        Criterion(
+            "removed",
+            f"The {x.color} {x.shape} has been removed.",
+            check={"type": "count", "shape": x.shape, "color": x.color, "n": 0},
+        ),
+        Criterion(
+            "cell_cleared",
+            f"Nothing is left where the {x.color} {x.shape} was ({cell_phrase((x.row, x.col))}).",
+            check={"type": "cell_empty", "cell": [x.row, x.col]},
+        ),
+    ]
+
+
+def _add_criteria(edit: EditSpec) -> list[Criterion]:
+    x = edit.subject
+    out = [
+        Criterion(
+            "added",
+            f"The image now contains exactly one {x.color} {x.shape}.",
+            check={"type": "count", "shape": x.shape, "color": x.color, "n": 1},
+        )
+    ]
+    if edit.anchor is not None and edit.relation is not None:
+        a = edit.anchor
+        out.append(
+            Criterion(
+                "placed",
+                f"The {x.color} {x.shape} is {_rel_text(edit.relation)} the {a.color} {a.shape}.",
+                check={"type": "relation", "a": _sel(x, False), "rel": edit.relation, "b": _sel(a, False)},
+            )
+        )
+    elif not edit.free:
+        out.append(
+            Criterion(
+                "placed",
+                f"The {x.color} {x.shape} is in {cell_phrase((x.row, x.col))}.",
+                check={"type": "object_at", **_sel(x)},
+            )
+        )
+    return out
+
+
+def _move_criteria(edit: EditSpec) -> list[Criterion]:
+    x, new = edit.subject, edit.result
+    return [
+        Criterion(
+            "moved_to",
+            f"The {x.color} {x.shape} is now in {cell_phrase((new.row, new.col))}.",
+            check={"type": "object_at", **_sel(new)},
+        ),
+        Criterion(
+            "moved_from",
+            f"The {x.color} {x.shape} is no longer in {cell_phrase((x.row, x.col))}.",
+            check={"type": "cell_empty", "cell": [x.row, x.col]},
+        ),
+    ]
+
+
+_INSTRUCTION_CRITERIA = {
+    "recolor": _recolor_criteria,
+    "remove": _remove_criteria,
+    "add": _add_criteria,
+    "move": _move_criteria,
+}
+
+
+def _preservation_criteria(edit: EditSpec) -> list[Criterion]:
+    """Every untouched object is unchanged, and nothing else was added, removed or changed."""
     keep = edit.unchanged
-    pres = [
+    out = [
         Criterion(
             f"kept_{o.row}{o.col}",
             f"The {o.color} {o.shape} in {cell_phrase((o.row, o.col))} is unchanged.",
@@ -303,11 +304,11 @@ def rubric_for_edit(edit: EditSpec) -> Rubric:
     # not a preservation failure. Anything beyond that is an unrequested change.
     allowed = [_sel(o) for o in keep]
     if edit.kind != "add":
-        allowed.append(_sel(x))
-    if new is not None:
+        allowed.append(_sel(edit.subject))
+    if edit.result is not None:
         # Free and relative additions may land in any cell (the instruction criteria check the relation).
-        allowed.append(_sel(new, with_cell=not (edit.free or edit.relation is not None)))
-    pres.append(
+        allowed.append(_sel(edit.result, with_cell=not (edit.free or edit.relation is not None)))
+    out.append(
         Criterion(
             "nothing_else",
             "Nothing else was added, removed or changed, and there are no stray fragments.",
@@ -315,7 +316,21 @@ def rubric_for_edit(edit: EditSpec) -> Rubric:
             check={"type": "no_extra", "allowed": allowed},
         )
     )
-    return Rubric(prompt=edit.text, criteria=ins + pres, task="edit")
+    return out
+
+
+def rubric_for_edit(edit: EditSpec) -> Rubric:
+    """Instruction criteria (the change happened) and preservation criteria (nothing else changed)."""
+    if edit.result is None and edit.kind != "remove":
+        raise ValueError(
+            f"edit {edit.text!r} of kind {edit.kind!r} needs a `result` object (only removals have none)"
+        )
+    if edit.kind not in _INSTRUCTION_CRITERIA:
+        raise ValueError(f"unknown edit kind {edit.kind!r}; expected one of {EDIT_KINDS}")
+    instruction = _INSTRUCTION_CRITERIA[edit.kind](edit)
+    for c in instruction:
+        c.category = "instruction"
+    return Rubric(prompt=edit.text, criteria=instruction + _preservation_criteria(edit), task="edit")
 
 
 def edit_correct(edit: EditSpec, image: Image.Image | DetectionReport, strict: bool = True) -> bool:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from arr.jsonl import append_jsonl
 from arr.shapes.models import (
     CONFIG_NAME,
     ShapesFlowModel,
@@ -202,46 +203,105 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / CKPT_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return ckpts[-1] if ckpts else None
+@dataclass
+class _Training:
+    """What a pretraining step changes and a checkpoint holds."""
+
+    model: ShapesFlowModel
+    ema: ShapesFlowModel
+    opt: torch.optim.Optimizer
+    rng: random.Random
+    gen: torch.Generator
+    step: int = 0
+
+    @classmethod
+    def fresh(cls, cfg: PretrainConfig) -> _Training:
+        torch.manual_seed(cfg.seed)
+        model = ShapesFlowModel(cfg.model)
+        return cls(
+            model=model,
+            ema=copy.deepcopy(model).requires_grad_(False),
+            opt=torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99)
+            ),
+            rng=random.Random(cfg.seed),
+            gen=torch.Generator().manual_seed(cfg.seed),
+        )
+
+    def restore(self, checkpoint: Path, cfg: PretrainConfig) -> None:
+        """Continue exactly where `checkpoint` stopped: weights, EMA, optimizer, both RNGs and the step."""
+        # weights_only: no pickle; the state holds only tensors, dicts, tuples and numbers (RNG states included).
+        state = torch.load(checkpoint / "state.pt", weights_only=True)
+        saved = PretrainConfig(
+            **{**state["config"], "model": ShapesModelConfig.from_dict(state["config"]["model"])}
+        )
+        if asdict(saved.model) != asdict(cfg.model):
+            raise ValueError(
+                f"checkpoint {checkpoint} holds a different model config; use another --out or resume=False"
+            )
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.rng.setstate(state["python_rng"])
+        self.gen.set_state(state["torch_gen"])
+        self.step = state["step"]
+
+    def start_from(self, source: str) -> None:
+        """Warm start from a trained model (see `warm_start`), the EMA alike."""
+        skipped = warm_start(self.model, source)
+        if skipped:
+            raise ValueError(f"--init-from {source}: no matching weights for {skipped}")
+        self.ema.load_state_dict(self.model.state_dict())
+
+    def train_step(self, data: T2IData | EditData, cfg: PretrainConfig) -> tuple[float, float]:
+        """One optimizer step and EMA update at `self.step`; returns (loss, gradient norm before clipping)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        prompts, x0, source = data.batch(self.rng, cfg.batch_size)
+        loss = flow_loss(self.model, x0, prompts, source, self.gen, cfg)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        # EMA warm-up: early averages would otherwise be dominated by the random initialisation.
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    def save_checkpoint(self, out_dir: Path, cfg: PretrainConfig) -> Path:
+        """OUT/checkpoints/step_N, written beside and renamed; only the newest `keep_checkpoints` are kept."""
+        root = out_dir / CKPT_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step_{self.step}"
+        tmp = root / f".tmp_step_{self.step}_{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "python_rng": self.rng.getstate(),
+                "torch_gen": self.gen.get_state(),
+                "config": asdict(cfg),
+            },
+            tmp / "state.pt",
+        )
+        save_pretrained(self.ema, tmp / "ema", dtype=torch.float32)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # atomic on one filesystem: a crash leaves either the old or the new checkpoint
+        for old in _checkpoints(out_dir)[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
 
 
-def _save_checkpoint(
-    out_dir: Path,
-    step: int,
-    model: ShapesFlowModel,
-    ema: ShapesFlowModel,
-    opt: torch.optim.Optimizer,
-    rng: random.Random,
-    gen: torch.Generator,
-    cfg: PretrainConfig,
-) -> Path:
-    root = out_dir / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(
-        {
-            "step": step,
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "python_rng": rng.getstate(),
-            "torch_gen": gen.get_state(),
-            "config": asdict(cfg),
-        },
-        tmp / "state.pt",
-    )
-    save_pretrained(ema, tmp / "ema", dtype=torch.float32)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic on one filesystem: a crash leaves either the old or the new checkpoint
-    ckpts = sorted(root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    for old in ckpts[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def _checkpoints(out_dir: Path) -> list[Path]:
+    """OUT/checkpoints/step_N folders, oldest first."""
+    return sorted((out_dir / CKPT_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
 
 
 def pretrain(
@@ -274,84 +334,42 @@ def pretrain(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = ShapesFlowModel(cfg.model)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
-    latest = _latest_checkpoint(out_dir) if resume else None
-    if latest is not None:
-        # weights_only: no pickle; the state holds only tensors, dicts, tuples and numbers (RNG states included).
-        state = torch.load(latest / "state.pt", weights_only=True)
-        saved = PretrainConfig(
-            **{**state["config"], "model": ShapesModelConfig.from_dict(state["config"]["model"])}
-        )
-        if asdict(saved.model) != asdict(cfg.model):
-            raise ValueError(
-                f"checkpoint {latest} holds a different model config; use another --out or resume=False"
-            )
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        rng.setstate(state["python_rng"])
-        gen.set_state(state["torch_gen"])
-        start = state["step"]
+    run = _Training.fresh(cfg)
+    checkpoints = _checkpoints(out_dir) if resume else []
+    if checkpoints:
+        run.restore(checkpoints[-1], cfg)
     elif cfg.init_from:
-        skipped = warm_start(model, cfg.init_from)
-        if skipped:
-            raise ValueError(f"--init-from {cfg.init_from}: no matching weights for {skipped}")
-        ema.load_state_dict(model.state_dict())
+        run.start_from(cfg.init_from)
     (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     data = T2IData(cfg.caption_dropout) if task == "t2i" else EditData(cfg.caption_dropout)
-    log = (out_dir / "metrics.jsonl").open("a")
     t_start = time.monotonic()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(range(start, end), initial=start, total=end, disable=not progress, desc=f"pretrain {task}")
-    model.train()
-    step = start
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+    bar = tqdm(total=end, initial=run.step, disable=not progress, desc=f"pretrain {task}")
+    run.model.train()
+    while run.step < end:
         t0 = time.monotonic()
-        prompts, x0, source = data.batch(rng, cfg.batch_size)
-        loss = flow_loss(model, x0, prompts, source, gen, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        # EMA warm-up: early averages would otherwise be dominated by the random initialisation.
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+        loss, grad_norm = run.train_step(data, cfg)
         dt = time.monotonic() - t0
-        bar.set_postfix(loss=f"{loss.item():.4f}", sps=f"{cfg.batch_size / dt:.0f}")
-        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
-            log.write(
-                json.dumps(
-                    {
-                        "step": step + 1,
-                        "loss": loss.item(),
-                        "grad_norm": grad_norm.item(),
-                        "lr": lr_at(step, cfg),
-                        "samples_per_s": cfg.batch_size / dt,
-                        "elapsed_s": time.monotonic() - t_start,
-                    }
-                )
-                + "\n"
-            )
-            log.flush()
-        done = step + 1 == end
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{cfg.batch_size / dt:.0f}")
+        if run.step % 50 == 0 or run.step == cfg.steps:
+            row = {
+                "step": run.step,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": lr_at(run.step - 1, cfg),
+                "samples_per_s": cfg.batch_size / dt,
+                "elapsed_s": time.monotonic() - t_start,
+            }
+            append_jsonl(out_dir / "metrics.jsonl", row, fsync=False)
         timed_out = max_minutes is not None and time.monotonic() - t_start > 60 * max_minutes
-        if (step + 1) % cfg.checkpoint_every == 0 or done or timed_out:
-            _save_checkpoint(out_dir, step + 1, model, ema, opt, rng, gen, cfg)
+        if run.step % cfg.checkpoint_every == 0 or run.step == end or timed_out:
+            run.save_checkpoint(out_dir, cfg)
         if timed_out:
             break
-    log.close()
-    save_pretrained(ema, out_dir / "final")
-    return ema.eval()
+    bar.close()
+    save_pretrained(run.ema, out_dir / "final")
+    return run.ema.eval()
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -25,7 +25,7 @@ the canvas with fragments and raised its reward while its real score fell. So `e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +157,134 @@ def _match_bipartite(items: list[Detection], slots: list[dict[str, Any]]) -> int
     return sum(augment(i, set()) for i in range(len(items)))
 
 
+def _count(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    shape, color = _selector(check)
+    n = _int(check, "n")
+    op = check.get("op", "eq")
+    found = sum(d.matches(shape, color) for d in report.objects)
+    if op == "eq":
+        holds = found == n
+    elif op == "ge":
+        holds = found >= n
+    elif op == "le":
+        holds = found <= n
+    else:
+        raise CheckError(f"check {check!r}: op must be 'eq', 'ge' or 'le', got {op!r}")
+    what = " ".join(x for x in (color, shape) if x) or "object"
+    return CheckResult(holds, f"found {found} {what}(s), wanted {op} {n}")
+
+
+def _color(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    shape, color = _selector(check)
+    if shape is None or color is None:
+        raise CheckError(f"check {check!r}: a color check needs both 'shape' and 'color'")
+    of_shape = [d for d in report.objects if d.shape == shape]
+    if not of_shape:
+        return CheckResult(False, f"no {shape} found")
+    wrong = [d.color for d in of_shape if d.color != color]
+    if wrong:
+        return CheckResult(False, f"{shape}(s) coloured {', '.join(wrong)} instead of {color}")
+    return CheckResult(True, f"every {shape} is {color}")
+
+
+def _relation(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    a_sel, b_sel = _selector(check, "a"), _selector(check, "b")
+    rel = check.get("rel")
+    if rel not in RELATIONS:
+        raise CheckError(f"check {check!r}: rel must be one of {RELATIONS}, got {rel!r}")
+    a_list = [d for d in report.objects if d.matches(*a_sel)]
+    b_list = [d for d in report.objects if d.matches(*b_sel)]
+    if not a_list or not b_list:
+        return CheckResult(False, f"missing an object: {len(a_list)} for a, {len(b_list)} for b")
+    holds = any(a is not b and relation_holds_px(a, rel, b) for a in a_list for b in b_list)
+    return CheckResult(holds, f"relation {rel!r} {'holds' if holds else 'does not hold'} on centroids")
+
+
+def _exact_set(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    wanted = check.get("objects")
+    if not isinstance(wanted, list):
+        raise CheckError(f"check {check!r}: 'objects' must be a list of {{shape, color?, count}}")
+    slots: list[dict[str, Any]] = []
+    for item in wanted:
+        shape, color = _selector(item)
+        slots += [{"shape": shape, "color": color}] * _int(item, "count")
+    if strict and (problem := noise_problem(report)):
+        return CheckResult(False, problem)
+    objects = report.objects
+    unknown = [d for d in objects if d.shape == UNKNOWN]
+    if unknown:
+        return CheckResult(False, f"{len(unknown)} object(s) of no clear shape, e.g. {_describe(unknown[0])}")
+    matched = _match_bipartite(objects, slots)
+    holds = matched == len(objects) == len(slots)
+    return CheckResult(holds, f"{len(objects)} object(s) found, {len(slots)} wanted, {matched} matched")
+
+
+def _object_at(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    shape, color = _selector(check)
+    cell = _cell(check, check.get("cell"))
+    holds = any(d.matches(shape, color) and d.cell == cell for d in report.objects)
+    here = [_describe(d) for d in report.objects if d.cell == cell]
+    return CheckResult(holds, f"cell {list(cell)} holds {', '.join(here) or 'nothing'}")
+
+
+def _cell_empty(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    cell = _cell(check, check.get("cell"))
+    pool = report.detections if strict else tuple(report.objects)
+    here = [_describe(d) for d in pool if d.cell == cell]
+    return CheckResult(not here, f"cell {list(cell)} holds {', '.join(here) or 'nothing'}")
+
+
+def _no_extra(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    allowed = check.get("allowed")
+    if not isinstance(allowed, list):
+        raise CheckError(f"check {check!r}: 'allowed' must be a list of {{shape, color?, cell?}}")
+    slots = []
+    for item in allowed:
+        shape, color = _selector(item)
+        slot: dict[str, Any] = {"shape": shape, "color": color}
+        if item.get("cell") is not None:
+            slot["cell"] = _cell(check, item["cell"])
+        slots.append(slot)
+    if strict and (problem := noise_problem(report)):
+        return CheckResult(False, problem)
+    extra = len(report.objects) - _match_bipartite(report.objects, slots)
+    return CheckResult(extra == 0, f"{extra} object(s) not accounted for")
+
+
+def _fragments(check: dict[str, Any], report: DetectionReport, strict: bool, source: Any) -> CheckResult:
+    problem = noise_problem(report)
+    return CheckResult(problem is not None, problem or "no stray fragments")
+
+
+def _unchanged_from_source(
+    check: dict[str, Any], report: DetectionReport, strict: bool, source: DetectionReport | None
+) -> CheckResult:
+    if source is None:
+        raise CheckError(f"check {check!r} compares with the source image, but no source image was given")
+    skip = {_cell(check, c) for c in check.get("except_cells", [])}
+
+    def keyed(rep: DetectionReport) -> list[tuple[str, str, tuple[int, int]]]:
+        return sorted((d.shape, d.color, d.cell) for d in rep.objects if d.cell not in skip)
+
+    before, after = keyed(source), keyed(report)
+    holds = before == after and not (strict and noise_problem(report))
+    return CheckResult(holds, f"outside the edited cells: source {len(before)} object(s), image {len(after)}")
+
+
+# One evaluator per check type: (check, report, strict, source report or None) -> CheckResult.
+_EVALUATORS: dict[str, Callable[[dict[str, Any], DetectionReport, bool, Any], CheckResult]] = {
+    "count": _count,
+    "color": _color,
+    "relation": _relation,
+    "exact_set": _exact_set,
+    "object_at": _object_at,
+    "cell_empty": _cell_empty,
+    "no_extra": _no_extra,
+    "fragments": _fragments,
+    "unchanged_from_source": _unchanged_from_source,
+}
+
+
 def evaluate_check(
     check: dict[str, Any],
     detections: DetectionReport | Sequence[Detection],
@@ -166,108 +294,11 @@ def evaluate_check(
     """Evaluate one `check` on detections. `strict` makes set checks fail on fragments and excess specks."""
     if not isinstance(check, dict) or "type" not in check:
         raise CheckError(f"a check must be a dict with a 'type' (one of {CHECK_TYPES}), got {check!r}")
-    report = as_report(detections)
-    objects = report.objects
     kind = check["type"]
-    if kind == "count":
-        shape, color = _selector(check)
-        n = _int(check, "n")
-        op = check.get("op", "eq")
-        found = sum(d.matches(shape, color) for d in objects)
-        if op == "eq":
-            holds = found == n
-        elif op == "ge":
-            holds = found >= n
-        elif op == "le":
-            holds = found <= n
-        else:
-            raise CheckError(f"check {check!r}: op must be 'eq', 'ge' or 'le', got {op!r}")
-        what = " ".join(x for x in (color, shape) if x) or "object"
-        return CheckResult(holds, f"found {found} {what}(s), wanted {op} {n}")
-    if kind == "color":
-        shape, color = _selector(check)
-        if shape is None or color is None:
-            raise CheckError(f"check {check!r}: a color check needs both 'shape' and 'color'")
-        of_shape = [d for d in objects if d.shape == shape]
-        if not of_shape:
-            return CheckResult(False, f"no {shape} found")
-        wrong = [d.color for d in of_shape if d.color != color]
-        if wrong:
-            return CheckResult(False, f"{shape}(s) coloured {', '.join(wrong)} instead of {color}")
-        return CheckResult(True, f"every {shape} is {color}")
-    if kind == "relation":
-        a_sel, b_sel = _selector(check, "a"), _selector(check, "b")
-        rel = check.get("rel")
-        if rel not in RELATIONS:
-            raise CheckError(f"check {check!r}: rel must be one of {RELATIONS}, got {rel!r}")
-        a_list = [d for d in objects if d.matches(*a_sel)]
-        b_list = [d for d in objects if d.matches(*b_sel)]
-        if not a_list or not b_list:
-            return CheckResult(False, f"missing an object: {len(a_list)} for a, {len(b_list)} for b")
-        holds = any(a is not b and relation_holds_px(a, rel, b) for a in a_list for b in b_list)
-        return CheckResult(holds, f"relation {rel!r} {'holds' if holds else 'does not hold'} on centroids")
-    if kind == "exact_set":
-        wanted = check.get("objects")
-        if not isinstance(wanted, list):
-            raise CheckError(f"check {check!r}: 'objects' must be a list of {{shape, color?, count}}")
-        slots: list[dict[str, Any]] = []
-        for item in wanted:
-            shape, color = _selector(item)
-            slots += [{"shape": shape, "color": color}] * _int(item, "count")
-        if strict and (problem := noise_problem(report)):
-            return CheckResult(False, problem)
-        unknown = [d for d in objects if d.shape == UNKNOWN]
-        if unknown:
-            return CheckResult(
-                False, f"{len(unknown)} object(s) of no clear shape, e.g. {_describe(unknown[0])}"
-            )
-        matched = _match_bipartite(objects, slots)
-        holds = matched == len(objects) == len(slots)
-        return CheckResult(holds, f"{len(objects)} object(s) found, {len(slots)} wanted, {matched} matched")
-    if kind == "object_at":
-        shape, color = _selector(check)
-        cell = _cell(check, check.get("cell"))
-        holds = any(d.matches(shape, color) and d.cell == cell for d in objects)
-        here = [_describe(d) for d in objects if d.cell == cell]
-        return CheckResult(holds, f"cell {list(cell)} holds {', '.join(here) or 'nothing'}")
-    if kind == "cell_empty":
-        cell = _cell(check, check.get("cell"))
-        pool = report.detections if strict else tuple(objects)
-        here = [_describe(d) for d in pool if d.cell == cell]
-        return CheckResult(not here, f"cell {list(cell)} holds {', '.join(here) or 'nothing'}")
-    if kind == "no_extra":
-        allowed = check.get("allowed")
-        if not isinstance(allowed, list):
-            raise CheckError(f"check {check!r}: 'allowed' must be a list of {{shape, color?, cell?}}")
-        slots = []
-        for item in allowed:
-            shape, color = _selector(item)
-            slot: dict[str, Any] = {"shape": shape, "color": color}
-            if item.get("cell") is not None:
-                slot["cell"] = _cell(check, item["cell"])
-            slots.append(slot)
-        if strict and (problem := noise_problem(report)):
-            return CheckResult(False, problem)
-        matched = _match_bipartite(objects, slots)
-        extra = len(objects) - matched
-        return CheckResult(extra == 0, f"{extra} object(s) not accounted for")
-    if kind == "fragments":
-        problem = noise_problem(report)
-        return CheckResult(problem is not None, problem or "no stray fragments")
-    if kind == "unchanged_from_source":
-        if source is None:
-            raise CheckError(f"check {check!r} compares with the source image, but no source image was given")
-        skip = {_cell(check, c) for c in check.get("except_cells", [])}
-
-        def keyed(rep: DetectionReport) -> list[tuple[str, str, tuple[int, int]]]:
-            return sorted((d.shape, d.color, d.cell) for d in rep.objects if d.cell not in skip)
-
-        before, after = keyed(as_report(source)), keyed(report)
-        holds = before == after and not (strict and noise_problem(report))
-        return CheckResult(
-            holds, f"outside the edited cells: source {len(before)} object(s), image {len(after)}"
-        )
-    raise CheckError(f"unknown check type {kind!r}; expected one of {CHECK_TYPES}")
+    if not isinstance(kind, str) or kind not in _EVALUATORS:
+        raise CheckError(f"unknown check type {kind!r}; expected one of {CHECK_TYPES}")
+    source_report = None if source is None else as_report(source)
+    return _EVALUATORS[kind](check, as_report(detections), strict, source_report)
 
 
 # ---------------------------------------------------------------------------------------------------------------

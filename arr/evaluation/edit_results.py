@@ -1,0 +1,98 @@
+"""The results folder of an editing evaluation: its file names, its rows (one per finished sample) and the summary
+computed from them alone, so that a resumed run summarises exactly like an uninterrupted one.
+
+Read by the evaluation (arr.evaluation.editing) and by its report (arr.evaluation.edit_report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from arr.jsonl import read_jsonl
+
+ROWS = "samples.jsonl"
+SETTINGS = "settings.json"
+SUMMARY = "summary.json"
+# Where each protocol's headline score lives, and its scale (for charts).
+HEADLINE: dict[str, tuple[str, float]] = {"viescore": ("O", 10.0), "imgedit": ("score", 5.0)}
+# Lower is better for these; the report sorts them ascending by default.
+LOWER_IS_BETTER = ("l1", "l2")
+
+
+def file_stem(sample_id: str) -> str:
+    """A safe, unique file name for a sample id."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:80]
+    return f"{safe}-{hashlib.sha1(sample_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """Finished rows by id. A torn last line (the process died while writing it) is ignored; later rows win."""
+    return {row["id"]: row for row in read_jsonl(path) if "id" in row}
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _means(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        for group in ("scores", "metrics"):
+            for k, v in (row.get(group) or {}).items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    values[k].append(float(v))
+    return {"n": len(rows), **{k: _mean(v) for k, v in values.items()}}
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]], info: dict[str, Any]
+) -> dict[str, Any]:
+    """Means over the scored rows: overall (over samples), per category and per language, the macro average (mean of
+    the category means, as ImgEdit's overall) and GEdit-Bench's intersection subset where the data marks it. Failed
+    rows (no judgment) are listed, not averaged."""
+    scored = [r for r in rows if not r.get("error")]
+    failed = [{"id": r["id"], "error": r["error"]} for r in rows if r.get("error")]
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in scored:
+        by_cat[r.get("category") or "-"].append(r)
+        by_lang[r.get("language") or "-"].append(r)
+    categories = {c: _means(rs) for c, rs in sorted(by_cat.items())}
+    overall = _means(scored)
+    keys = [k for k in overall if k != "n"]
+    macro = {k: _mean([m[k] for m in categories.values() if m.get(k) is not None]) for k in keys}
+    headline_key = HEADLINE.get(info.get("protocol") or "", (None, 1.0))[0]
+    subsets = {}
+    if any("intersection" in r for r in scored):
+        subsets["intersection"] = _means([r for r in scored if r.get("intersection")])
+    return {
+        **info,
+        "n_samples": len(rows) + len(skipped),
+        "n_scored": len(scored),
+        "headline": {"metric": headline_key, "value": overall.get(headline_key)} if headline_key else None,
+        "overall": overall,
+        "macro": macro,
+        "categories": categories,
+        "languages": {lang: _means(rs) for lang, rs in sorted(by_lang.items())},
+        "subsets": subsets,
+        "skipped": list(skipped),
+        "failed": failed,
+    }
+
+
+__all__ = [
+    "HEADLINE",
+    "LOWER_IS_BETTER",
+    "ROWS",
+    "SETTINGS",
+    "SUMMARY",
+    "file_stem",
+    "read_rows",
+    "summarize",
+]
