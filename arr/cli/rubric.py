@@ -125,7 +125,7 @@ def _judge_reachable():
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from arr.evaluation.preference import load_pairs
+    from arr.evaluation.preference_benchmarks import load_pairs
 
     try:
         pairs, _ties = load_pairs(args.schema, args.pairs, limit=args.limit)

@@ -567,7 +567,8 @@ class FlowMatchingPolicy(ABC):
             )
         add_adapter(config, adapter_name=adapter_name)
         for p in self.transformer.parameters():
-            if p.requires_grad:
+            # float32 LoRA on a half-precision base; float32 and float64 bases keep their own precision.
+            if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
                 p.data = p.data.float()
 
     def trainable_parameters(self) -> list[nn.Parameter]:

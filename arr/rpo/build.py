@@ -59,7 +59,14 @@ def build_policy(args: PolicyArguments, recipe: Recipe):
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot load shapes model {args.model_name_or_path!r}: {e}") from None
     try:
-        return make_policy(args.policy, model_id=args.model_name_or_path, torch_dtype=dtype, **common)
+        # A recipe is a data file: it names a registered family, never a module to import.
+        return make_policy(
+            args.policy,
+            allow_import_path=False,
+            model_id=args.model_name_or_path,
+            torch_dtype=dtype,
+            **common,
+        )
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"cannot load policy {args.policy!r} from {args.model_name_or_path!r}: {e}"
@@ -90,7 +97,7 @@ def build_judge(args: JudgeArguments, output_dir: str):
     except BackendOptionError as e:
         raise ConfigError(str(e)) from None
     try:
-        backend = load_backend(args.judge_backend, **kwargs)
+        backend = load_backend(args.judge_backend, allow_import_path=False, **kwargs)
     except (OSError, ValueError, TypeError) as e:
         raise ConfigError(f"cannot create judge backend {args.judge_backend!r}: {e}") from None
     cache = args.judge_cache or str(Path(output_dir) / "judge_cache.sqlite")

@@ -24,7 +24,10 @@ class PolicyArguments:
     """Which diffusion policy to train."""
 
     policy: str = field(
-        default="shapes", metadata={"help": "policy family: shapes | sd3 | flux | qwen_image | module:Class"}
+        default="shapes",
+        metadata={
+            "help": "policy family: shapes | sd3 | flux | qwen_image (a registered name; Python code passes its own policy to RPOTrainer)"
+        },
     )
     model_name_or_path: str = field(
         default="t2i", metadata={"help": "a Hub id or folder; for shapes, the shipped model name (t2i, edit)"}
@@ -42,7 +45,10 @@ class PolicyArguments:
 class JudgeArguments:
     """The judge that gives the reward (and the held-out evaluation score)."""
 
-    judge_backend: str = field(default="pixel", metadata={"help": "hf | openai | pixel | module:Class"})
+    judge_backend: str = field(
+        default="pixel",
+        metadata={"help": "hf | openai | pixel (a registered name; Python code passes its own backend)"},
+    )
     judge_model: str | None = field(
         default=None, metadata={"help": "hf: model id/folder; openai: served name"}
     )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from arr.rpo.trainer import PromptRecord
+from arr.data import PromptRecord
 from arr.shapes.detect import analyze
 from arr.shapes.prompts import CATEGORIES, sample_prompts
 from arr.shapes.rubrics import geneval_correct, rubric_for_prompt
