@@ -16,3 +16,24 @@ def tiny_vlm_path(tmp_path_factory):
     from arr.testing.tiny_vlm import build_tiny_qwen2vl
 
     return build_tiny_qwen2vl(tmp_path_factory.mktemp("tiny_qwen2vl"))
+
+
+@pytest.fixture
+def reward_server():
+    """Start in-process reward servers: `reward_server(judge=None, token=None, **limits)` -> a started
+    `RewardServer` on a free 127.0.0.1 port (pixel judge by default); all are shut down after the test."""
+    from arr import RubricJudge, load_backend
+    from arr.serve import RewardServer, ServeLimits
+
+    started = []
+
+    def start(judge=None, token=None, **limits):
+        judge = judge or RubricJudge(load_backend("pixel"))
+        server = RewardServer(judge, "127.0.0.1", 0, limits=ServeLimits(**limits), token=token)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
