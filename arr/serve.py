@@ -297,11 +297,26 @@ def _chunks(sizes: Sequence[int], target: int) -> list[slice]:
 
 @dataclass
 class _Plan:
-    """A parsed request: `steps` run one after another on the judge thread, `finish` turns their results into the
-    response. Between steps the job may be cancelled (timeout, client gone, shutdown)."""
+    """A checked request, ready to judge. On the judge thread, `prepare()` decodes its images into a list of items
+    (so a request waiting in the queue holds compressed bytes, not pixels), `judge(items[part])` runs for each part in
+    turn (the job may be cancelled between parts: timeout, client gone, shutdown), and `finish` turns the parts'
+    results into the response."""
 
-    steps: list[Callable[[], Any]]
+    prepare: Callable[[], list[Any]]
+    parts: list[slice]
+    judge: Callable[[list[Any]], Any]
     finish: Callable[[list[Any]], dict[str, Any]]
+
+
+def _finish_scores(chunks: list[Any]) -> dict[str, Any]:
+    results = [r for chunk in chunks for r in chunk]
+    scores = [r.score for r in results]
+    return {
+        "scores": scores,
+        "rewards": scores,
+        "criteria": [r.criteria for r in results],
+        "errors": ["; ".join(f"{k}: {v}" for k, v in r.errors.items()) or None for r in results],
+    }
 
 
 def _plan_score(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -> _Plan:
@@ -311,24 +326,27 @@ def _plan_score(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -
         images.add(d, f"images[{i}]")
     rubrics, prompts = _rubrics_and_prompts(body, len(raw), limits)
     sources = _sources(body, len(raw), images)
-    decoded = images.decode()
-    items = [
-        ScoreItem(p, decoded[i], r, None if s is None else decoded[s])
-        for i, (p, r, s) in enumerate(zip(prompts, rubrics, sources, strict=True))
-    ]
+
+    def prepare() -> list[Any]:
+        decoded = images.decode()
+        return [
+            ScoreItem(p, decoded[i], r, None if s is None else decoded[s])
+            for i, (p, r, s) in enumerate(zip(prompts, rubrics, sources, strict=True))
+        ]
+
     parts = _chunks([len(r.criteria) for r in rubrics], CHUNK_QUESTIONS)
+    return _Plan(prepare, parts, judge.score_many, _finish_scores)
 
-    def finish(chunks: list[Any]) -> dict[str, Any]:
-        results = [r for chunk in chunks for r in chunk]
-        scores = [r.score for r in results]
-        return {
-            "scores": scores,
-            "rewards": scores,
-            "criteria": [r.criteria for r in results],
-            "errors": ["; ".join(f"{k}: {v}" for k, v in r.errors.items()) or None for r in results],
-        }
 
-    return _Plan([lambda part=part: judge.score_many(items[part]) for part in parts], finish)
+def _finish_pairs(chunks: list[Any]) -> dict[str, Any]:
+    results = [r for chunk in chunks for r in chunk]
+    return {
+        "preferred": [r.preferred for r in results],
+        "prob_a": [r.prob_a for r in results],
+        "consistent": [r.consistent for r in results],
+        "reasons": [r.reasons for r in results],
+        "errors": [r.error for r in results],
+    }
 
 
 def _plan_compare(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -> _Plan:
@@ -339,30 +357,30 @@ def _plan_compare(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits)
     for key, raw in (("images_a", raw_a), ("images_b", raw_b)):
         for i, d in enumerate(raw):
             images.add(d, f"{key}[{i}]")
-    rubrics, prompts = _rubrics_and_prompts(body, len(raw_a), limits)
-    sources = _sources(body, len(raw_a), images)
-    decoded = images.decode()
     n = len(raw_a)
-    items = [
-        PairItem(prompts[i], decoded[i], decoded[n + i], rubrics[i], None if s is None else decoded[s])
-        for i, s in enumerate(sources)
-    ]
-    parts = _chunks([2] * n, CHUNK_QUESTIONS)
+    rubrics, prompts = _rubrics_and_prompts(body, n, limits)
+    sources = _sources(body, n, images)
 
-    def finish(chunks: list[Any]) -> dict[str, Any]:
-        results = [r for chunk in chunks for r in chunk]
-        return {
-            "preferred": [r.preferred for r in results],
-            "prob_a": [r.prob_a for r in results],
-            "consistent": [r.consistent for r in results],
-            "reasons": [r.reasons for r in results],
-            "errors": [r.error for r in results],
-        }
+    def prepare() -> list[Any]:
+        decoded = images.decode()
+        return [
+            PairItem(prompts[i], decoded[i], decoded[n + i], rubrics[i], None if s is None else decoded[s])
+            for i, s in enumerate(sources)
+        ]
 
-    return _Plan([lambda part=part: judge.compare_many(items[part]) for part in parts], finish)
+    return _Plan(prepare, _chunks([2] * n, CHUNK_QUESTIONS), judge.compare_many, _finish_pairs)
 
 
-def _plan_group(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -> _Plan:
+def _finish_groups(chunks: list[Any]) -> dict[str, Any]:
+    pairs = [c.info.get("pairs", 0) for c in chunks]
+    info: dict[str, Any] = {"pairs": sum(pairs)}
+    for key in chunks[0].info:
+        if key != "pairs":  # the rates are per pair: weigh each chunk's by its pairs
+            info[key] = sum(c.info[key] * p for c, p in zip(chunks, pairs, strict=True)) / max(sum(pairs), 1)
+    return {"rewards": [r for c in chunks for r in c.rewards], "info": info}
+
+
+def _groups(body: dict[str, Any], limits: ServeLimits) -> list[list[Any]]:
     groups = _list(body, "groups")
     if not groups or not all(isinstance(g, list) and len(g) >= 2 for g in groups):
         raise RequestError("groups: expected a list of groups, each a list of >= 2 base64 images")
@@ -378,40 +396,39 @@ def _plan_group(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -
             f"groups: {total} images is over the per-request limit of {limits.max_items} (max_items); "
             "split the batch"
         )
+    return groups
+
+
+def _plan_group(judge: RubricJudge, body: dict[str, Any], limits: ServeLimits) -> _Plan:
+    groups = _groups(body, limits)
     images = _Images(limits)
     index = [[images.add(d, f"groups[{i}][{k}]") for k, d in enumerate(g)] for i, g in enumerate(groups)]
     rubrics, prompts = _rubrics_and_prompts(body, len(groups), limits)
     sources = _sources(body, len(groups), images)
-    win, lose = _number(body, "win", 1.0), _number(body, "lose", -0.1)
-    decoded = images.decode()
-    imgs = [[decoded[k] for k in g] for g in index]
-    srcs = [None if s is None else decoded[s] for s in sources]
-    reward = RubricPairwiseReward(judge, win_reward=win, lose_reward=lose)
+    reward = RubricPairwiseReward(
+        judge, win_reward=_number(body, "win", 1.0), lose_reward=_number(body, "lose", -0.1)
+    )
+
+    def prepare() -> list[Any]:
+        decoded = images.decode()
+        return [
+            (p, [decoded[k] for k in g], r, None if s is None else decoded[s])
+            for p, g, r, s in zip(prompts, index, rubrics, sources, strict=True)
+        ]
+
+    def judge_groups(items: list[Any]) -> Any:
+        p, imgs, r, s = (list(column) for column in zip(*items, strict=True))
+        return reward(prompts=p, images=imgs, rubrics=r, source_images=s)
+
     parts = _chunks([len(g) * (len(g) - 1) for g in groups], CHUNK_QUESTIONS)
-
-    def step(part: slice) -> Any:
-        return reward(
-            prompts=prompts[part], images=imgs[part], rubrics=rubrics[part], source_images=srcs[part]
-        )
-
-    def finish(chunks: list[Any]) -> dict[str, Any]:
-        pairs = [c.info.get("pairs", 0) for c in chunks]
-        info: dict[str, Any] = {"pairs": sum(pairs)}
-        for key in chunks[0].info:
-            if key != "pairs":  # the rates are per pair: weigh each chunk's by its pairs
-                info[key] = sum(c.info[key] * p for c, p in zip(chunks, pairs, strict=True)) / max(
-                    sum(pairs), 1
-                )
-        return {"rewards": [r for c in chunks for r in c.rewards], "info": info}
-
-    return _Plan([lambda part=part: step(part) for part in parts], finish)
+    return _Plan(prepare, parts, judge_groups, _finish_groups)
 
 
 # ---- the judge thread -----------------------------------------------------------------------------------------------
 
 
 class _Cancelled(Exception):
-    """A job stopped between steps: its request timed out, its client went away, or the server is stopping."""
+    """A job stopped between parts: its request timed out, its client went away, or the server is stopping."""
 
 
 @dataclass
@@ -439,7 +456,7 @@ class _JudgeWorker:
         self._jobs.put(job)
 
     def stop(self, timeout: float) -> bool:
-        """Finish the job in hand (cancelled jobs stop at their next step), then exit; True if it exited in time."""
+        """Finish the job in hand (cancelled jobs stop at their next part), then exit; True if it exited in time."""
         self._jobs.put(None)
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -452,11 +469,12 @@ class _JudgeWorker:
             self._on_start()
             start = time.perf_counter()
             try:
+                items = job.plan.prepare()
                 results = []
-                for step in job.plan.steps:
+                for part in job.plan.parts:
                     if job.cancelled.is_set():
                         raise _Cancelled()
-                    results.append(step())
+                    results.append(job.plan.judge(items[part]))
                 outcome: Any = job.plan.finish(results)
             except Exception as e:  # noqa: BLE001 - handed to the request, which answers with it
                 outcome = e
@@ -618,10 +636,13 @@ class RewardApp:
         deadline = time.monotonic() + self.limits.request_timeout
         self._admit()
         try:
-            raw = await self._read_body(request)
             loop = asyncio.get_running_loop()
             try:
-                plan = await loop.run_in_executor(self._parsers, self._parse, raw, plan_of)
+                # The body is only referenced for the parse: a request waiting for the judge holds its checked plan
+                # (compressed images), not the JSON text as well.
+                plan = await loop.run_in_executor(
+                    self._parsers, self._parse, await self._read_body(request), plan_of
+                )
             except RequestError as e:
                 with self._count:
                     self.rejected["bad_request"] += 1
@@ -688,7 +709,7 @@ class RewardApp:
                     {job.future, gone}, timeout=min(max(wait, 0), 0.5), return_when=asyncio.FIRST_COMPLETED
                 )
         finally:
-            # Answered, timed out, client gone or server stopping: a job still running stops at its next step.
+            # Answered, timed out, client gone or server stopping: a job still running stops at its next part.
             job.cancelled.set()
             gone.cancel()
         if job.future in done:

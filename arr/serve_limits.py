@@ -17,11 +17,13 @@ class ServeLimits:
     """What one request may ask of the server, and how long anything may take. Every limit is checked before any
     image is decoded or any question asked; a request over a limit gets HTTP 400 (413 for the body) naming it.
 
-    Memory is bounded by about `max_queue * (max_body_bytes + 3 * max_pixels)` bytes, bodies plus decoded RGB
-    images: 1.8 GB with the defaults, which fit a batch of 64 images of 512x512 or 16 of 1024x1024 per request.
+    Memory: a request waiting for the judge holds its compressed images (under `max_body_bytes`); only the request
+    being judged holds decoded pixels (3 bytes each). So the server needs about `max_queue * max_body_bytes +
+    3 * max_pixels` bytes at most: 2 GB with the defaults, which take a batch of 64 images of 512x512 (or 16 of
+    1024x1024) per request and 64 requests at once.
     """
 
-    max_body_bytes: int = field(default=64 * 1024 * 1024, metadata={"help": "bytes of one request body"})
+    max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={"help": "bytes of one request body"})
     max_items: int = field(
         default=1024, metadata={"help": "images (or pairs) per request; for /group, images over all groups"}
     )
@@ -38,7 +40,7 @@ class ServeLimits:
     )
     max_json_depth: int = field(default=32, metadata={"help": "nesting depth of the JSON body"})
     max_queue: int = field(
-        default=16,
+        default=64,
         metadata={
             "help": "requests in the server at once (read, waiting or judged); more get 503 + Retry-After"
         },
