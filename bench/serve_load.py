@@ -17,7 +17,7 @@ so PYTHONPATH picks the server's code, then measures:
 
 Bounded in count (`--clients` <= 1000) and time (`--timeout` per request, `--deadline` for the whole run). Writes
 JSON to bench/results/serve_load_<label>.json. Latencies on a shared machine are noisy: compare the two servers
-within one session, and the counts (lost requests) before the times.
+one after another on one machine, and the counts (lost requests) before the times.
 """
 
 from __future__ import annotations
