@@ -222,3 +222,16 @@ def test_sigterm_during_a_long_batch_exits_by_the_deadline(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_load_bench_runs_and_loses_nothing(tmp_path):
+    out = tmp_path / "serve_load.json"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "bench/serve_load.py", "--label", "t", "--clients", "20", "--long-groups", "1",
+           "--long-group-size", "6", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert row["server_code"] == str(REPO / "arr" / "__init__.py")
+    assert row["burst"]["answered"] == {"200": 20} and row["burst"]["lost_total"] == 0
+    assert row["health_during_long_request"]["long_request_status"] == 200 and row["server_exit_code"] == 0
