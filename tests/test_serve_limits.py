@@ -224,3 +224,30 @@ def test_judge_errors_become_one_line_answers(reward_server, error, status):
         url + "/score", {"images": [encode_image(grey(9))], "rubric": RUBRIC, "sources": ["%%%"]}
     )
     assert got == 400 and answer["error"] == "sources[0]: not valid base64"
+
+
+def test_the_command_line_checks_limits_and_the_token_variable(capsys, monkeypatch):
+    from arr.cli import main
+
+    monkeypatch.delenv("ARR_TEST_NO_SUCH_TOKEN", raising=False)
+    assert main(["serve", "--port", "0", "--token-env", "ARR_TEST_NO_SUCH_TOKEN"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "arr serve: error: --token-env ARR_TEST_NO_SUCH_TOKEN: that environment variable is not set or empty"
+    )
+    assert main(["serve", "--port", "0", "--max-queue", "0"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "arr serve: error: --max-queue must be a positive finite number, got 0"
+    )
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in (
+        "--token-env",
+        "--max-pixels",
+        "--max-group-size",
+        "--request-timeout",
+        "--shutdown-timeout",
+    ):
+        assert flag in help_text
