@@ -149,7 +149,9 @@ class RubricJudge:
         verdicts = self._cached(
             queries,
             kind="pair",
-            key_of=lambda q: self._key("pair", q.prompt, q.rubric, list(q.images), q.source),
+            key_of=lambda keys, q: keys.key(
+                kind="pair", rubric=q.rubric, prompt=q.prompt, images=q.images, source=q.source
+            ),
             ask=self.backend.judge_pairs,
             encode=lambda v: {"prob_first": v.prob_first, "reason": v.reason, "raw": v.raw},
             decode=lambda d: PairVerdict(d["prob_first"], d.get("reason", ""), d.get("raw", "")),
@@ -191,7 +193,14 @@ class RubricJudge:
         verdicts = self._cached(
             queries,
             kind="criterion",
-            key_of=lambda q: self._key("criterion", q.prompt, q.rubric, [q.image], q.source, q.criterion.id),
+            key_of=lambda keys, q: keys.key(
+                kind="criterion",
+                rubric=q.rubric,
+                prompt=q.prompt,
+                images=[q.image],
+                source=q.source,
+                criterion_id=q.criterion.id,
+            ),
             ask=self.backend.judge_criteria,
             encode=lambda v: {"prob_yes": v.prob_yes, "reason": v.reason, "raw": v.raw},
             decode=lambda d: CriterionVerdict(d["prob_yes"], d.get("reason", ""), d.get("raw", "")),
@@ -247,34 +256,20 @@ class RubricJudge:
 
     # ---- caching --------------------------------------------------------------------------------------------
 
-    def _key(
-        self,
-        kind: str,
-        prompt: str,
-        rubric: Rubric,
-        images: list[Image.Image],
-        source: Image.Image | None,
-        criterion_id: str | None = None,
-    ) -> str:
-        from arr.cache import judgment_key
-
-        return judgment_key(
-            kind=kind,
-            backend_fingerprint=self.backend.fingerprint(),
-            rubric=rubric,
-            prompt=prompt,
-            images=images,
-            source=source,
-            criterion_id=criterion_id,
-        )
-
     def _cached(self, queries, *, kind, key_of, ask, encode, decode, failed):
-        """Serve what the cache holds, ask the backend for the rest in one batch, store the successes."""
+        """Serve what the cache holds, ask the backend for the rest in one batch, store the successes.
+
+        `key_of(key_maker, query)` gives a query's cache key; one `JudgmentKeys` serves the whole batch, so each
+        rubric and image is hashed once however many questions share it.
+        """
         results: list[Any] = [None] * len(queries)
         todo = list(range(len(queries)))
         keys: list[str] = []
         if self.cache is not None and queries:
-            keys = [key_of(q) for q in queries]
+            from arr.cache import JudgmentKeys
+
+            key_maker = JudgmentKeys(self.backend.fingerprint())
+            keys = [key_of(key_maker, q) for q in queries]
             hits = self.cache.get_many(keys)
             todo = []
             for i, k in enumerate(keys):

@@ -386,3 +386,24 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def reward_server():
+    """Start in-process reward servers: `reward_server(judge=None, token=None, **limits)` -> a started
+    `RewardServer` on a free 127.0.0.1 port (pixel judge by default); all are shut down after the test."""
+    from arr import RubricJudge, load_backend
+    from arr.serve import RewardServer, ServeLimits
+
+    started = []
+
+    def start(judge=None, token=None, **limits):
+        judge = judge or RubricJudge(load_backend("pixel"))
+        server = RewardServer(judge, "127.0.0.1", 0, limits=ServeLimits(**limits), token=token)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()

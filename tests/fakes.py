@@ -90,3 +90,33 @@ def gedit_answers(request) -> str:
     if len(request.images) == 2:  # SC: Image BASE and the edit
         return 'Sure. {"success": 8, "overediting": 6, "reason": "mostly right"}'
     return '```json\n{"naturalness": 9, "artifacts": 7, "reason": "clean"}\n```'
+
+
+class GatedBackend(BrightnessBackend):
+    """BrightnessBackend that waits for `gate` (a threading.Event) before answering each batch, so a test can hold
+    a request in the judge for as long as it needs; `entered` is set once a batch is waiting."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def judge_criteria(self, queries):
+        self.entered.set()
+        self.gate.wait(60)
+        self.batches.append(len(queries))
+        return super().judge_criteria(queries)
+
+
+class SlowBackend(BrightnessBackend):
+    """BrightnessBackend that takes 50 ms per question: a long batch for server process tests (`--backend
+    tests.fakes:SlowBackend`)."""
+
+    def judge_criteria(self, queries):
+        import time
+
+        time.sleep(0.05 * len(queries))
+        return super().judge_criteria(queries)

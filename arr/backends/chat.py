@@ -24,7 +24,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from string import Template
@@ -497,6 +497,41 @@ def criterion_verdict(
     )
 
 
+# ---- secrets -----------------------------------------------------------------------------------------------------
+
+# A run of this many characters of a secret counts as a leak: a server that cuts its own message (or ours) mid-key
+# must not let the first 16 of 17 characters through. Eight random key characters never occur by chance in text.
+_MIN_SECRET_FRAGMENT = 8
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every piece of `secret` replaced by `***`: the whole secret, and any run of at least 8 of its
+    characters (a key cut off by a truncation, here or on the server). Redact before shortening a message."""
+    if not secret or not text:
+        return text
+    n = min(_MIN_SECRET_FRAGMENT, len(secret))
+    spans = []  # (start, end) of every occurrence of every n-character piece of the secret
+    for piece in {secret[i : i + n] for i in range(len(secret) - n + 1)}:
+        i = text.find(piece)
+        while i >= 0:
+            spans.append((i, i + n))
+            i = text.find(piece, i + 1)
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0  # text[:pos] is written
+    for start, end in sorted(spans):
+        if start > pos:
+            out.append(text[pos:start])
+        elif out and out[-1] == "***":
+            pos = max(pos, end)  # overlaps or touches the run just redacted
+            continue
+        out.append("***")
+        pos = max(pos, end)
+    out.append(text[pos:])
+    return "".join(out)
+
+
 # ---- the base class ---------------------------------------------------------------------------------------------
 
 
@@ -523,6 +558,13 @@ class ChatBackend(ABC):
     def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         """Answer every request, in order; failures are results with `error`, not exceptions."""
 
+    def _secret(self) -> str | None:
+        """A credential that must never leave the backend (an API key); None where there is none."""
+        return None
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secret())
+
     def _ask(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         if not requests:
             return []
@@ -531,6 +573,17 @@ class ChatBackend(ABC):
             raise RuntimeError(
                 f"{type(self).__name__}._chat returned {len(results)} results for {len(requests)} requests"
             )
+        if self._secret():
+            # Every string a verdict is made from (its text, reason, raw answer and error) passes through here, so
+            # a key that a server or model echoes back never reaches errors, caches, logs or reports.
+            results = [
+                replace(
+                    r,
+                    text=None if r.text is None else self._redact(r.text),
+                    error=None if r.error is None else self._redact(r.error),
+                )
+                for r in results
+            ]
         if all(r.unreachable for r in results):
             raise JudgeUnavailableError(
                 f"judge backend {self.name!r} unreachable: all {len(results)} requests failed ({results[0].error})"
