@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from arr.cli.common import CLIError, add_backend_options, backend_from_args
+from arr.cli.common import CLIError, add_backend_options, judge_from_args
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -68,11 +68,10 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM / SIGINT; the first stderr line says where (the port matters with --port 0)."""
-    from arr.judge import RubricJudge
     from arr.serve import RewardServer
 
     limits, token = _limits(args), _token(args)
-    judge = RubricJudge(backend_from_args(args), cache=args.cache, swap=not args.no_swap)
+    judge = judge_from_args(args, swap=not args.no_swap)
     try:
         server = RewardServer(judge, args.host, args.port, limits=limits, token=token)
     except OSError as e:
