@@ -142,6 +142,28 @@ def faulty_judge_server():
         yield server
 
 
+# ---- the CLI in a child process ------------------------------------------------------------------------------------
+
+# A few steps of the demo recipe: enough to write every file of a run directory.
+TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts", "4", "--num_train_prompts", "8",
+            "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none", "--align_every", "0"]  # fmt: skip
+
+
+def run_arr(*args, cwd: Path | None = None):
+    """`python -m arr ARGS...` in a child process, as users run it (not a launched rank)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "arr", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
 # ---- RPO on a tiny shapes policy ---------------------------------------------------------------------------------
 
 # metrics.jsonl fields that measure the machine, not the run: left out when two runs must agree.
@@ -162,12 +184,21 @@ def tiny_shapes_config():
     )
 
 
-def tiny_policy(**kw):
-    """A randomly initialised (seed 0) tiny shapes policy, sampled with 3 steps."""
+def tiny_policy(dtype=None, **kw):
+    """A randomly initialised (seed 0) tiny shapes policy, sampled with 3 steps. In float64 it comes with a float64
+    LoRA (r4/alpha8, as `make_args`, initialised as the trainer would), so that two runs can be compared to ~1e-9."""
+    import torch
+
     from arr.policies.shapes import ShapesPolicy
+    from arr.rpo.seeds import LORA_INIT_SALT, seed_for
     from arr.shapes.models import build_t2i_model
 
-    return ShapesPolicy(build_t2i_model(tiny_shapes_config(), seed=0), num_steps=3, **kw)
+    model = build_t2i_model(tiny_shapes_config(), seed=0)
+    policy = ShapesPolicy(model.to(dtype) if dtype is not None else model, num_steps=3, **kw)
+    if dtype == torch.float64:
+        torch.manual_seed(seed_for(0, LORA_INIT_SALT))
+        policy.add_lora(4, 8)
+    return policy
 
 
 def brightness(images) -> float:
