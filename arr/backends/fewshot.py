@@ -30,6 +30,7 @@ from PIL import Image
 
 from arr.backends.base import CriterionQuery, CriterionVerdict, PairQuery, PairVerdict
 from arr.backends.chat import (
+    CANNOT_ASSESS_ANSWER,
     ChatBackend,
     ChatRequest,
     criterion_verdict,
@@ -44,11 +45,12 @@ __all__ = ["CriterionExample", "FewShotBackend", "PairExample", "RatingExample"]
 
 @dataclass(frozen=True)
 class CriterionExample:
-    """A per-criterion example: does `criterion` hold for `image` (generated for `prompt`)?"""
+    """A per-criterion example: does `criterion` hold for `image` (generated for `prompt`)? `holds=None` shows
+    the cannot-assess answer ("unknown"): the image cannot show it."""
 
     image: Image.Image
     criterion: str
-    holds: bool
+    holds: bool | None
     reason: str = ""
     prompt: str = ""
 
@@ -150,7 +152,8 @@ class FewShotBackend:
         request = render_criterion(
             CriterionQuery(e.prompt, e.image, Rubric(e.prompt, [criterion]), criterion)
         )
-        answer = ("yes" if e.holds else "no") + (f": {e.reason}" if e.reason else "")
+        word = CANNOT_ASSESS_ANSWER if e.holds is None else "yes" if e.holds else "no"
+        answer = word + (f": {e.reason}" if e.reason else "")
         return _turns(request.messages[-1], answer)
 
     @staticmethod
