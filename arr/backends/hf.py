@@ -83,11 +83,30 @@ def _weights_stamp(path: str) -> str:
     return h.hexdigest()[:12]
 
 
+def _shipped_judge(name: str) -> tuple[str, Any] | None:
+    """(folder, processor) of arr's shapes judge (by its name "shapes-judge", or a folder it was saved to), else None.
+
+    Its processor is arr's own class, built here rather than through `AutoProcessor`, so loading it runs no code
+    from the model folder."""
+    from arr.shapes.judge_model import load_judge_processor, resolve_judge
+
+    folder = resolve_judge(name)
+    if folder is None:
+        return None
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"judge model {name!r} is not installed (no {folder / 'config.json'}); train one with "
+            "`arr shapes pretrain-judge` and export it there"
+        )
+    return str(folder), load_judge_processor(folder)
+
+
 class HFBackend(ChatBackend):
     """A transformers VLM (any `AutoModelForImageTextToText` with a chat template) as a judge.
 
     Args:
-        model: a Hub id or local folder, or an already loaded `PreTrainedModel` (then `processor` is required).
+        model: a Hub id or local folder, "shapes-judge" (the shapes world's judge shipped with arr), or an already
+            loaded `PreTrainedModel` (then `processor` is required).
         processor: the model's processor; loaded from `model` when None.
         dtype: "auto" (bf16 on CUDA, float32 on CPU), a torch dtype or its name.
         device: "auto", "cpu", "cuda", "cuda:1", ... (ignored for an already loaded model).
@@ -138,11 +157,15 @@ class HFBackend(ChatBackend):
             self.dtype = model.dtype
         elif isinstance(model, (str, Path)):
             self.model_name = str(model)
+            path = self.model_name
+            shipped = _shipped_judge(self.model_name)
+            if shipped is not None:
+                path, processor = shipped
             self.device = _resolve_device(device)
             self.dtype = _resolve_dtype(dtype, self.device)
             try:
                 self.model = AutoModelForImageTextToText.from_pretrained(
-                    self.model_name,
+                    path,
                     dtype=self.dtype,
                     use_safetensors=True,
                     trust_remote_code=trust_remote_code,
@@ -175,7 +198,7 @@ class HFBackend(ChatBackend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._stamp = _weights_stamp(self.model_name)
+        self._stamp = _weights_stamp(path if isinstance(model, (str, Path)) else self.model_name)
         self._choice_ids: dict[tuple[str, ...], tuple[list[int], ...]] = {}
         self._torch = torch
 

@@ -3,6 +3,7 @@
 arr shapes sample "a red circle and a blue square" --n 8 --out grid.png
 arr shapes edit examples/source.png "make the red circle green" --n 8 --out edits.png
 arr shapes pretrain --task t2i --out DIR --steps 3500
+arr shapes pretrain-judge --out DIR --steps 6000
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
         forward=True,  # arr.shapes.pretrain has its own parser, `--help` included
     )
     t.set_defaults(run=_run_pretrain)
+
+    j = ssub.add_parser(
+        "pretrain-judge",
+        help="pretrain the shapes VLM judge on pixel-judge labels (see `arr shapes pretrain-judge --help`)",
+        add_help=False,
+        forward=True,  # arr.shapes.pretrain_judge has its own parser, `--help` included
+    )
+    j.set_defaults(run=_run_pretrain_judge)
 
 
 def _common(p: argparse.ArgumentParser, default_policy: str = "t2i") -> None:
@@ -274,12 +283,22 @@ def _run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashed(forwarded: list[str]) -> list[str]:
+    """Options as the forwarded parsers declare them (--batch-size); `--batch_size` works too, as everywhere."""
+    argv = []
+    for arg in forwarded:
+        name, eq, value = arg.partition("=")
+        argv.append(name.replace("_", "-") + eq + value if name.startswith("--") else arg)
+    return argv
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
     from arr.shapes.pretrain import main
 
-    # Its parser declares dashed options (--batch-size); `--batch_size` works too, as everywhere in `arr`.
-    argv = []
-    for arg in args.forwarded:
-        name, eq, value = arg.partition("=")
-        argv.append(name.replace("_", "-") + eq + value if name.startswith("--") else arg)
-    return main(argv)
+    return main(_dashed(args.forwarded))
+
+
+def _run_pretrain_judge(args: argparse.Namespace) -> int:
+    from arr.shapes.pretrain_judge import main
+
+    return main(_dashed(args.forwarded))
