@@ -3,6 +3,7 @@
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
 arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
+arr demo --judge vlm          # the same with the shipped VLM judge (shapes-judge) instead of the pixel judge
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from arr.cli.common import shorten, writable_dir
 
 DEMO_RECIPE = "shapes_t2i_rpo.yaml"
+# The demo judged by the shipped VLM judge; the exact pixel judge still evaluates (and monitors) it.
+DEMO_RECIPES = {"pixel": DEMO_RECIPE, "vlm": "shapes_t2i_rpo_vlm.yaml"}
 
 
 def register_train(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -28,6 +31,13 @@ def register_demo(sub: argparse._SubParsersAction, name: str, help: str) -> None
     p = sub.add_parser(name, help=help, description=help)
     p.add_argument("--output-dir", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument(
+        "--judge",
+        choices=sorted(DEMO_RECIPES),
+        default="pixel",
+        help="the training judge: the exact pixel judge, or the shipped VLM judge (shapes-judge) with its own "
+        "recipe; both are evaluated by the pixel judge on the same held-out prompts (default: pixel)",
+    )
+    p.add_argument(
         "--num-processes",
         default="auto",
         help="CPU ranks to train with (default: auto, one per usable core, at most 8, dividing prompts_per_step)",
@@ -36,8 +46,8 @@ def register_demo(sub: argparse._SubParsersAction, name: str, help: str) -> None
     p.set_defaults(run=_run_demo, passthrough=True, overrides=[])
 
 
-def demo_recipe_path() -> Path:
-    return Path(str(resources.files("arr.recipes").joinpath(DEMO_RECIPE)))
+def demo_recipe_path(judge: str = "pixel") -> Path:
+    return Path(str(resources.files("arr.recipes").joinpath(DEMO_RECIPES[judge])))
 
 
 class _OneSpellingFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -87,7 +97,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from arr.rpo.launch import launch_cpu_processes, launched_as_a_rank
     from arr.rpo.recipe import parse_recipe
 
-    argv = [str(demo_recipe_path()), "--output_dir", args.output_dir, *args.overrides]
+    argv = [str(demo_recipe_path(args.judge)), "--output_dir", args.output_dir, *args.overrides]
     if launched_as_a_rank():
         return _train(argv, demo=True)
     try:
@@ -100,7 +110,17 @@ def _run_demo(args: argparse.Namespace) -> int:
         return _train(argv, demo=True)
     print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
     return launch_cpu_processes(
-        n, ["demo", "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
+        n,
+        [
+            "demo",
+            "--judge",
+            args.judge,
+            "--output_dir",
+            args.output_dir,
+            "--num_processes",
+            str(n),
+            *args.overrides,
+        ],
     )
 
 

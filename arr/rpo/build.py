@@ -186,6 +186,21 @@ def build_data(args: DataArguments, recipe: Recipe) -> tuple[list[PromptRecord],
     return train, evals, None
 
 
+def build_monitor(judge, recipe: Recipe):
+    """The training-sample monitor of `monitor_steps`: in the shapes worlds, the pixel judge beside the training
+    judge's own score (`arr.shapes.training.sample_monitor`); None when off or for other datasets."""
+    if not recipe.rpo.monitor_steps:
+        return None
+    if recipe.data.dataset not in ("shapes", "shapes_edit"):
+        raise ConfigError(
+            f"monitor_steps needs an exact judge to compare with, which only the shapes worlds have (dataset: "
+            f"shapes or shapes_edit), not {recipe.data.dataset!r}; set monitor_steps: 0"
+        )
+    from arr.shapes.training import sample_monitor
+
+    return sample_monitor(judge)
+
+
 def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     from arr.rpo.report import ReportCallback
 
@@ -210,6 +225,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
         train_dataset=train,
         eval_dataset=evals,
         evaluator=evaluator,
+        monitor=build_monitor(judge, recipe),
         callbacks=[ReportCallback(), *callbacks],
         lora_target_modules=targets or None,
         run_config=recipe.to_dict(),

@@ -147,6 +147,10 @@ class RPOConfig:
             Held-out prompts per evaluation.
         eval_num_sampling_steps (`int`, *optional*, defaults to `20`):
             ODE steps of the evaluation samples.
+        monitor_steps (`int`, *optional*, defaults to `0`):
+            Every N steps, score one training sample per group with the run's monitor (in the shapes world: the
+            exact pixel judge and the training judge's own pointwise score) and log them as `train/<metric>`. With a
+            learned judge, reward hacking shows as the judge's score rising while the exact score does not. 0: off.
         logging_steps (`int`, *optional*, defaults to `1`):
             Write a metrics row every N steps (and at every evaluation).
         sample_steps (`int`, *optional*, defaults to `50`):
@@ -333,6 +337,13 @@ class RPOConfig:
     )
     eval_num_prompts: int = field(default=64, metadata={"help": "held-out prompts per evaluation"})
     eval_num_sampling_steps: int = field(default=20, metadata={"help": "ODE steps for evaluation samples"})
+    monitor_steps: int = field(
+        default=0,
+        metadata={
+            "help": "every N steps, score one training sample per group with the exact judge and the training "
+            "judge (train/<metric>), to catch reward hacking; 0: off"
+        },
+    )
     logging_steps: int = field(default=1, metadata={"help": "write metrics every N steps"})
     sample_steps: int = field(default=50, metadata={"help": "save a grid of training samples every N steps"})
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (and on SIGTERM/SIGINT)"})
@@ -467,6 +478,8 @@ class RPOConfig:
             self._fail("eval_steps", "must be >= 0", "use 0 to evaluate only at the start and the end")
         if self.eval_num_sampling_steps < 1:
             self._fail("eval_num_sampling_steps", "must be positive", "e.g. 20")
+        if self.monitor_steps < 0:
+            self._fail("monitor_steps", "must be >= 0", "use 0 to switch the training-sample monitor off")
         if self.save_total_limit < 1:
             self._fail("save_total_limit", "must be >= 1 (the newest checkpoint is always kept)", "e.g. 3")
 

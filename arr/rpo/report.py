@@ -74,6 +74,14 @@ def write_report(trainer: RPOTrainer, first_eval=None, first_step: int | None = 
         plots.append(html.svg_line_plot({"tie_rate": _series(rows, "reward/tie_rate")}, "Judge tie rate"))
     else:
         plots.append(html.svg_line_plot({"reward_mean": rewards}, "Training reward (mean)"))
+    monitored = sorted({k for r in rows for k in r if k.startswith("train/")})
+    if monitored:
+        plots.append(
+            html.svg_line_plot(
+                {k[6:]: _series(rows, k) for k in monitored},
+                "Training samples: the training judge's score and the exact judge's",
+            )
+        )
     plots.append(html.svg_line_plot({"kl": _series(rows, "kl")}, "KL to reference"))
     if _series(rows, "ratio_mean"):  # the forward objective has no ratio to clip
         plots.append(

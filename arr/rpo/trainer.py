@@ -97,6 +97,8 @@ class RPOTrainer:
         train_dataset: rows with "prompt" and "rubric" (and "category", "source_image" for editing).
         eval_dataset: held-out rows; evaluated with `evaluator` every `eval_steps`.
         evaluator: (records, images) -> metrics with "eval_score"; defaults to the reward's judge pointwise score.
+        monitor: (records, images) -> metrics of training samples (one per group), every `args.monitor_steps`
+            steps, logged as `train/<metric>`; e.g. an exact judge beside the training judge, to catch reward hacking.
         callbacks: `TrainerCallback`s.
         lora_target_modules: LoRA target names (default: the policy's).
         accelerator: an `accelerate.Accelerator` (created from `args` when None).
@@ -113,6 +115,7 @@ class RPOTrainer:
         train_dataset: Sequence[Any],
         eval_dataset: Sequence[Any] | None = None,
         evaluator: Evaluator | None = None,
+        monitor: Evaluator | None = None,
         callbacks: Sequence[TrainerCallback] = (),
         lora_target_modules: Sequence[str] | None = None,
         accelerator: Any = None,
@@ -134,6 +137,7 @@ class RPOTrainer:
         if not self.train_records:
             raise ConfigError("train_dataset is empty: RPO needs prompts with rubrics")
         self.evaluator = evaluator or self._default_evaluator
+        self.monitor = monitor
         self.callbacks = list(callbacks)
         self.run_config = run_config or {"rpo": args.to_dict()}
         self.output_dir = Path(args.output_dir)
@@ -706,7 +710,27 @@ class RPOTrainer:
             "optimize_seconds": t3 - t2,
         }
         row.update({f"reward/{k}": v for k, v in self._batch_reward_info(info, len(rewards)).items()})
+        if self.monitor is not None and args.monitor_steps and (self.step + 1) % args.monitor_steps == 0:
+            t = time.perf_counter()
+            row.update(self._monitor_samples(rollout))
+            self.phase_seconds["monitor"] = self.phase_seconds.get("monitor", 0.0) + time.perf_counter() - t
         return row
+
+    def _monitor_samples(self, rollout: Rollout) -> dict[str, float]:
+        """The monitor's metrics of this step's training samples (the first of each group), over all ranks."""
+        g = rollout.group_size
+        images = [rollout.images[i * g] for i in range(len(rollout.records))]
+        metrics = self.monitor(rollout.records, images) if images else {}
+        numbers = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+        }
+        parts = [(float(len(images)), numbers)]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object(parts)
+        merged = _merge_infos([nums for _, nums in parts], [w for w, _ in parts])
+        return {f"train/{k}": v for k, v in merged.items()}
 
     def _sample_and_judge_or_stop(self) -> tuple[Rollout, list[float | None], dict[str, Any], float]:
         """`sample_and_judge`, except that an unreachable judge server stops training with a checkpoint: the work

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -129,3 +130,35 @@ def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image
     }
     out.update(per_cat)
     return out
+
+
+def sample_monitor(judge: Any) -> Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]:
+    """A monitor of training samples (`RPOConfig.monitor_steps`): the exact pixel judge's rubric score and strict
+    accuracy beside `judge`'s own pointwise rubric score (a `RubricJudge`, e.g. the learned VLM that gives the reward).
+
+    If a policy games a learned judge, `judge_score` rises while `pixel_score` does not; when the reward is sound,
+    both rise together.
+    """
+    from arr.backends.pixel import PixelBackend
+    from arr.judge import ScoreItem
+
+    pixel = PixelBackend()
+
+    def monitor(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, float]:
+        pixel_scores = [
+            pixel.score_image(im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)
+        ]
+        out = {"pixel_score": sum(pixel_scores) / max(len(pixel_scores), 1)}
+        specs = [r.extra.get("spec") for r in records]
+        if all(s is not None for s in specs):
+            correct = [geneval_correct(s, analyze(im)) for s, im in zip(specs, images, strict=True)]
+            out["pixel_accuracy"] = sum(correct) / max(len(correct), 1)
+        judged = judge.score_many(
+            [ScoreItem(r.prompt, im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)]
+        )
+        scores = [j.score for j in judged if j.score is not None]
+        if scores:
+            out["judge_score"] = sum(scores) / len(scores)
+        return out
+
+    return monitor
