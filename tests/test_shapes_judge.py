@@ -101,8 +101,12 @@ def test_questions_carry_the_pixel_judges_verdicts():
                 v = pixel.judge_pairs([rubric_q.query])[0]
                 assert rubric_q.label == v.prob_first
                 rank = json.loads(rubric_q.answer)["rank"]
-                expected = {1.0: [[1, 2]], 0.0: [[2, 1]], 0.5: [[1, 1], [2, 2]]}[rubric_q.label]
-                assert rank in expected
+                both_right = (
+                    pixel.score_image(rubric_q.query.images[0], rubric_q.query.rubric, rubric_q.query.source)
+                    == 1.0
+                )
+                tie = [1, 1] if both_right else [2, 2]
+                assert rank == {1.0: [1, 2], 0.0: [2, 1], 0.5: tie}[rubric_q.label]
 
 
 def test_shared_prefix_batches_equal_full_passes(tiny_judge):

@@ -7,7 +7,8 @@ very text the hf and openai backends send), so the judge learns the questions it
 - `pair_t2i` / `pair_edit`: which of two images (edits) is better, as `{"rank": [r1, r2], "reason": ...}`, asked
   twice per pair: with the prompt's rubric and plainly, without one ("- (no criteria: judge by the prompt alone)",
   as `PlainJudgeReward` asks). Both are labelled by the pixel judge's rubric score; equal scores are a tie, answered
-  [1, 1] or [2, 2] at random, so that a tie leaves the first rank digit at even odds.
+  [1, 1] when both images satisfy the whole rubric and [2, 2] when both fall short (the release's rank rewards
+  tell these apart).
 
 Images are what the judge meets while training policies: the shipped models' own samples at the RPO recipes'
 settings (`SamplePool`, drawn once per split), exact renders of scenes that satisfy the prompt (the edit), the
@@ -351,8 +352,8 @@ class QuestionFactory:
             rank, label = [1, 2], 1.0
         elif first.score < second.score:
             rank, label = [2, 1], 0.0
-        else:
-            rank, label = ([1, 1] if rng.random() < 0.5 else [2, 2]), 0.5
+        else:  # equal ranks, as the template asks: [1, 1] when both are right, [2, 2] when both fall short
+            rank, label = ([1, 1] if first.score == 1.0 else [2, 2]), 0.5
         reason = _pair_reason(item.rubric, first, second, plain, edit=task == "edit")
         return Question(
             kind=f"pair_{task}",
