@@ -7,7 +7,9 @@ for `RPOTrainer` subclass `GroupReward`, which also reports the judge's cost cou
 
 - `RubricPairwiseReward`: RPO's reward. Every pair in a group is judged (both orders when the judge swaps);
   a sample's reward is its mean pairwise outcome: +win for a win, lose (-0.1 in the paper) for a loss, 0 for a
-  tie. With G = 2 this is exactly the paper's winner +1.0 / loser -0.1; ties give zero advantage.
+  tie. With G = 2 this is exactly the paper's winner +1.0 / loser -0.1; ties give zero advantage. With
+  `mapping="rank"` the group's ranks are mapped instead, as the authors' release does (`rank_rewards`): a pair
+  the judge ranks [1, 1] gives both +1, one it ranks [2, 2] both -0.1.
 - `RubricPointwiseReward`: rubric scores in [0, 1] per sample (normalise within the group for GRPO).
 - `RubricReward`, `RubricPairReward`: the same judgments as TRL reward functions (flat lists, one value per
   completion), for `trl.GRPOTrainer(reward_funcs=[...])` with policies whose completions are or describe images.
@@ -23,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from arr.backends.chat import stated_ranks
 from arr.judge import PairItem, RubricJudge, ScoreItem
 from arr.rubrics import Rubric, as_rubric
 
@@ -107,13 +110,69 @@ def pairwise_outcome_rewards(
     return [totals[k] / counts[k] if counts[k] else None for k in range(group_size)]
 
 
-class RubricPairwiseReward(GroupReward):
-    """RPO's pairwise rubric reward (see the module docstring)."""
+def rank_rewards(ranks: Sequence[float], win: float = 1.0, lose: float = -0.1) -> list[float]:
+    """The release's mapping of a group's ranks (1 = best) to rewards: `win` for rank 1, `lose` for the worst rank,
+    linear between (1 - 1.1 (rank - 1) / (worst - 1) with the paper's +1 / -0.1); every rank 1 gives all `win`."""
+    worst = max(ranks)
+    if worst <= 1:
+        return [win] * len(ranks)
+    fractions = [(r - 1) / (worst - 1) for r in ranks]  # 0 for the best, 1 for the worst
+    return [win * (1 - f) + lose * f for f in fractions]
 
-    def __init__(self, judge: RubricJudge, win_reward: float = 1.0, lose_reward: float = -0.1) -> None:
+
+def pairwise_ranks(
+    group_size: int,
+    outcomes: dict[tuple[int, int], int | None | str],
+    tie_ranks: tuple[float, float] | None = None,
+) -> list[float | None]:
+    """A group's ranks (1 = best, equal wins share a rank) from the outcomes of its pairs (`pairwise_outcome_rewards`'
+    encoding); a sample whose every pair failed gets None.
+
+    For a pair (G = 2) that tied, `tie_ranks` are the ranks the judge stated ([1, 1] or [2, 2]); without them a tie
+    is [1, 1]. Larger groups rank by wins over the group (a tie counts half to each)."""
+    wins = [0.0] * group_size
+    counts = [0] * group_size
+    for (i, j), out in outcomes.items():
+        if out == "failed":
+            continue
+        counts[i] += 1
+        counts[j] += 1
+        if out == 0:
+            wins[i] += 1.0
+        elif out == 1:
+            wins[j] += 1.0
+        else:
+            wins[i] += 0.5
+            wins[j] += 0.5
+    if group_size == 2 and counts[0] and outcomes.get((0, 1)) is None:
+        r = tie_ranks if tie_ranks is not None and tie_ranks[0] == tie_ranks[1] else (1.0, 1.0)
+        return [float(r[0]), float(r[1])]
+    judged = [k for k in range(group_size) if counts[k]]
+    return [
+        float(1 + sum(wins[m] > wins[k] for m in judged)) if counts[k] else None for k in range(group_size)
+    ]
+
+
+class RubricPairwiseReward(GroupReward):
+    """RPO's pairwise rubric reward (see the module docstring).
+
+    `mapping`: "win_rate" (a sample's mean outcome over its pairs, ties 0) or "rank" (the release: the group's
+    ranks through `rank_rewards`). The release judged each pair once, in one order (`RubricJudge(swap=False)`).
+    """
+
+    def __init__(
+        self,
+        judge: RubricJudge,
+        win_reward: float = 1.0,
+        lose_reward: float = -0.1,
+        mapping: str = "win_rate",
+    ) -> None:
+        if mapping not in ("win_rate", "rank"):
+            raise ValueError(f"mapping must be 'win_rate' or 'rank', got {mapping!r}")
         self.judge = judge
         self.win_reward = win_reward
         self.lose_reward = lose_reward
+        self.mapping = mapping
 
     def __call__(self, *, prompts, images, rubrics, source_images=None) -> GroupRewardOutput:
         sources = source_images if source_images is not None else [None] * len(prompts)
@@ -125,6 +184,7 @@ class RubricPairwiseReward(GroupReward):
                 index.append((g, i, j))
         judgments = self.judge.compare_many(items)
         outcomes: list[dict[tuple[int, int], Any]] = [{} for _ in prompts]
+        tie_ranks: list[tuple[float, float] | None] = [None for _ in prompts]
         ties = failures = inconsistent = 0
         for (g, i, j), jd in zip(index, judgments, strict=True):
             if not jd.ok:
@@ -134,9 +194,11 @@ class RubricPairwiseReward(GroupReward):
             outcomes[g][(i, j)] = jd.preferred
             ties += jd.preferred is None
             inconsistent += not jd.consistent
+            if jd.preferred is None and len(jd.raw) == 1:  # one order asked: its stated ranks
+                tie_ranks[g] = stated_ranks(jd.raw[0])
         rewards = [
-            pairwise_outcome_rewards(len(group), out, self.win_reward, self.lose_reward)
-            for group, out in zip(images, outcomes, strict=True)
+            self._rewards(len(group), out, tr)
+            for group, out, tr in zip(images, outcomes, tie_ranks, strict=True)
         ]
         n = max(len(judgments), 1)
         info = {
@@ -146,6 +208,18 @@ class RubricPairwiseReward(GroupReward):
             "judge_failure_rate": failures / n,
         }
         return GroupRewardOutput(rewards, info)
+
+    def _rewards(
+        self, group_size: int, outcomes: dict[tuple[int, int], Any], tie_ranks: tuple[float, float] | None
+    ) -> list[float | None]:
+        if self.mapping == "win_rate":
+            return pairwise_outcome_rewards(group_size, outcomes, self.win_reward, self.lose_reward)
+        ranks = pairwise_ranks(group_size, outcomes, tie_ranks)
+        judged = [r for r in ranks if r is not None]
+        if not judged:
+            return [None] * group_size
+        mapped = iter(rank_rewards(judged, self.win_reward, self.lose_reward))
+        return [None if r is None else next(mapped) for r in ranks]
 
 
 class RubricPointwiseReward(GroupReward):

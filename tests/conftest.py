@@ -310,8 +310,10 @@ def kl_vae():
     )
 
 
-def build_family_policy(family, guidance_scale=1.0, **kw):
-    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps."""
+def build_family_policy(family, cfg=1.0, **kw):
+    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps, with
+    classifier-free guidance `cfg` as the family's pipeline names it: SD3's guidance_scale, FLUX's and Qwen-Image's
+    true_cfg_scale (FLUX keeps its embedded guidance_scale 3.5 unless `kw` sets it)."""
     import torch
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -323,7 +325,8 @@ def build_family_policy(family, guidance_scale=1.0, **kw):
     from arr.policies import make_policy
 
     torch.manual_seed(0)
-    common = {"height": 16, "width": 16, "num_steps": 3, "guidance_scale": guidance_scale, **kw}
+    cfg_key = "guidance_scale" if family == "sd3" else "true_cfg_scale"
+    common = {"height": 16, "width": 16, "num_steps": 3, cfg_key: cfg, **kw}
     if family == "sd3":
         tr = SD3Transformer2DModel(
             sample_size=8,

@@ -311,6 +311,15 @@ def _prob_from_ranks(r1: float, r2: float) -> float:
     return 1.0 if r1 < r2 else 0.0 if r1 > r2 else 0.5
 
 
+def stated_ranks(text: str) -> tuple[float, float] | None:
+    """The ranks [r1, r2] a pairwise answer states (`{"rank": [1, 1], ...}`), or None when it states none.
+
+    A verdict's probability says which image won; the stated ranks also tell a tie of two good images ([1, 1])
+    from one of two bad ones ([2, 2]), which the release's rank rewards treat differently."""
+    m = _RANK_RE.search(_FENCE.sub("", text))
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
 def parse_pair_answer(text: str) -> PairVerdict:
     """Turn a `{"rank": [r1, r2], "reason": ...}` answer into a verdict; unparseable -> prob None with `error`.
 

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from arr.policies.base import FlowMatchingPolicy, images_to_pil, pil_to_tensor
-from arr.policies.sde import Reduction, flow_sigmas
+from arr.policies.sde import Reduction, SDEConvention, flow_sigmas
 from arr.shapes.models import ShapesFlowModel, load_pretrained
 
 
@@ -34,6 +34,9 @@ class ShapesPolicy(FlowMatchingPolicy):
         shift: float | None = 1.0,
         negative_prompt: str = "",
         reduction: Reduction | None = None,
+        sde_convention: SDEConvention = "flow_grpo",
+        true_cfg_scale: float = 1.0,
+        integer_timesteps: bool = False,
         gradient_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
@@ -49,6 +52,9 @@ class ShapesPolicy(FlowMatchingPolicy):
             gradient_checkpointing=gradient_checkpointing,
             device=device,
             reduction=reduction,
+            sde_convention=sde_convention,
+            true_cfg_scale=true_cfg_scale,
+            integer_timesteps=integer_timesteps,
         )
         self.model = model.to(self.device).requires_grad_(False)
         self.negative_prompt = negative_prompt

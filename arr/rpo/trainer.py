@@ -238,9 +238,13 @@ class RPOTrainer:
     # ---- stages --------------------------------------------------------------------------------------------
 
     def _sde_steps(self) -> list[int]:
-        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones."""
+        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones,
+        without the last step unless `stochastic_last_step`. A deterministic last step is the Euler step to the
+        predicted clean sample x - sigma * v, the image the release decodes, so its noise never reached the image
+        there and it was not trained."""
         t = self.args.num_sampling_steps
-        return list(range(max(1, math.ceil(self.args.train_timestep_fraction * t))))
+        steps = range(max(1, math.ceil(self.args.train_timestep_fraction * t)))
+        return [i for i in steps if self.args.stochastic_last_step or i < t - 1]
 
     @torch.no_grad()
     def sample(self, step: int) -> Rollout:
@@ -274,6 +278,8 @@ class RPOTrainer:
                     sde_steps=self._sde_steps(),
                     generators=gens,
                     shared_noise=args.shared_noise,
+                    reduction=args.logprob_reduction,
+                    convention=args.sde_convention,
                 )
             images = self.policy.decode(traj.final)
             yield Rollout(traj, images, [r for _, r in chunk], args.group_size, [k for k, _ in chunk], step)
