@@ -17,12 +17,14 @@ samplers and RL policies see the same velocity field as with SD3 or FLUX.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import SD3Transformer2DModel
+from diffusers.models.activations import GELU
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from torch import nn
@@ -162,6 +164,36 @@ class ShapesTextEncoder(nn.Module):
         return out.last_hidden_state, out.pooler_output, mask
 
 
+class CPUTanhGELU(GELU):
+    """diffusers' `GELU(approximate="tanh")` (a projection, then the activation), faster without gradients on CPU.
+
+    0.5 * (1 + tanh(u)) = sigmoid(2u), so x * sigmoid(2u) with u = sqrt(2 / pi) * (x + 0.044715 x^3) is the same
+    function up to float rounding (within 5e-7 of torch's), computed in place: on CPU it takes 0.6x the time of
+    torch's tanh form, whose tanh is slow, and the activation is a sixth of a shapes forward pass. With gradients,
+    and on other devices, it is torch's own.
+    """
+
+    _TWO_SQRT_2_OVER_PI = 2.0 * math.sqrt(2.0 / math.pi)
+
+    def gelu(self, gate: torch.Tensor) -> torch.Tensor:
+        if self.approximate != "tanh" or torch.is_grad_enabled() or gate.device.type != "cpu":
+            return super().gelu(gate)
+        k = self._TWO_SQRT_2_OVER_PI
+        out = gate * gate
+        out.mul_(0.044715 * k).add_(k).mul_(gate)
+        return out.sigmoid_().mul_(gate)
+
+
+def _use_cpu_tanh_gelu(module: nn.Module) -> None:
+    """Swap every tanh-approximate `GELU` in `module` for `CPUTanhGELU`, keeping its projection (and weight names)."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is GELU and child.approximate == "tanh":
+                fast = CPUTanhGELU(1, 1, approximate="tanh")
+                fast.proj = child.proj
+                setattr(parent, name, fast)
+
+
 class ShapesFlowModel(nn.Module):
     """Text encoder + `SD3Transformer2DModel` in pixel space; `velocity` is the function samplers and policies use."""
 
@@ -183,6 +215,7 @@ class ShapesFlowModel(nn.Module):
             out_channels=3,
             pos_embed_max_size=tokens_per_side,
         )
+        _use_cpu_tanh_gelu(self.transformer)
 
     @property
     def task(self) -> str:
