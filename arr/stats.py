@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConfidenceInterval", "bootstrap_ci", "mean"]
+__all__ = ["PER_PROMPT_SCORES", "ConfidenceInterval", "bootstrap_ci", "mean", "paired_change_se"]
+
+#: The metric key under which an evaluation function may also return its per-prompt scores, a list of
+#: (stratum, score) in record order, where the headline score is the mean over strata of each stratum's mean score
+#: (GenEval's categories; one stratum for a plain mean). Two evaluations of the same prompts with the same seeds
+#: then compare prompt by prompt (`paired_change_se`).
+PER_PROMPT_SCORES = "eval_per_prompt"
 
 
 def mean(values: np.ndarray) -> float:
@@ -78,3 +84,33 @@ def bootstrap_ci(
         resampled = np.array([float(stat(data[row])) for row in idx])
     low, high = np.quantile(resampled, [alpha / 2, 1 - alpha / 2])
     return ConfidenceInterval(value, float(low), float(high), len(data), alpha, n)
+
+
+def paired_change_se(
+    before: Sequence[tuple[str, float]], after: Sequence[tuple[str, float]]
+) -> tuple[float, float]:
+    """The change of a stratified mean score between two evaluations of the same prompts, and its standard error.
+
+    `before` and `after` hold (stratum, score) per prompt, in the same order; the score is the mean over strata of
+    each stratum's mean. The error comes from the per-prompt differences: a prompt that is right (or wrong) in both
+    evaluations adds nothing, so with the same prompts and seeds it is far smaller than the error of two
+    independent evaluations, sqrt(se_before^2 + se_after^2). Variance of the differences with n - 1 in each stratum.
+    """
+    if len(before) != len(after):
+        raise ValueError(
+            f"paired_change_se: {len(before)} prompts before but {len(after)} after; pair them one to one"
+        )
+    diffs: dict[str, list[float]] = {}
+    for i, ((s1, x1), (s2, x2)) in enumerate(zip(before, after, strict=True)):
+        if s1 != s2:
+            raise ValueError(f"paired_change_se: prompt {i} is in stratum {s1!r} before and {s2!r} after")
+        diffs.setdefault(s1, []).append(float(x2) - float(x1))
+    if not diffs:
+        raise ValueError("paired_change_se: no prompts to compare")
+    change = variance = 0.0
+    for values in diffs.values():
+        d = np.asarray(values, dtype=np.float64)
+        change += float(d.mean())
+        variance += float(d.var(ddof=1)) / len(d) if len(d) > 1 else 0.0
+    strata = len(diffs)
+    return change / strata, math.sqrt(variance) / strata

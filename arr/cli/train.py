@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     argv = [str(demo_recipe_path()), "--output_dir", args.output_dir, *args.overrides]
     if launched_as_a_rank():
         return _train(argv, demo=True)
+    start = time.perf_counter()
     try:
         rpo = parse_recipe(argv).rpo
     except ConfigError as e:
@@ -97,11 +99,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     n = _demo_processes(args.num_processes, rpo.prompts_per_step, rpo.cpu)
     writable_dir(rpo.output_dir, "--output-dir")
     if n == 1:
-        return _train(argv, demo=True)
-    print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
-    return launch_cpu_processes(
-        n, ["demo", "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
-    )
+        code = _train(argv, demo=True)
+    else:
+        print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
+        code = launch_cpu_processes(
+            n, ["demo", "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
+        )
+    if code == 0:
+        from arr.rpo.trainer import format_duration
+
+        print(f"arr demo: finished in {format_duration(time.perf_counter() - start)}", flush=True)
+    return code
 
 
 def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:

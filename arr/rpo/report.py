@@ -39,9 +39,14 @@ def _series(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
 
 
 def eval_noise_band(first: dict[str, Any], last: dict[str, Any]) -> float | None:
-    """Half-width of a 95% band for the change in `eval_score` between two evaluations, from their standard
-    errors (`eval_score_se`, when the evaluator gives one). Treating the two as independent overstates the noise
-    of a paired evaluation a little, and it is honest about what one seed per prompt can resolve."""
+    """Half-width of a 95% band for the change in `eval_score` from the run's first evaluation to `last`: from the
+    paired standard error (`eval_change_se`: the same prompts and seeds, compared prompt by prompt) when the
+    evaluator gives per-prompt scores, else from the two evaluations' standard errors (`eval_score_se`) as if they
+    were independent, which overstates the noise of a paired evaluation. It is evaluation noise only: another
+    training seed moves the result by more (see the README's 3-seed figures)."""
+    paired = last.get("eval_change_se")
+    if isinstance(paired, (int, float)) and first is not last:
+        return 1.96 * paired
     se1, se2 = first.get("eval_score_se"), last.get("eval_score_se")
     if not isinstance(se1, (int, float)) or not isinstance(se2, (int, float)):
         return None

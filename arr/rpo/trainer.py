@@ -56,6 +56,7 @@ from arr.rpo.config import ConfigError, RPOConfig
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
+from arr.stats import PER_PROMPT_SCORES, paired_change_se
 
 
 class TrainingStopped(RuntimeError):
@@ -67,8 +68,11 @@ class NonFiniteLossError(TrainingStopped):
     """An update's loss or gradient norm was NaN or infinite (`nan_policy: stop`); that step was not checkpointed."""
 
 
-# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number.
-Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]
+# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number. It may also
+# return per-prompt scores under `arr.stats.PER_PROMPT_SCORES`: later evaluations then log their change since the
+# run's first one with a paired standard error (`eval_change`, `eval_change_se`), which on the same prompts and
+# seeds is far smaller than that of two independent evaluations.
+Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, Any]]
 
 
 class TrainerCallback:
@@ -180,6 +184,12 @@ class RPOTrainer:
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
+        # Wall seconds of this session's training iterations (evaluations excluded) and of its last evaluation,
+        # for the time-left estimate (`remaining_seconds`).
+        self._iteration_seconds: list[float] = []
+        self._eval_wall_seconds = 0.0
+        # The run's first evaluation, per prompt (stratum, score): the baseline later evaluations pair with.
+        self._eval_baseline: list[tuple[str, float]] | None = None
         # The latest evaluation's (records, indices, images), for sample grids and the report.
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
         self.history: list[dict[str, Any]] = []
@@ -545,7 +555,12 @@ class RPOTrainer:
             [ScoreItem(r.prompt, im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)]
         )
         vals = [s.score for s in scores if s.score is not None]
-        return {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        out: dict[str, Any] = {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        if len(vals) > 1:
+            out["eval_score_se"] = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+        if vals and len(vals) == len(scores):  # a failed judgment leaves nothing to pair that prompt with
+            out[PER_PROMPT_SCORES] = [("all", float(v)) for v in vals]
+        return out
 
     # ---- the loop ------------------------------------------------------------------------------------------
 
@@ -561,21 +576,27 @@ class RPOTrainer:
             desc="RPO",
             disable=not acc.is_main_process,
             dynamic_ncols=True,
+            # tqdm's own time left extrapolates the step rate only; the postfix's "left" counts the evaluations.
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         row: dict[str, Any] = {}
         try:
             while self.step < args.max_steps:
+                start = time.perf_counter()
                 row = self.training_step()
                 self.step += 1
                 row["step"] = self.step
-                last = self.step == args.max_steps
-                if self.eval_records and (last or (args.eval_steps and self.step % args.eval_steps == 0)):
+                evaluated = self.evaluates_at(self.step)
+                if evaluated:
                     row.update(self._evaluate_timed())
                 if acc.is_main_process and (self.step % args.logging_steps == 0 or "eval_score" in row):
                     self._log_row(metrics_path, row)
+                self._iteration_seconds.append(
+                    time.perf_counter() - start - (self._eval_wall_seconds if evaluated else 0.0)
+                )
                 bar.update(1)
                 bar.set_postfix(self._progress(row))
-                if self.step % args.save_steps == 0 or last:
+                if self.step % args.save_steps == 0 or self.step == args.max_steps:
                     self.save_checkpoint()
                 self._stop_if_signalled()
         finally:
@@ -638,11 +659,32 @@ class RPOTrainer:
                 {k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step
             )
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the held-out evaluation runs after `step` (every `eval_steps`, and after the last step)."""
+        args = self.args
+        if not self.eval_records:
+            return False
+        return step == args.max_steps or bool(args.eval_steps and step % args.eval_steps == 0)
+
+    def remaining_seconds(self) -> float | None:
+        """Estimated wall seconds to `max_steps`: the steps left at the mean time of this session's steps so far,
+        plus each evaluation left at the time the last one took (an evaluation of 600 prompts costs several
+        steps, and they come at the start and the end); None before the first step."""
+        if not self._iteration_seconds:
+            return None
+        steps_left = range(self.step + 1, self.args.max_steps + 1)
+        per_step = sum(self._iteration_seconds) / len(self._iteration_seconds)
+        evals_left = sum(self.evaluates_at(s) for s in steps_left)
+        return len(steps_left) * per_step + evals_left * self._eval_wall_seconds
+
     def _progress(self, row: dict[str, Any]) -> dict[str, str]:
         postfix = {"reward": f"{row.get('reward_mean', float('nan')):.3f}"}
         if "reward/tie_rate" in row:  # symmetric pairwise rewards average 0; the tie rate says more
             postfix["ties"] = f"{row['reward/tie_rate']:.2f}"
         postfix["eval"] = f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-"
+        left = self.remaining_seconds()
+        if left is not None:
+            postfix["left"] = format_duration(left)
         return postfix
 
     def _stop_if_signalled(self) -> None:
@@ -746,11 +788,29 @@ class RPOTrainer:
     def _evaluate_timed(self) -> dict[str, float]:
         t = time.perf_counter()
         metrics = self.evaluate()
-        self.phase_seconds["evaluate"] += time.perf_counter() - t
+        self._eval_wall_seconds = time.perf_counter() - t
+        self.phase_seconds["evaluate"] += self._eval_wall_seconds
+        if metrics:  # the main process
+            metrics = {**metrics, "eval_seconds": self._eval_wall_seconds}
+            per_prompt = metrics.pop(PER_PROMPT_SCORES, None)
+            if per_prompt is not None:
+                metrics.update(self._change_since_baseline(per_prompt))
         self._last_eval_score = metrics.get("eval_score")
         if self.accelerator.is_main_process and self.args.sample_steps:
             self._save_eval_grid()
         return metrics
+
+    def _change_since_baseline(self, per_prompt: Sequence[tuple[str, float]]) -> dict[str, float]:
+        """The score's change since the run's first evaluation and its paired standard error; the first
+        evaluation becomes the baseline. Evaluations pair prompt by prompt: the same records, the same seeds."""
+        per_prompt = [(str(stratum), float(score)) for stratum, score in per_prompt]
+        if self._eval_baseline is None:
+            self._eval_baseline = per_prompt
+            return {}
+        if len(self._eval_baseline) != len(per_prompt):  # eval_num_prompts changed on resume: nothing to pair
+            return {}
+        change, se = paired_change_se(self._eval_baseline, per_prompt)
+        return {"eval_change": change, "eval_change_se": se}
 
     def _run_eval(self, metrics_path: Path) -> None:
         row = {"step": 0, **self._evaluate_timed()}
@@ -812,6 +872,7 @@ class RPOTrainer:
                     "data_position": self.step * self.args.prompts_per_step,
                     "phase_seconds": self.phase_seconds,
                     "last_eval_score": self._last_eval_score,
+                    "eval_baseline": self._eval_baseline,
                     "judge_cache": self.reward.cache_path or "",
                     "num_processes": acc.num_processes,
                 },
@@ -846,6 +907,8 @@ class RPOTrainer:
         self.step = int(ckpt.state["step"])
         self.phase_seconds.update(ckpt.state.get("phase_seconds", {}))
         self._last_eval_score = ckpt.state.get("last_eval_score")
+        baseline = ckpt.state.get("eval_baseline")
+        self._eval_baseline = None if baseline is None else [(str(k), float(v)) for k, v in baseline]
 
     # ---- signals -------------------------------------------------------------------------------------------
 
@@ -863,6 +926,18 @@ class RPOTrainer:
     def _restore_signal_handlers(self) -> None:
         for sig, h in getattr(self, "_previous_handlers", {}).items():
             signal.signal(sig, h)
+
+
+def format_duration(seconds: float) -> str:
+    """'7m05s' (or '45s', '1h02m'): a time for people, to the second under an hour."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
