@@ -78,15 +78,21 @@ def test_half_precision_weights_are_not_folded():
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 64), (3, 5)])
-def test_cpu_tanh_gelu_is_torch_tanh_gelu(shape):
+def test_cpu_tanh_gelu_is_torch_tanh_gelu_with_its_gradient(shape):
     act = CPUTanhGELU(shape[-1], 16, approximate="tanh")
-    x = 4 * torch.randn(shape)
+    x = (4 * torch.randn(shape)).requires_grad_()
     expected = torch.nn.functional.gelu(act.proj(x), approximate="tanh")
     with torch.no_grad():
         torch.testing.assert_close(act(x), expected, rtol=0, atol=2e-6)
-    out = act(x)  # with gradients: torch's own, so the gradient is torch's
-    out.sum().backward()
-    assert act.proj.weight.grad is not None and torch.equal(out, expected)
+    out = act(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-6)
+    upstream = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, act.proj.weight], upstream)
+    want = torch.autograd.grad(expected, [x, act.proj.weight], upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    double = CPUTanhGELU(shape[-1], 3, approximate="tanh").double()
+    assert torch.autograd.gradcheck(double, torch.randn(shape, dtype=torch.float64, requires_grad=True))
 
 
 def test_shapes_model_uses_the_cpu_gelu_and_keeps_its_weight_names():
