@@ -145,7 +145,14 @@ def faulty_judge_server():
 # ---- RPO on a tiny shapes policy ---------------------------------------------------------------------------------
 
 # metrics.jsonl fields that measure the machine, not the run: left out when two runs must agree.
-TIMING = {"judge_seconds", "judge_wait_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+TIMING = {
+    "judge_seconds",
+    "judge_wait_seconds",
+    "step_seconds",
+    "sample_seconds",
+    "optimize_seconds",
+    "eval_seconds",
+}
 
 
 def tiny_shapes_config():

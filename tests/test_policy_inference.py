@@ -46,23 +46,39 @@ def test_folded_lora_samples_what_the_adapter_samples_and_restores_the_weights(m
         assert p.requires_grad == (name in trainable), name
 
 
-def test_folding_acts_only_without_gradients_and_outside_the_reference():
+def test_folding_acts_only_without_gradients_and_nests():
     policy = trained_lora_policy()
     lora_layers = [m for m in policy.transformer.modules() if hasattr(m, "lora_A")]
     weight = lora_layers[0].get_base_layer().weight
     original = weight.data_ptr()  # the storage the weight holds
     with policy.folded_lora():  # gradients on: a no-op
-        assert weight.data_ptr() == original and not lora_layers[0].disable_adapters
+        assert weight.data_ptr() == original and not lora_layers[0].merged
     with torch.no_grad():
         with policy.folded_lora():
-            assert weight.data_ptr() != original and lora_layers[0].disable_adapters
+            assert weight.data_ptr() != original and all(m.merged for m in lora_layers)
             folded = weight.data_ptr()
-            with policy.folded_lora():  # nested: finds no active adapter, changes nothing
+            with policy.folded_lora():  # nested: every layer is merged already, nothing changes
                 assert weight.data_ptr() == folded
-            assert lora_layers[0].disable_adapters
-        assert weight.data_ptr() == original and not lora_layers[0].disable_adapters
+            assert lora_layers[0].merged
+        assert weight.data_ptr() == original and not any(m.merged for m in lora_layers)
         with policy.reference(), policy.folded_lora():  # the reference keeps its plain weights
             assert weight.data_ptr() == original
+
+
+def test_the_reference_inside_a_fold_is_the_reference():
+    policy = trained_lora_policy()
+    prompts = ["a red circle", "two blue squares"]
+    with torch.no_grad():
+        with policy.reference():
+            reference = sample(policy, prompts)
+        with policy.folded_lora():
+            with policy.reference():  # peft unfolds the layers it disables
+                inside = sample(policy, prompts)
+            after = sample(policy, prompts)  # still the LoRA policy, unfolded or not
+        lora = sample(policy, prompts)
+    torch.testing.assert_close(inside, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(after, lora, rtol=0, atol=1e-5)
+    assert (lora - reference).abs().max() > 1e-2
 
 
 def test_half_precision_weights_are_not_folded():
@@ -74,7 +90,7 @@ def test_half_precision_weights_are_not_folded():
     with torch.no_grad(), policy.folded_lora():
         # A LoRA update would round away against bf16 weights: the adapters stay on, the weights untouched.
         assert weight.data_ptr() == original and weight.dtype == torch.bfloat16
-        assert not any(m.disable_adapters for m in layers)
+        assert not any(m.merged for m in layers)
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 64), (3, 5)])

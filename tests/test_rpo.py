@@ -30,7 +30,14 @@ TINY = ShapesModelConfig(
     text_layers=1,
     text_heads=2,
 )
-TIMING = {"judge_seconds", "judge_wait_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+TIMING = {
+    "judge_seconds",
+    "judge_wait_seconds",
+    "step_seconds",
+    "sample_seconds",
+    "optimize_seconds",
+    "eval_seconds",
+}
 
 
 def tiny_policy(dtype: torch.dtype = torch.float32, **kw) -> ShapesPolicy:

@@ -193,14 +193,18 @@ def _train(argv: list[str], demo: bool = False) -> int:
             summary["eval_change_noise_band"] = round(band, 4)
         if demo and evals:
             change = evals[-1]["eval_score"] - evals[0]["eval_score"]
+            paired = "eval_change_se" in evals[-1]
             noise = (
-                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%)"
+                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%"
+                f"{', the same prompts and seeds compared one by one' if paired else ''})"
                 if band is not None
                 else ""
             )
             print(
                 f"held-out shapes-GenEval score: {evals[0]['eval_score']:.3f} before -> "
-                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}"
+                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}\n"
+                "Rerun on this machine with the same number of ranks, it gives this result exactly; on another CPU "
+                "or rank count float rounding differs, and the result varies as it does from seed to seed."
             )
         print(json.dumps(summary, indent=2))
     return 0

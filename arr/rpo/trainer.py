@@ -38,7 +38,7 @@ from PIL import Image
 from arr.backends.base import JudgeUnavailableError
 from arr.data import PromptRecord, as_record
 from arr.jsonl import append_jsonl
-from arr.policies.base import FlowPolicy
+from arr.policies.base import FlowMatchingPolicy, FlowPolicy
 from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
     TRACKER_PROJECT,
@@ -170,7 +170,7 @@ class RPOTrainer:
         if self.objective.sampling_ema_decay > 0:
             self.sampling_params = [p.detach().clone() for p in self.params]
         self.objective.bind(
-            TrainingContext(policy, args.seed, args.train_batch_size, acc.autocast, self.sampling_policy)
+            TrainingContext(policy, args.seed, args.sample_batch_size, acc.autocast, self.sampling_policy)
         )
         self.optimizer = torch.optim.AdamW(
             self.params,
@@ -290,20 +290,30 @@ class RPOTrainer:
 
     @contextlib.contextmanager
     def sampling_policy(self) -> Iterator[None]:
-        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA."""
+        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA.
+
+        Passes without gradients inside it (an objective's fixed targets) run with the LoRA folded into the weights
+        once for all of them (`FlowMatchingPolicy.folded_lora`), rather than once per velocity call."""
         if self.sampling_params is None:
-            yield
+            with self._folded_lora():
+                yield
             return
         trained = [p.detach().clone() for p in self.params]
         try:
             with torch.no_grad():
                 for p, s in zip(self.params, self.sampling_params, strict=True):
                     p.copy_(s)
-            yield
+            with self._folded_lora():
+                yield
         finally:
             with torch.no_grad():
                 for p, t in zip(self.params, trained, strict=True):
                     p.copy_(t)
+
+    def _folded_lora(self) -> contextlib.AbstractContextManager[None]:
+        if isinstance(self.policy, FlowMatchingPolicy):
+            return self.policy.folded_lora()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def _update_sampling_policy(self) -> None:
