@@ -127,15 +127,9 @@ def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float | None:
     return rubric.score(probs)
 
 
-def answer_category(criterion: Criterion, verdict: CriterionVerdict) -> float | str | None:
-    """A verdict as the answer a judge gave, for agreement: "unknown", the value snapped to yes (1.0) / no (0.0) or
-    to a level's credit (`Criterion.snap`), or None for a failed question."""
-    if verdict.cannot_assess:
-        return "unknown"
-    return None if verdict.prob_yes is None else criterion.snap(verdict.prob_yes)
-
-
 def _member_category(criterion: Criterion, judgment: ScoreJudgment) -> float | str | None:
+    """A member's answer on `criterion`, as compared for agreement: "unknown", its value snapped to yes (1.0) / no
+    (0.0) or to a level's credit (`Criterion.snap`), or None for a failed question."""
     if criterion.id in judgment.cannot_assess:
         return "unknown"
     value = judgment.criteria.get(criterion.id)
@@ -145,7 +139,7 @@ def _member_category(criterion: Criterion, judgment: ScoreJudgment) -> float | s
 def ensemble_agreement(rubrics: Sequence[Rubric], judgments: Sequence[ScoreJudgment]) -> dict[str, Any]:
     """How much an ensemble's members agree over every criterion of many judgments (one rubric per judgment).
 
-    Answers are compared as `answer_category` gives them (yes / no / level / unknown; failed questions are missing).
+    Answers are compared as yes / no / level / unknown (`Criterion.snap`); failed questions are missing.
     Returns the number of criterion items, the member names, `pairwise` agreement, `fleiss_kappa` (over the items
     every member answered) and nominal `krippendorff_alpha` (missing answers allowed); a statistic is None where it
     is undefined, e.g. when every member always gives the same answer.
@@ -335,10 +329,7 @@ class RubricJudge:
         for name in names:
             own = [v.members.get(name, missing) if v.members else missing for v in verdicts]
             judgment.judges[name] = self._scored(item, own)
-        ratings = [
-            [answer_category(c, v.members.get(n, missing)) if v.members else None for n in names]
-            for c, v in zip(item.rubric.criteria, verdicts, strict=True)
-        ]
+        ratings = [[_member_category(c, judgment.judges[n]) for n in names] for c in item.rubric.criteria]
         judgment.agreement = {"pairwise": pairwise_agreement(ratings), "fleiss_kappa": fleiss_kappa(ratings)}
         return judgment
 
