@@ -63,12 +63,24 @@ class CriterionQuery:
 @dataclass
 class CriterionVerdict:
     """`prob_yes` is P(criterion holds) — for an ordinal criterion (`levels` set) its credit in [0, 1], the
-    expected (level - 1) / (levels - 1) — or `None` when the backend failed (see `error`)."""
+    expected (level - 1) / (levels - 1) — or `None` when there is no value: the judge could not assess the
+    criterion (`cannot_assess`, its answer "unknown", e.g. the image does not show the part asked about), or the
+    backend failed (see `error`). Cannot-assess is an answer, scored by the judge's policy; a failure is not.
+
+    `members` (ensembles only) holds each member judge's own verdict, by member name.
+    """
 
     prob_yes: float | None
     reason: str = ""
     raw: str = ""
     error: str | None = None
+    cannot_assess: bool = False
+    members: dict[str, CriterionVerdict] | None = None
+
+    @property
+    def failed(self) -> bool:
+        """No value and no cannot-assess answer: the question failed (a transport error, an unreadable answer)."""
+        return self.prob_yes is None and not self.cannot_assess
 
 
 @runtime_checkable

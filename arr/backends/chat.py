@@ -15,6 +15,12 @@ Ordinal criteria (`Criterion.levels = N`) are asked as "rate from 1 to N" questi
 carries the criterion's *credit* in [0, 1] rather than a probability: the expected (level - 1) / (N - 1) under the
 judge's renormalised distribution over the N digits where a backend reads token probabilities, or the parsed
 rating's credit where it reads text. `Rubric.score` weighs it exactly like a yes-probability.
+
+Every criterion question (yes/no or rating) also offers the answer "unknown" (`CANNOT_ASSESS_ANSWER`) for a criterion
+the image cannot show. It is the request's last choice: where a backend reads token probabilities, the verdict is
+"cannot assess" when "unknown" holds more probability than all the other answers together, and otherwise the other
+answers are renormalised without it; where it reads text, a leading "unknown" (or "n/a", "cannot assess", ...) is
+that verdict. `RubricJudge` scores such criteria by its cannot-assess policy (arr/rubrics/scoring.py).
 """
 
 from __future__ import annotations
@@ -43,11 +49,15 @@ from arr.rubrics import Criterion, GuideCategory
 
 # v2: criterion questions end with the criterion (answer instructions before it), so questions about one image share
 # every token up to the criterion and the hf backend's shared-prefix judging reuses all of it (bench/judge_prefix.py).
-TEMPLATE_VERSION = "v2"
+# v3: criterion questions offer "unknown" for a criterion the image cannot show (pair questions are unchanged).
+TEMPLATE_VERSION = "v3"
 
 # Choice tokens read from the judge's answer: the rank of Image 1 in `{"rank": [r1, r2]}`, and yes/no.
 PAIR_CHOICES: tuple[str, str] = ("1", "2")
 CRITERION_CHOICES: tuple[str, str] = ("yes", "no")
+# The cannot-assess answer, offered (last) in every criterion question. One word that common tokenizers keep whole,
+# so that its probability can be read from one position like "yes" and "no".
+CANNOT_ASSESS_ANSWER = "unknown"
 # The answer is teacher-forced up to the choice token when a backend can score it (hf mode="probs").
 PAIR_ANSWER_PREFIX = '{"rank": ['
 CRITERION_ANSWER_PREFIX = ""
@@ -134,7 +144,8 @@ class ChatRequest:
 
     `choices` are the answer tokens whose probabilities decide the verdict: two for pairs (first = Image 1 wins)
     and yes/no criteria (first = yes), "1".."N" for an ordinal criterion, which also sets `levels` = N (so that a
-    2-level ordinal item, rated "1"/"2", is not read as yes/no). `answer_prefix` is the start of the answer a backend
+    2-level ordinal item, rated "1"/"2", is not read as yes/no); criterion questions end their choices with
+    `CANNOT_ASSESS_ANSWER`. `answer_prefix` is the start of the answer a backend
     may teacher-force before reading them. Kind "text" is a free-text request (rubric writing, arr/rubrics/generate.py): it
     is always answered by generation and has no choices.
     """
@@ -219,7 +230,8 @@ def ordinal_choices(levels: int) -> tuple[str, ...]:
 def render_criterion(q: CriterionQuery) -> ChatRequest:
     """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data.
 
-    A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels.
+    A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels; both may answer
+    "unknown" (`CANNOT_ASSESS_ANSWER`).
     """
     edit = _is_edit(q.prompt, q.rubric.task, q.source)
     images = {"1": q.image}
@@ -232,12 +244,12 @@ def render_criterion(q: CriterionQuery) -> ChatRequest:
         template = load_template("user_criterion_ordinal_edit" if edit else "user_criterion_ordinal_t2i")
         system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)})
         messages = [system, _user_message(template, images, fields)]
-        return ChatRequest(
-            "criterion", messages, ordinal_choices(levels), ORDINAL_ANSWER_PREFIX, levels=levels
-        )
+        choices = (*ordinal_choices(levels), CANNOT_ASSESS_ANSWER)
+        return ChatRequest("criterion", messages, choices, ORDINAL_ANSWER_PREFIX, levels=levels)
     template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
     messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
-    return ChatRequest("criterion", messages, CRITERION_CHOICES, CRITERION_ANSWER_PREFIX)
+    choices = (*CRITERION_CHOICES, CANNOT_ASSESS_ANSWER)
+    return ChatRequest("criterion", messages, choices, CRITERION_ANSWER_PREFIX)
 
 
 def render_text(
@@ -269,6 +281,12 @@ _RANK_RE = re.compile(
 )
 _REASON_RE = re.compile(r"""["']?reason["']?\s*:\s*"((?:[^"\\]|\\.)*)""", re.DOTALL)
 _YES_NO = re.compile(r"^[\s\W]*(?:answer\s*[:=-]?\s*[\W]*)?(yes|no)\b[\s\W]*", re.IGNORECASE)
+# A leading cannot-assess answer: the word the templates ask for, and the spellings judges use for it.
+_CANNOT_ASSESS = re.compile(
+    r"^[\s\W]*(?:(?:answer|rating|score|level|grade)\s*[:=-]?\s*[\W]*)?"
+    r"(unknown|n/?a|not applicable|cannot (?:be )?(?:assess(?:ed)?|tell|judged?)|can't tell)(?![\w/])[\s\W]*",
+    re.IGNORECASE,
+)
 # A leading rating, optionally labelled ("Rating: 4") and optionally out of the scale ("4/5", "4 out of 5"); the
 # whole number (a "1" starting "10" is not rating 1), never a decimal's integer part ("3.5" is no rating 3), and the
 # separator before the reason is consumed. Group 1 is the rating: the text parser and the openai backend's search
@@ -349,11 +367,24 @@ def parse_pair_answer(text: str) -> PairVerdict:
     )
 
 
+def _cannot_assess(reason: str, raw: str) -> CriterionVerdict:
+    return CriterionVerdict(None, reason=reason, raw=raw, cannot_assess=True)
+
+
+def _json_cannot_assess(obj: dict[str, Any], keys: Sequence[str]) -> bool:
+    return any(isinstance(obj.get(k), str) and _CANNOT_ASSESS.fullmatch(obj[k].strip()) for k in keys)
+
+
 def parse_criterion_answer(text: str) -> CriterionVerdict:
-    """Turn a "yes: reason" / "no: reason" answer into a verdict; unparseable -> prob None with `error`."""
+    """Turn a "yes: reason" / "no: reason" / "unknown: reason" answer into a verdict ("unknown": cannot assess);
+    unparseable -> prob None with `error`."""
     cleaned = _FENCE.sub("", text).strip()
+    keys = ("answer", "holds", "verdict", "result")
     for obj in json_objects(cleaned):
-        for key in ("answer", "holds", "verdict", "result"):
+        reason = obj.get("reason")
+        if _json_cannot_assess(obj, keys):
+            return _cannot_assess(reason if isinstance(reason, str) else "", text)
+        for key in keys:
             value = obj.get(key)
             if isinstance(value, bool):
                 value = "yes" if value else "no"
@@ -369,8 +400,13 @@ def parse_criterion_answer(text: str) -> CriterionVerdict:
         return CriterionVerdict(
             1.0 if m.group(1).lower() == "yes" else 0.0, reason=cleaned[m.end() :], raw=text
         )
+    m = _CANNOT_ASSESS.match(cleaned)
+    if m:
+        return _cannot_assess(cleaned[m.end() :], text)
     return CriterionVerdict(
-        None, raw=text, error=f'unparseable judge answer (expected "yes" or "no" first): {text[:120]!r}'
+        None,
+        raw=text,
+        error=f'unparseable judge answer (expected "yes", "no" or "unknown" first): {text[:120]!r}',
     )
 
 
@@ -378,10 +414,14 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
     """Turn a "4: reason" rating answer into a verdict carrying the credit (level - 1) / (levels - 1).
 
     Accepts a labelled rating ("Rating: 2 - ..."), "4/5", markdown around the number and JSON such as
-    `{"rating": 4, "reason": ...}`; a rating outside 1..levels or no leading number -> prob None with `error`.
+    `{"rating": 4, "reason": ...}`; "unknown" (and its spellings) is a cannot-assess verdict; a rating outside
+    1..levels or no leading number -> prob None with `error`.
     """
     cleaned = _FENCE.sub("", text).strip()
     for obj in json_objects(cleaned):
+        if _json_cannot_assess(obj, _RATING_KEYS):
+            reason = obj.get("reason")
+            return _cannot_assess(reason if isinstance(reason, str) else "", text)
         for key in _RATING_KEYS:
             value = obj.get(key)
             if isinstance(value, str) and value.strip().isdigit():
@@ -394,10 +434,13 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
     m = LEADING_RATING.match(cleaned)
     if m:
         return _rated(int(m.group(1)), levels, cleaned[m.end() :], text)
+    m = _CANNOT_ASSESS.match(cleaned)
+    if m:
+        return _cannot_assess(cleaned[m.end() :], text)
     return CriterionVerdict(
         None,
         raw=text,
-        error=f"unparseable judge answer (expected a rating 1..{levels} first): {text[:120]!r}",
+        error=f'unparseable judge answer (expected a rating 1..{levels} or "unknown" first): {text[:120]!r}',
     )
 
 
@@ -483,9 +526,13 @@ def criterion_verdict(
     """A criterion verdict from choice probabilities when present (reason from the text), else from the text.
 
     With `levels` (an ordinal request, choices "1".."levels") `prob_yes` is the credit in [0, 1]: the expected
-    credit under the choice probabilities, or the parsed rating's credit.
+    credit under the choice probabilities, or the parsed rating's credit. When `choices` end with
+    `CANNOT_ASSESS_ANSWER`, the verdict is "cannot assess" if that answer holds more probability than all the others
+    together; otherwise the others decide, renormalised without it.
     """
-    if levels is not None and len(choices) != levels:
+    abstain = bool(choices) and choices[-1] == CANNOT_ASSESS_ANSWER
+    answers = choices[:-1] if abstain else choices
+    if levels is not None and len(answers) != levels:
         raise ValueError(f"ordinal criterion with {levels} levels needs {levels} choices, got {choices!r}")
     if result.text is None:
         parsed = None
@@ -494,10 +541,15 @@ def criterion_verdict(
     else:
         parsed = parse_ordinal_answer(result.text, levels)
     if result.choice_probs is not None:
-        p = prob_of_first(result.choice_probs) if levels is None else expected_credit(result.choice_probs)
+        probs = tuple(result.choice_probs)
+        reason = parsed.reason if parsed is not None else ""
+        raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
+        if abstain:
+            probs, unknown = probs[:-1], probs[-1]
+            if math.isfinite(unknown) and unknown > 0.0 and unknown > math.fsum(probs):
+                return CriterionVerdict(None, reason=reason, raw=raw, cannot_assess=True)
+        p = prob_of_first(probs) if levels is None else expected_credit(probs)
         if p is not None:
-            reason = parsed.reason if parsed is not None else ""
-            raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
             return CriterionVerdict(p, reason=reason, raw=raw)
     if parsed is not None:
         return parsed

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from arr.backends.chat import TEMPLATE_VERSION, ChatBackend, ChatRequest, ChatResult, choice_variants
+from arr.backends.chat import (
+    CANNOT_ASSESS_ANSWER,
+    TEMPLATE_VERSION,
+    ChatBackend,
+    ChatRequest,
+    ChatResult,
+    choice_variants,
+)
+
+logger = logging.getLogger(__name__)
 
 _MODES = ("probs", "generate")
 
@@ -191,7 +201,8 @@ class HFBackend(ChatBackend):
         """Token ids that spell each choice as one token (case and leading-space variants), cached.
 
         A choice that no variant spells as one token (e.g. "10" in a tokenizer that splits digits) cannot be read
-        from a single position's logits: that is an error, not a silently dropped answer.
+        from a single position's logits: that is an error, not a silently dropped answer. The one exception is the
+        cannot-assess answer: a model that splits it still judges, its "unknown" read from generated text only.
         """
         if choices not in self._choice_ids:
             found: list[list[int]] = []
@@ -201,7 +212,13 @@ class HFBackend(ChatBackend):
                     enc = self.tokenizer.encode(variant, add_special_tokens=False)
                     if len(enc) == 1 and enc[0] not in ids:
                         ids.append(enc[0])
-                if not ids:
+                if not ids and choice == CANNOT_ASSESS_ANSWER:
+                    logger.warning(
+                        "judge model %r: %r is not a single token, so mode='probs' never answers it",
+                        self.model_name,
+                        choice,
+                    )
+                elif not ids:
                     raise ValueError(
                         f"judge model {self.model_name!r}: answer {choice!r} is not a single token in its "
                         f"vocabulary, so mode='probs' cannot score it; use mode='generate'"

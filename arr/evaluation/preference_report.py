@@ -72,6 +72,9 @@ def write_report(result: dict[str, Any], out_dir: str | Path, title: str) -> tup
     def fmt(v: Any) -> Any:
         return "-" if v is None else v
 
+    def ci(v: dict[str, float] | None) -> str:
+        return "-" if v is None else f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
     configs = result["configs"]
     rows = []
     for name, m in configs.items():
@@ -84,6 +87,8 @@ def write_report(result: dict[str, Any], out_dir: str | Path, title: str) -> tup
                 "flip rate": fmt(m["flip_rate"]),
                 "tie rate": fmt(m["tie_rate"]),
                 "failure rate": fmt(m["failure_rate"]),
+                "Cohen's kappa": ci(m.get("cohen_kappa")),
+                "Krippendorff's alpha": ci(m.get("krippendorff_alpha")),
                 "judge calls": cost["calls"],
                 "cached": cost["cached"],
                 "seconds": round(cost["seconds"], 3),
@@ -130,13 +135,29 @@ def write_report(result: dict[str, Any], out_dir: str | Path, title: str) -> tup
             ("Skipped", html_table([{"configuration": k, "why": v} for k, v in result["skipped"].items()]))
         )
     sections.append(("Per category", html_table(cat_rows)))
+    validation = result.get("criteria_validation")
+    if validation:
+        crit_rows = [
+            {
+                "criterion": name,
+                "n": v["n"],
+                "accuracy": ci(v["accuracy"]),
+                "Cohen's kappa": ci(v["cohen_kappa"]),
+                "Krippendorff's alpha": ci(v["krippendorff_alpha"]),
+                "failures": v["failures"],
+                "judge unknown": v["judge_unknown"],
+            }
+            for name, v in [("(all)", validation), *validation["criteria"].items()]
+        ]
+        sections.append(("Per criterion, against labels", html_table(crit_rows)))
     sections.append(
         (
             "Definitions",
             "<p>accuracy: the labelled winner is picked in both image orders (a flip or a tie is not correct); "
             "single-order accuracy: one question in one order, averaged over both orders; flip rate: verdicts that "
             "change when the images are swapped; tie rate: swap-consistent ties (flips included); failures count "
-            "against accuracy.</p>",
+            "against accuracy. Cohen's kappa and Krippendorff's alpha: agreement with the labels corrected for "
+            "chance (1: perfect, 0: chance), with 95% bootstrap intervals.</p>",
         )
     )
     html_path = write_html(out / "report.html", title, f"judge {result['judge']['fingerprint']}", sections)
