@@ -231,6 +231,11 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit.add_argument("--data-dir", help="where generated suites write their data (default: OUT/data)")
     edit.add_argument("--out", help="output folder (default: runs/eval/<suite name>)")
     edit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    edit.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="inline the report's images in report.html, so it is one file to share",
+    )
     edit.set_defaults(run=_run_edit)
 
 
@@ -322,6 +327,7 @@ def _run_edit(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.no_progress,
+            self_contained_report=args.self_contained,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -143,10 +143,12 @@ def evaluate_edits(
     seed: int = 0,
     progress: bool = True,
     report: bool = True,
+    self_contained_report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `editor` on `samples` into `out_dir` (resumable, see the module docstring); returns the summary.
 
-    `info` (suite name, schema, ...) is copied into the summary. Samples with `error` (corrupt rows) are skipped and
+    `info` (suite name, schema, ...) is copied into the summary. `report` writes report.html, with its thumbnails
+    inlined when `self_contained_report` (one file to share). Samples with `error` (corrupt rows) are skipped and
     listed; a sample whose judgment failed is written with its error and judged again on the next run.
     """
     if batch_size < 1:
@@ -193,7 +195,7 @@ def evaluate_edits(
     summary = summarize(rows, skipped, info)
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:
-        write_edit_report(summary, rows, valid, out)
+        write_edit_report(summary, rows, valid, out, self_contained=self_contained_report)
     return summary
 
 

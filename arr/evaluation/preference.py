@@ -1,6 +1,6 @@
 """Judge evaluation on labelled preference pairs: accuracy, position bias, ties, per-category accuracy and cost.
 
-    arr eval preference eval/shapes_pairs.yaml --judge pixel --out runs/eval/shapes_pairs
+    arr eval preference eval/shapes_pairs.yaml --backend pixel --out runs/eval/shapes_pairs
 
 Every pair is asked in both image orders, each order on its own, so one run gives:
 - `single_order_accuracy`: how often one question in one order picks the labelled winner (averaged over the two
@@ -10,7 +10,8 @@ Every pair is asked in both image orders, each order on its own, so one run give
 - `accuracy` (swap-consistent, what `RubricJudge(swap=True)` reports): the winner must be picked in both orders;
   a verdict that flips, or an exact tie, is a tie and is not correct. `tie_rate` counts those.
 Failed questions (backend errors, unparseable answers, rubrics the judge cannot use) count against accuracy and
-are reported as `failure_rate`. Each judge configuration is evaluated on the same pairs:
+are reported as `failure_rate`; a configuration in which every question failed is reported as skipped, with the
+first error as the reason, not as an accuracy of 0. Each judge configuration is evaluated on the same pairs:
 - `plain`: no criteria, no guide (the judge decides from the prompt alone);
 - `rubric`: the pair's prompt-specific rubric (from the data, or generated zero-shot: `arr rubric prompts`);
 - `rubric+guide`: the same rubric plus an ARR rubric guide as the system prompt (`arr rubric generate`).
@@ -47,7 +48,7 @@ from arr.evaluation.preference_benchmarks import (
     load_pairs,
     load_preference_suite,
 )
-from arr.evaluation.preference_report import svg_bar_chart, write_report
+from arr.evaluation.preference_report import write_report
 from arr.evaluation.validation import validate_judge
 from arr.judge import PairItem, PairJudgment, RubricJudge
 from arr.rubrics import GuideCategory, Rubric
@@ -226,8 +227,10 @@ def evaluate_preference(
 ) -> dict[str, Any]:
     """Evaluate each judge configuration on the same pairs; configurations that cannot run are listed as skipped.
 
-    "rubric+guide" without a guide is skipped; "rubric" configurations judge pairs without a rubric (none in the data
-    and none in `rubrics`) as failures. Pairs with per-criterion labels add `criteria_validation`.
+    "rubric+guide" without a guide is skipped, and so is a configuration in which every judgment failed (its
+    reason is the first error: e.g. the pixel judge cannot judge without criteria, so it skips "plain"); otherwise
+    pairs without a rubric (none in the data and none in `rubrics`) count as failures. Pairs with per-criterion
+    labels add `criteria_validation`.
     """
     out: dict[str, Any] = {
         "n_pairs": len(pairs),
@@ -239,7 +242,14 @@ def evaluate_preference(
         if config == "rubric+guide" and not guide:
             out["skipped"][config] = "no rubric guide given (run `arr rubric generate` and pass --guide)"
             continue
-        out["configs"][config] = evaluate_config(pairs, backend, config, rubrics, guide, cache, batch_size)
+        metrics = evaluate_config(pairs, backend, config, rubrics, guide, cache, batch_size)
+        if metrics["n"] and metrics["failure_rate"] == 1.0:
+            # Nothing was judged (e.g. the pixel judge has no criteria to check in the plain configuration): an
+            # accuracy of 0 would read as a judge that is always wrong.
+            first = metrics.get("first_error", "").split("; ")[0]
+            out["skipped"][config] = f"the {backend.name} judge could not judge any pair: {first}"
+            continue
+        out["configs"][config] = metrics
     labelled = labelled_criteria(pairs)
     if labelled:
         judge = RubricJudge(backend, cache=cache)
@@ -266,6 +276,5 @@ __all__ = [
     "load_mmrb2",
     "load_pairs",
     "load_preference_suite",
-    "svg_bar_chart",
     "write_report",
 ]

@@ -204,6 +204,20 @@ def build_data(args: DataArguments, recipe: Recipe) -> tuple[list[PromptRecord],
     return train, evals, None
 
 
+def build_sample_notes(args: DataArguments) -> Any:
+    """The verdict and score under each held-out sample of the report: the shapes worlds' exact checks, else None
+    (the report then asks the reward's judge)."""
+    if args.dataset == "shapes":
+        from arr.shapes.training import geneval_notes
+
+        return geneval_notes
+    if args.dataset == "shapes_edit":
+        from arr.shapes.training import edit_notes
+
+        return edit_notes
+    return None
+
+
 def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     from arr.rpo.report import ReportCallback
 
@@ -221,6 +235,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
             num_prompts=diag.align_num_prompts, align_every=diag.align_every, metrics=metrics
         )
         callbacks = [probe, *callbacks]
+    report = ReportCallback(build_sample_notes(recipe.data), diag.report_self_contained)
     return RPOTrainer(
         policy,
         reward,
@@ -228,7 +243,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
         train_dataset=train,
         eval_dataset=evals,
         evaluator=evaluator,
-        callbacks=[ReportCallback(), *callbacks],
+        callbacks=[report, *callbacks],
         lora_target_modules=targets or None,
         run_config=recipe.to_dict(),
     )

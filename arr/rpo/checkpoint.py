@@ -29,7 +29,17 @@ STATE_FILE = "trainer_state.json"
 TRACKER_PROJECT = "rpo"
 # What a run writes into its output directory; `clear_run` removes these. The judgment cache stays: its entries
 # are keyed by everything that decides a judgment, so they are valid for any run.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.html", "samples", TRACKER_PROJECT)
+# The images of report.html live in REPORT_FILES beside it.
+REPORT_FILES = "report_files"
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "report.html",
+    REPORT_FILES,
+    "samples",
+    TRACKER_PROJECT,
+)
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -196,6 +206,7 @@ def clear_run(output_dir: Path) -> None:
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "REPORT_FILES",
     "RUN_OUTPUTS",
     "TRACKER_PROJECT",
     "LoadedCheckpoint",

@@ -67,6 +67,11 @@ class NonFiniteLossError(TrainingStopped):
     """An update's loss or gradient norm was NaN or infinite (`nan_policy: stop`); that step was not checkpointed."""
 
 
+# Sample grids: training groups per grid, and the width in pixels of each image in it (small images are enlarged
+# with sharp pixels so that a caption fits under them, large ones shrunk).
+GRID_GROUPS = 8
+GRID_CELL = 128
+
 # An evaluation function maps (records, images) to metrics; "eval_score" is the headline number.
 Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]
 
@@ -182,6 +187,8 @@ class RPOTrainer:
         self._last_eval_score: float | None = None
         # The latest evaluation's (records, indices, images), for sample grids and the report.
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
+        # The latest training grid's (records, images, rewards, group size, step), for the report.
+        self.last_train_samples: tuple[list[PromptRecord], list[Image.Image], list, int, int] | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
 
@@ -769,24 +776,42 @@ class RPOTrainer:
     # ---- samples -------------------------------------------------------------------------------------------
 
     def _save_sample_grid(self, rollout: Rollout, rewards: list[float | None]) -> None:
-        from arr.report import image_grid
+        """samples/train_step_N.png: up to GRID_GROUPS groups, each image captioned with its reward, its standing
+        in its group and its prompt; also sent to TensorBoard."""
+        from arr.report import image_grid, reward_captions
 
-        n = min(len(rollout.images), 8 * rollout.group_size)
-        captions = ["-" if r is None else f"{r:+.2f}" for r in rewards[:n]]
-        grid = image_grid(rollout.images[:n], cols=rollout.group_size * 4, captions=captions, scale=2)
+        groups = min(len(rollout.records), GRID_GROUPS)
+        n = groups * rollout.group_size
+        records, images = rollout.records[:groups], rollout.images[:n]
+        self.last_train_samples = (records, images, list(rewards[:n]), rollout.group_size, self.step + 1)
+        captions = reward_captions([r.prompt for r in records], rewards[:n], rollout.group_size)
+        cols = rollout.group_size * max(1, 8 // rollout.group_size)
+        grid = image_grid(images, cols=cols, captions=captions, cell=GRID_CELL, group=rollout.group_size)
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out / f"train_step_{self.step:06d}.png")
+        self._log_grid("samples/train", grid, self.step + 1)
 
     def _save_eval_grid(self) -> None:
+        """samples/eval_step_N.png: the first 32 held-out samples captioned with their prompts; also sent to
+        TensorBoard."""
         from arr.report import image_grid
 
         if self.last_eval_images is None or not self.last_eval_images[2]:
             return
+        records, idx, images = self.last_eval_images
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
-        images = self.last_eval_images[2]
-        image_grid(images[:32], cols=8, scale=2).save(out / f"eval_step_{self.step:06d}.png")
+        captions = [records[i].prompt for i in idx[:32]]
+        grid = image_grid(images[:32], cols=8, captions=captions, cell=GRID_CELL)
+        grid.save(out / f"eval_step_{self.step:06d}.png")
+        self._log_grid("samples/eval", grid, self.step)
+
+    def _log_grid(self, tag: str, grid: Image.Image, step: int) -> None:
+        """Send a sample grid to TensorBoard when accelerate tracks to it (at the step its scalars are logged)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
