@@ -24,6 +24,9 @@ from arr.shapes.models import ShapesFlowModel, load_pretrained
 class ShapesPolicy(FlowMatchingPolicy):
     """The shapes text-to-image or editing model (task "t2i" / "edit") as a FlowPolicy."""
 
+    # The network is an SD3Transformer2DModel: its LoRA files have SD3's layout (`transformer.<peft name>`).
+    lora_pipeline = "StableDiffusion3Pipeline"
+
     def __init__(
         self,
         model: ShapesFlowModel,
