@@ -386,3 +386,56 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+# ---- diffusers pipelines around tiny policies -------------------------------------------------------------------
+
+
+def nonzero_lora(policy, scale=0.3):
+    """A LoRA that changes the output: peft's gaussian init leaves B at zero."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def family_pipeline(family, policy):
+    """The family's diffusers pipeline around `policy`'s transformer and VAE, text encoders left out (the test
+    passes embeddings), with the scheduler the policy's sigmas follow."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+    )
+
+    if family == "sd3":
+        return StableDiffusion3Pipeline(
+            transformer=policy.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
+    )
+    if family == "flux":
+        return FluxPipeline(
+            scheduler=sched,
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=policy.transformer,
+        )
+    return QwenImagePipeline(
+        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
+    )

@@ -9,58 +9,11 @@ import json
 
 import pytest
 import torch
-from diffusers import (
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    QwenImagePipeline,
-    StableDiffusion3Pipeline,
-)
 
 from arr.policies.lora import LORA_METADATA_KEY, LORA_WEIGHTS_NAME, read_lora_weights
-from tests.conftest import FAMILIES, build_family_policy
+from tests.conftest import FAMILIES, build_family_policy, family_pipeline, nonzero_lora
 
 PROMPTS = ["a red circle", "two blue squares"]
-
-
-def perturb_lora(policy, scale=0.3):
-    """A LoRA that changes the output: peft's gaussian init leaves B at zero."""
-    gen = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for p in policy.trainable_parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-
-
-def family_pipeline(family, policy):
-    """The family's diffusers pipeline around `policy`'s transformer and VAE, text encoders left out (the test
-    passes embeddings), with the scheduler the policy's sigmas follow."""
-    if family == "sd3":
-        return StableDiffusion3Pipeline(
-            transformer=policy.transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-            vae=policy.vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            text_encoder_3=None,
-            tokenizer_3=None,
-        )
-    sched = FlowMatchEulerDiscreteScheduler(
-        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
-    )
-    if family == "flux":
-        return FluxPipeline(
-            scheduler=sched,
-            vae=policy.vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            transformer=policy.transformer,
-        )
-    return QwenImagePipeline(
-        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
-    )
 
 
 def run_pipeline(family, pipe, cond, noise, cfg):
@@ -103,7 +56,7 @@ def test_diffusers_pipeline_loads_the_lora_at_full_strength(family, tmp_path):
     cfg = 1.0 if family == "flux" else 3.0
     trained = base_policy(family, cfg)
     trained.add_lora(r=4, alpha=8)
-    perturb_lora(trained)
+    nonzero_lora(trained)
     cond = trained.encode(PROMPTS)
     noise = trained._initial_noise(2, 16, 16, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -142,7 +95,7 @@ def test_lora_files_without_alpha_and_errors(tmp_path):
 
     trained = base_policy("sd3", 1.0)
     trained.add_lora(r=2, alpha=6)
-    perturb_lora(trained)
+    nonzero_lora(trained)
     state = {k: v.contiguous() for k, v in trained.lora_state_dict().items()}
     # A diffusers file written without the header: diffusers loads it at alpha = rank, and so does arr.
     save_file({f"transformer.{k}": v for k, v in state.items()}, tmp_path / "bare.safetensors")
