@@ -30,7 +30,7 @@ from PIL import Image
 
 from arr.rubrics import Rubric
 
-__all__ = ["CacheError", "CacheStats", "JudgmentCache", "image_digest", "judgment_key"]
+__all__ = ["CacheError", "CacheStats", "JudgmentCache", "image_digest", "judgment_key", "text_digest"]
 
 KEY_VERSION = 1  # bump when the key recipe changes, so old entries are not served for new questions
 _BUSY_TIMEOUT_S = 60.0  # writers wait this long for the lock; a batch of judgments commits in milliseconds
@@ -76,25 +76,35 @@ def image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """A judged text's digest, marked so that it can never equal an image's."""
+    return "text:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def judgment_key(
     *,
     kind: str,
     backend_fingerprint: str,
     rubric: Rubric,
     prompt: str,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | str],
     source: Image.Image | None,
     criterion_id: str | None = None,
 ) -> str:
     """The cache key of one judge question: sha256 of a canonical JSON of every input that can change the answer.
 
-    `kind` names the question ("pair", "criterion", ...); image order matters ("Image 1" vs "Image 2").
+    `kind` names the question ("pair", "criterion", ...); order matters ("Image 1" vs "Image 2"). The candidates
+    are images or texts (texts judged as responses); a text never shares a digest with an image.
     """
     if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
-        raise TypeError(f"judgment_key: images must be a sequence of PIL images, got {type(images).__name__}")
+        raise TypeError(
+            f"judgment_key: images must be a sequence of PIL images or texts, got {type(images).__name__}"
+        )
     for i, im in enumerate(images):
-        if not isinstance(im, Image.Image):
-            raise TypeError(f"judgment_key: images[{i}] must be a PIL image, got {type(im).__name__}")
+        if not isinstance(im, (Image.Image, str)):
+            raise TypeError(
+                f"judgment_key: images[{i}] must be a PIL image or a text, got {type(im).__name__}"
+            )
     if source is not None and not isinstance(source, Image.Image):
         raise TypeError(f"judgment_key: source must be a PIL image or None, got {type(source).__name__}")
     parts = {
@@ -103,7 +113,7 @@ def judgment_key(
         "backend": backend_fingerprint,
         "rubric": rubric.to_dict(),
         "prompt": prompt,
-        "images": [image_digest(im) for im in images],
+        "images": [text_digest(im) if isinstance(im, str) else image_digest(im) for im in images],
         "source": image_digest(source) if source is not None else None,
         "criterion_id": criterion_id,
     }

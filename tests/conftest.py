@@ -439,3 +439,33 @@ def family_pipeline(family, policy):
     return QwenImagePipeline(
         scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
     )
+
+
+# ---- a tiny language model for TRL ------------------------------------------------------------------------------
+
+
+def tiny_causal_lm(words):
+    """A random one-layer Qwen2 causal LM over a word-level vocabulary (`words`, after "<pad>" and "<eos>"), with its
+    tokenizer: a policy for a few CPU steps of TRL's GRPOTrainer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = ["<pad>", "<eos>", *words]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config), tokenizer
