@@ -131,6 +131,11 @@ def _prompt(i: int, record: dict[str, Any], where: str) -> T2IPrompt:
     return T2IPrompt(pid, prompt, str(tag or ""), rubric, record)
 
 
+def load_geneval_prompts(path: str | Path) -> list[T2IPrompt]:
+    """The prompts of a GenEval `evaluation_metadata.jsonl`, each with its rubric (see the module docstring)."""
+    return [_prompt(n - 1, record, f"{path}:{n}") for n, record in iter_jsonl(path, strict=True)]
+
+
 def load_t2i_suite(
     path: str | Path, data_dir: str | Path, limit: int | None = None
 ) -> tuple[dict[str, Any], list[T2IPrompt]]:
@@ -149,7 +154,7 @@ def load_t2i_suite(
             source = path.parent / source
         if not source.is_file():
             raise ValueError(f"suite {path}: data file {source} not found")
-    prompts = [_prompt(n - 1, record, f"{source}:{n}") for n, record in iter_jsonl(source, strict=True)]
+    prompts = load_geneval_prompts(source)
     if limit is not None:
         prompts = prompts[:limit]
     suite["source"] = str(source)
@@ -195,6 +200,7 @@ __all__ = [
     "RubricT2IScorer",
     "T2IPrompt",
     "geneval_rubric",
+    "load_geneval_prompts",
     "load_t2i_suite",
     "read_t2i_suite",
 ]

@@ -245,9 +245,9 @@ class FlowMatchingPolicy(ABC):
     batch_cfg: bool = True
     #: The unconditional branch's prompt under CFG (guidance_scale > 1) when `encode` gets none.
     negative_prompt: str = ""
-    #: The diffusers pipeline whose `save_lora_weights` writes (and whose `load_lora_weights` reads) this family's
-    #: LoRA files; None where the family has no diffusers format.
-    lora_pipeline: str | None = None
+    #: diffusers' LoRA loader of this family (in `diffusers.loaders`: the mixin behind its pipelines'
+    #: `load_lora_weights` and `save_lora_weights`), which writes its LoRA files; None: no diffusers format.
+    lora_loader: str | None = None
 
     def __init__(
         self,
@@ -616,14 +616,14 @@ class FlowMatchingPolicy(ABC):
         self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
     ) -> Path | None:
         """Write the LoRA (or `state`, in `lora_state_dict`'s names) as `folder/pytorch_lora_weights.safetensors`,
-        with the family pipeline's own writer and the adapter's rank, alpha and targets in its header, so that
+        with the family's own diffusers writer and the adapter's rank, alpha and targets in its header, so that
         `pipe.load_lora_weights(folder)` applies it at full strength (see arr/policies/lora.py). Returns the file,
-        or None for a family without a diffusers format (`lora_pipeline` None)."""
-        if self.lora_pipeline is None:
+        or None for a family without a diffusers format (`lora_loader` None)."""
+        if self.lora_loader is None:
             return None
         config = lora_config(self.transformer, base_model=base_model)
         return write_lora_file(
-            folder, self.lora_state_dict() if state is None else state, config, self.lora_pipeline
+            folder, self.lora_state_dict() if state is None else state, config, self.lora_loader
         )
 
     def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:

@@ -38,7 +38,7 @@ class FluxPolicy(LatentFlowPolicy):
 
     batch_cfg = False
     latent_patch = 2
-    lora_pipeline = "FluxPipeline"
+    lora_loader = "FluxLoraLoaderMixin"
 
     def __init__(
         self,

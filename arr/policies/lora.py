@@ -1,6 +1,7 @@
 """LoRA files in diffusers' format: what `pipe.load_lora_weights(folder)` reads, and what arr's policies load.
 
-A LoRA is written as diffusers' own writer writes it (`<Pipeline>.save_lora_weights`): one
+A LoRA is written as diffusers' own writer writes it (the family's loader mixin, e.g.
+`FluxLoraLoaderMixin.save_lora_weights`, which is `FluxPipeline.save_lora_weights`): one
 `pytorch_lora_weights.safetensors` whose keys are the transformer's peft names under the `transformer.` prefix, with
 the adapter's `LoraConfig` (rank, alpha, target modules) in the file's `lora_adapter_metadata` header. The alpha in
 the header is what makes a LoRA load at full strength: without it diffusers takes alpha = rank, which for arr's
@@ -79,15 +80,16 @@ def lora_config(transformer: nn.Module, adapter_name: str = "default", base_mode
 
 
 def write_lora_file(
-    folder: str | Path, state: dict[str, Tensor], config: dict[str, Any], pipeline: str
+    folder: str | Path, state: dict[str, Tensor], config: dict[str, Any], loader: str
 ) -> Path:
-    """Write `state` (peft names) as `folder/pytorch_lora_weights.safetensors` with diffusers' `pipeline` class's
-    own writer (e.g. "FluxPipeline"), the LoraConfig `config` in its header; returns the file."""
-    import diffusers
+    """Write `state` (peft names) as `folder/pytorch_lora_weights.safetensors` with the `save_lora_weights` of
+    diffusers' LoRA loader `loader` (e.g. "FluxLoraLoaderMixin"), the LoraConfig `config` in its header; returns
+    the file. The mixin, not its pipeline class: importing a pipeline imports its text encoders' code too."""
+    import diffusers.loaders
 
-    writer = getattr(diffusers, pipeline, None)
+    writer = getattr(diffusers.loaders, loader, None)
     if writer is None or not hasattr(writer, "save_lora_weights"):
-        raise ValueError(f"diffusers has no pipeline {pipeline!r} with save_lora_weights")
+        raise ValueError(f"diffusers.loaders has no LoRA loader {loader!r} with save_lora_weights")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     writer.save_lora_weights(
         str(folder), transformer_lora_layers=tensors, transformer_lora_adapter_metadata=dict(config)

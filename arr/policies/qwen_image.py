@@ -40,7 +40,7 @@ class QwenImagePolicy(LatentFlowPolicy):
 
     batch_cfg = False
     latent_patch = 2
-    lora_pipeline = "QwenImagePipeline"
+    lora_loader = "QwenImageLoraLoaderMixin"
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ class ShapesPolicy(FlowMatchingPolicy):
     """The shapes text-to-image or editing model (task "t2i" / "edit") as a FlowPolicy."""
 
     # The network is an SD3Transformer2DModel: its LoRA files have SD3's layout (`transformer.<peft name>`).
-    lora_pipeline = "StableDiffusion3Pipeline"
+    lora_loader = "SD3LoraLoaderMixin"
 
     def __init__(
         self,

@@ -72,7 +72,7 @@ def _usage(settings: dict[str, Any], path: str, moving_average: bool) -> str:
     base = settings.get("model_name_or_path")
     if settings.get("policy") == "shapes":
         editing = base == "edit" or settings.get("dataset") == "shapes_edit"
-        model = "shapes-edit" if base == "edit" else f"shapes:{base}"
+        model = {"t2i": "shapes-t2i", "edit": "shapes-edit"}.get(str(base), f"shapes:{base}")
         if editing:
             commands = [
                 f'arr shapes edit examples/source.png "make the red circle green" --policy {base} --lora {path}',
