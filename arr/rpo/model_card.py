@@ -35,7 +35,7 @@ CARD_SETTINGS = (
 MOVING_AVERAGE_DIR = "moving_average"
 
 
-def _settings(run_config: dict[str, Any]) -> dict[str, Any]:
+def run_settings(run_config: dict[str, Any]) -> dict[str, Any]:
     """The run's settings as one flat mapping (a recipe's config is flat; `RPOTrainer`'s default nests them)."""
     flat: dict[str, Any] = {}
     for key, value in run_config.items():
@@ -111,7 +111,7 @@ def model_card(
 ) -> str:
     """The README.md text of checkpoint `path` at `step`: `evals` are the metrics rows with an evaluation up to
     `step`; `lora_file` says whether the folder holds the diffusers-format file."""
-    settings = _settings(run_config)
+    settings = run_settings(run_config)
     base = settings.get("model_name_or_path")
     if settings.get("policy") == "shapes":  # arr's own model: no Hub base model, no diffusers pipeline
         front = ["---", "library_name: arr"]
@@ -157,4 +157,4 @@ def write_model_card(folder: Path, text: str) -> Path:
     return path
 
 
-__all__ = ["CARD_SETTINGS", "MOVING_AVERAGE_DIR", "model_card", "write_model_card"]
+__all__ = ["CARD_SETTINGS", "MOVING_AVERAGE_DIR", "model_card", "run_settings", "write_model_card"]

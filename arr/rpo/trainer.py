@@ -53,7 +53,7 @@ from arr.rpo.checkpoint import (
     write_checkpoint,
 )
 from arr.rpo.config import ConfigError, RPOConfig
-from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, write_model_card
+from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, run_settings, write_model_card
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
@@ -827,7 +827,7 @@ class RPOTrainer:
     ) -> None:
         """The checkpoint's files for use outside arr: the LoRA in diffusers' format (`pipe.load_lora_weights` reads
         it at full strength), the moving average that sampled in `moving_average/`, and the model card."""
-        base = self._setting("model_name_or_path")
+        base = run_settings(self.run_config).get("model_name_or_path")
         file = self.policy.save_lora_weights(folder, lora, base_model=base)
         if file is not None and sampling_lora is not None:
             self.policy.save_lora_weights(folder / MOVING_AVERAGE_DIR, sampling_lora, base_model=base)
@@ -842,13 +842,6 @@ class RPOTrainer:
             moving_average=file is not None and sampling_lora is not None,
         )
         write_model_card(folder, text)
-
-    def _setting(self, key: str) -> Any:
-        """A run setting from `run_config` (a recipe's flat keys, or sections of them), None if absent."""
-        for value in (self.run_config, *(v for v in self.run_config.values() if isinstance(v, dict))):
-            if key in value and not isinstance(value[key], dict):
-                return value[key]
-        return None
 
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
         """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,
