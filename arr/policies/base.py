@@ -13,12 +13,14 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from arr.policies.lora import LoraWeights, lora_config, read_lora_weights, write_lora_file
 from arr.policies.sde import DEFAULT_REDUCTION, Reduction, SDEConvention, ode_step, sde_step
 
 # Attention projections of the joint-attention blocks shared by SD3, FLUX and Qwen-Image (image and text
@@ -212,6 +214,18 @@ class FlowPolicy(Protocol):
         """Load weights saved by `lora_state_dict` into the existing adapter (resume)."""
         ...
 
+    def save_lora_weights(
+        self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
+    ) -> Path | None:
+        """Write the LoRA (or `state`, in `lora_state_dict`'s names) in diffusers' format, as
+        `folder/pytorch_lora_weights.safetensors` (checkpoints hold one for `pipe.load_lora_weights`); None where
+        the policy has no diffusers format."""
+        ...
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """Add the LoRA saved in `path` (a checkpoint folder, or a diffusers LoRA folder or file) as the adapter."""
+        ...
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in backward (`RPOConfig.gradient_checkpointing`)."""
         ...
@@ -236,6 +250,9 @@ class FlowMatchingPolicy(ABC):
     #: pipeline calls CFG `true_cfg_scale` (FLUX, Qwen-Image) set False: there `guidance_scale` is the guidance the
     #: transformer embeds (FluxPipeline's guidance_scale), one transformer call, and `true_cfg_scale` is the CFG.
     guidance_is_cfg: bool = True
+    #: diffusers' LoRA loader of this family (in `diffusers.loaders`: the mixin behind its pipelines'
+    #: `load_lora_weights` and `save_lora_weights`), which writes its LoRA files; None: no diffusers format.
+    lora_loader: str | None = None
 
     def __init__(
         self,
@@ -607,6 +624,10 @@ class FlowMatchingPolicy(ABC):
             init_lora_weights="gaussian",
             target_modules=list(target_modules or self.lora_targets),
         )
+        self._add_adapter(config, adapter_name)
+
+    def _add_adapter(self, config: Any, adapter_name: str = "default") -> None:
+        """Add a peft `LoraConfig` adapter with diffusers' `add_adapter`; its weights train in float32."""
         add_adapter = getattr(self.transformer, "add_adapter", None)
         if add_adapter is None:
             raise TypeError(
@@ -637,6 +658,46 @@ class FlowMatchingPolicy(ABC):
             raise ValueError(
                 f"LoRA state has keys the adapter lacks: {unexpected[:5]} (add_lora with the same r/targets first)"
             )
+
+    def save_lora_weights(
+        self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
+    ) -> Path | None:
+        """Write the LoRA (or `state`, in `lora_state_dict`'s names) as `folder/pytorch_lora_weights.safetensors`,
+        with the family's own diffusers writer and the adapter's rank, alpha and targets in its header, so that
+        `pipe.load_lora_weights(folder)` applies it at full strength (see arr/policies/lora.py). Returns the file,
+        or None for a family without a diffusers format (`lora_loader` None)."""
+        if self.lora_loader is None:
+            return None
+        config = lora_config(self.transformer, base_model=base_model)
+        return write_lora_file(
+            folder, self.lora_state_dict() if state is None else state, config, self.lora_loader
+        )
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """Add the LoRA in `path` as this policy's adapter: a checkpoint folder (`RUN/checkpoints/step_N`, or its
+        `moving_average/`), a diffusers LoRA folder or file, or a folder holding only arr's resume file (alpha
+        then from the run's config.yaml unless given). Keys that do not fit the transformer are an error."""
+        from peft import LoraConfig
+
+        weights = read_lora_weights(path, alpha)
+        if self.trainable_parameters():
+            raise ValueError(
+                f"LoRA {path}: the policy already has a trainable adapter; load into a fresh policy"
+            )
+        try:
+            self._add_adapter(LoraConfig(**weights.config))
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"LoRA {weights.path}: its config does not fit {type(self).__name__} ({e})"
+            ) from None
+        try:
+            self.load_lora_state_dict({k: v.to(self.device) for k, v in weights.state.items()})
+        except RuntimeError as e:  # a shape mismatch: a LoRA of another model
+            first = " ".join(line.strip() for line in str(e).splitlines()[:2])
+            raise ValueError(
+                f"LoRA {weights.path} does not fit this model (trained on another?): {first}"
+            ) from None
+        return weights
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in backward: ~25% slower steps for much less memory on large transformers."""

@@ -37,7 +37,7 @@ from PIL import Image
 
 from arr.backends.base import JudgeUnavailableError
 from arr.data import PromptRecord, as_record
-from arr.jsonl import append_jsonl
+from arr.jsonl import append_jsonl, read_jsonl
 from arr.policies.base import FlowPolicy
 from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
@@ -53,6 +53,7 @@ from arr.rpo.checkpoint import (
     write_checkpoint,
 )
 from arr.rpo.config import ConfigError, RPOConfig
+from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, run_settings, write_model_card
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
@@ -846,10 +847,32 @@ class RPOTrainer:
                     "judge_cache": self.reward.cache_path or "",
                     "num_processes": acc.num_processes,
                 },
+                export=lambda folder: self._export_lora(folder, lora, sampling_lora),
             )
             prune_checkpoints(self.checkpoint_dir, self.args.save_total_limit)
         acc.wait_for_everyone()
         return checkpoint_path(self.checkpoint_dir, self.step)
+
+    def _export_lora(
+        self, folder: Path, lora: dict[str, torch.Tensor], sampling_lora: dict[str, torch.Tensor] | None
+    ) -> None:
+        """The checkpoint's files for use outside arr: the LoRA in diffusers' format (`pipe.load_lora_weights` reads
+        it at full strength), the moving average that sampled in `moving_average/`, and the model card."""
+        base = run_settings(self.run_config).get("model_name_or_path")
+        file = self.policy.save_lora_weights(folder, lora, base_model=base)
+        if file is not None and sampling_lora is not None:
+            self.policy.save_lora_weights(folder / MOVING_AVERAGE_DIR, sampling_lora, base_model=base)
+        metrics = self.output_dir / "metrics.jsonl"
+        evals = [r for r in read_jsonl(metrics) if "eval_score" in r and r.get("step", 0) <= self.step]
+        text = model_card(
+            self.run_config,
+            self.step,
+            evals,
+            str(checkpoint_path(self.checkpoint_dir, self.step)),
+            lora_file=file is not None,
+            moving_average=file is not None and sampling_lora is not None,
+        )
+        write_model_card(folder, text)
 
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
         """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,
