@@ -30,9 +30,20 @@ from PIL import Image
 
 from arr.rubrics import Rubric
 
-__all__ = ["CacheError", "CacheStats", "JudgmentCache", "image_digest", "judgment_key"]
+__all__ = [
+    "CacheError",
+    "CacheStats",
+    "JudgmentCache",
+    "JudgmentKeys",
+    "image_digest",
+    "judgment_key",
+    "rubric_digest",
+    "text_digest",
+]
 
-KEY_VERSION = 1  # bump when the key recipe changes, so old entries are not served for new questions
+# Bump when the key recipe changes, so old entries are not served for new questions. v2: the rubric enters the key
+# as its digest, so that a batch hashes each rubric once instead of re-serialising it for every criterion.
+KEY_VERSION = 2
 _BUSY_TIMEOUT_S = 60.0  # writers wait this long for the lock; a batch of judgments commits in milliseconds
 _CHUNK = 500  # keys per SELECT ... IN (...): under SQLite's oldest variable limit (999)
 
@@ -76,39 +87,100 @@ def image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """A judged text's digest, marked so that it can never equal an image's."""
+    return "text:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def rubric_digest(rubric: Rubric) -> str:
+    """sha256 of a rubric's canonical JSON (`Rubric.to_dict()`): everything about the rubric that can change an answer."""
+    canonical = json.dumps(
+        rubric.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+class JudgmentKeys:
+    """Cache keys for the questions of one batch, hashing each rubric and each image once.
+
+    A rubric with N criteria asks N questions about one image; hashing the rubric and the image per question made
+    keying a batch O(N^2) in the rubric's size. Digests are remembered by object identity (the objects are kept
+    alive here, so an id is never reused), which is right because rubrics and images are not changed while judged.
+    Keep one `JudgmentKeys` per batch, not for the life of a process.
+    """
+
+    def __init__(self, backend_fingerprint: str) -> None:
+        self.backend_fingerprint = backend_fingerprint
+        self._rubrics: dict[int, tuple[Rubric, str]] = {}
+        self._images: dict[int, tuple[Image.Image, str]] = {}
+
+    def _rubric(self, rubric: Rubric) -> str:
+        hit = self._rubrics.get(id(rubric))
+        if hit is None:
+            hit = self._rubrics[id(rubric)] = (rubric, rubric_digest(rubric))
+        return hit[1]
+
+    def _image(self, image: Image.Image | str, where: str, texts: bool = True) -> str:
+        if isinstance(image, str) and texts:
+            return text_digest(image)
+        hit = self._images.get(id(image))
+        if hit is None:
+            if not isinstance(image, Image.Image):
+                kinds = "a PIL image or a text" if texts else "a PIL image"
+                raise TypeError(f"judgment_key: {where} must be {kinds}, got {type(image).__name__}")
+            hit = self._images[id(image)] = (image, image_digest(image))
+        return hit[1]
+
+    def key(
+        self,
+        *,
+        kind: str,
+        rubric: Rubric,
+        prompt: str,
+        images: Sequence[Image.Image | str],
+        source: Image.Image | None,
+        criterion_id: str | None = None,
+    ) -> str:
+        """The key of one question (see `judgment_key`); the candidates are images or texts (texts judged as
+        responses), and a text never shares a digest with an image."""
+        if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
+            raise TypeError(
+                f"judgment_key: images must be a sequence of PIL images or texts, got {type(images).__name__}"
+            )
+        parts = {
+            "v": KEY_VERSION,
+            "kind": kind,
+            "backend": self.backend_fingerprint,
+            "rubric": self._rubric(rubric),
+            "prompt": prompt,
+            "images": [self._image(im, f"images[{i}]") for i, im in enumerate(images)],
+            "source": self._image(source, "source", texts=False) if source is not None else None,
+            "criterion_id": criterion_id,
+        }
+        canonical = json.dumps(
+            parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def judgment_key(
     *,
     kind: str,
     backend_fingerprint: str,
     rubric: Rubric,
     prompt: str,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | str],
     source: Image.Image | None,
     criterion_id: str | None = None,
 ) -> str:
     """The cache key of one judge question: sha256 of a canonical JSON of every input that can change the answer.
 
-    `kind` names the question ("pair", "criterion", ...); image order matters ("Image 1" vs "Image 2").
+    `kind` names the question ("pair", "criterion", ...); image order matters ("Image 1" vs "Image 2"). For many
+    questions at once use `JudgmentKeys`, which hashes each rubric and image once.
     """
-    if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
-        raise TypeError(f"judgment_key: images must be a sequence of PIL images, got {type(images).__name__}")
-    for i, im in enumerate(images):
-        if not isinstance(im, Image.Image):
-            raise TypeError(f"judgment_key: images[{i}] must be a PIL image, got {type(im).__name__}")
-    if source is not None and not isinstance(source, Image.Image):
-        raise TypeError(f"judgment_key: source must be a PIL image or None, got {type(source).__name__}")
-    parts = {
-        "v": KEY_VERSION,
-        "kind": kind,
-        "backend": backend_fingerprint,
-        "rubric": rubric.to_dict(),
-        "prompt": prompt,
-        "images": [image_digest(im) for im in images],
-        "source": image_digest(source) if source is not None else None,
-        "criterion_id": criterion_id,
-    }
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return JudgmentKeys(backend_fingerprint).key(
+        kind=kind, rubric=rubric, prompt=prompt, images=images, source=source, criterion_id=criterion_id
+    )
 
 
 def _encode(key: str, value: dict[str, Any]) -> str:

@@ -142,6 +142,28 @@ def faulty_judge_server():
         yield server
 
 
+# ---- the CLI in a child process ------------------------------------------------------------------------------------
+
+# A few steps of the demo recipe: enough to write every file of a run directory.
+TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts", "4", "--num_train_prompts", "8",
+            "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none", "--align_every", "0"]  # fmt: skip
+
+
+def run_arr(*args, cwd: Path | None = None):
+    """`python -m arr ARGS...` in a child process, as users run it (not a launched rank)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "arr", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=SUBPROCESS_ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
 # ---- RPO on a tiny shapes policy ---------------------------------------------------------------------------------
 
 # metrics.jsonl fields that measure the machine, not the run: left out when two runs must agree.
@@ -169,12 +191,21 @@ def tiny_shapes_config():
     )
 
 
-def tiny_policy(**kw):
-    """A randomly initialised (seed 0) tiny shapes policy, sampled with 3 steps."""
+def tiny_policy(dtype=None, **kw):
+    """A randomly initialised (seed 0) tiny shapes policy, sampled with 3 steps. In float64 it comes with a float64
+    LoRA (r4/alpha8, as `make_args`, initialised as the trainer would), so that two runs can be compared to ~1e-9."""
+    import torch
+
     from arr.policies.shapes import ShapesPolicy
+    from arr.rpo.seeds import LORA_INIT_SALT, seed_for
     from arr.shapes.models import build_t2i_model
 
-    return ShapesPolicy(build_t2i_model(tiny_shapes_config(), seed=0), num_steps=3, **kw)
+    model = build_t2i_model(tiny_shapes_config(), seed=0)
+    policy = ShapesPolicy(model.to(dtype) if dtype is not None else model, num_steps=3, **kw)
+    if dtype == torch.float64:
+        torch.manual_seed(seed_for(0, LORA_INIT_SALT))
+        policy.add_lora(4, 8)
+    return policy
 
 
 def brightness(images) -> float:
@@ -286,8 +317,10 @@ def kl_vae():
     )
 
 
-def build_family_policy(family, guidance_scale=1.0, **kw):
-    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps."""
+def build_family_policy(family, cfg=1.0, **kw):
+    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps, with
+    classifier-free guidance `cfg` as the family's pipeline names it: SD3's guidance_scale, FLUX's and Qwen-Image's
+    true_cfg_scale (FLUX keeps its embedded guidance_scale 3.5 unless `kw` sets it)."""
     import torch
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -299,7 +332,8 @@ def build_family_policy(family, guidance_scale=1.0, **kw):
     from arr.policies import make_policy
 
     torch.manual_seed(0)
-    common = {"height": 16, "width": 16, "num_steps": 3, "guidance_scale": guidance_scale, **kw}
+    cfg_key = "guidance_scale" if family == "sd3" else "true_cfg_scale"
+    common = {"height": 16, "width": 16, "num_steps": 3, cfg_key: cfg, **kw}
     if family == "sd3":
         tr = SD3Transformer2DModel(
             sample_size=8,
@@ -393,3 +427,107 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture
+def reward_server():
+    """Start in-process reward servers: `reward_server(judge=None, token=None, **limits)` -> a started
+    `RewardServer` on a free 127.0.0.1 port (pixel judge by default); all are shut down after the test."""
+    from arr import RubricJudge, load_backend
+    from arr.serve import RewardServer, ServeLimits
+
+    started = []
+
+    def start(judge=None, token=None, **limits):
+        judge = judge or RubricJudge(load_backend("pixel"))
+        server = RewardServer(judge, "127.0.0.1", 0, limits=ServeLimits(**limits), token=token)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+
+
+# ---- diffusers pipelines around tiny policies -------------------------------------------------------------------
+
+
+def nonzero_lora(policy, scale=0.3):
+    """A LoRA that changes the output: peft's gaussian init leaves B at zero."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def family_pipeline(family, policy):
+    """The family's diffusers pipeline around `policy`'s transformer and VAE, text encoders left out (the test
+    passes embeddings), with the scheduler the policy's sigmas follow."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+    )
+
+    if family == "sd3":
+        return StableDiffusion3Pipeline(
+            transformer=policy.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
+    )
+    if family == "flux":
+        return FluxPipeline(
+            scheduler=sched,
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=policy.transformer,
+        )
+    return QwenImagePipeline(
+        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
+    )
+
+
+# ---- a tiny language model for TRL ------------------------------------------------------------------------------
+
+
+def tiny_causal_lm(words):
+    """A random one-layer Qwen2 causal LM over a word-level vocabulary (`words`, after "<pad>" and "<eos>"), with its
+    tokenizer: a policy for a few CPU steps of TRL's GRPOTrainer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = ["<pad>", "<eos>", *words]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config), tokenizer

@@ -90,3 +90,61 @@ def gedit_answers(request) -> str:
     if len(request.images) == 2:  # SC: Image BASE and the edit
         return 'Sure. {"success": 8, "overediting": 6, "reason": "mostly right"}'
     return '```json\n{"naturalness": 9, "artifacts": 7, "reason": "clean"}\n```'
+
+
+class GatedBackend(BrightnessBackend):
+    """BrightnessBackend that waits for `gate` (a threading.Event) before answering each batch, so a test can hold
+    a request in the judge for as long as it needs; `entered` is set once a batch is waiting."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def judge_criteria(self, queries):
+        self.entered.set()
+        self.gate.wait(60)
+        self.batches.append(len(queries))
+        return super().judge_criteria(queries)
+
+
+class SlowBackend(BrightnessBackend):
+    """BrightnessBackend that takes 50 ms per question: a long batch for server process tests (`--backend
+    tests.fakes:SlowBackend`)."""
+
+    def judge_criteria(self, queries):
+        import time
+
+        time.sleep(0.05 * len(queries))
+        return super().judge_criteria(queries)
+
+
+class ScriptedCriteria:
+    """Answers each criterion question from `answers[criterion id]`: a value, "unknown" (cannot assess), or None (a
+    failed question); pairs get `prob_first`. Counts the criterion questions it was asked."""
+
+    def __init__(self, answers: dict, name: str = "scripted", prob_first: float = 0.5) -> None:
+        self.answers, self.name, self.prob_first = dict(answers), name, prob_first
+        self.asked = 0
+
+    def fingerprint(self) -> str:
+        return f"scripted/{self.name}/{sorted(self.answers.items(), key=str)}/{self.prob_first}"
+
+    def judge_pairs(self, queries):
+        return [PairVerdict(self.prob_first, reason=self.name) for _ in queries]
+
+    def judge_criteria(self, queries):
+        self.asked += len(queries)
+        out = []
+        for q in queries:
+            a = self.answers[q.criterion.id]
+            if a == "unknown":
+                out.append(CriterionVerdict(None, reason="cannot tell", cannot_assess=True))
+            elif a is None:
+                out.append(CriterionVerdict(None, error="HTTP 503"))
+            else:
+                out.append(CriterionVerdict(float(a), reason=f"{self.name} says {a}"))
+        return out

@@ -124,6 +124,11 @@ def test_judge_refuses_a_folder_as_cache(run_cli, tmp_path):
     assert code == 2 and f"--cache {tmp_path} is a folder" in one_line_error(err, "judge")
 
 
+def test_serve_refuses_a_folder_as_cache(run_cli, tmp_path):
+    code, _, err = run_cli("serve", "--port", "0", "--cache", tmp_path)
+    assert code == 2 and f"--cache {tmp_path} is a folder" in one_line_error(err, "serve")
+
+
 def _judge_openai(run_cli, port: int, *extra: str):
     return run_cli("judge", "--backend", "openai", "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1",
                    *extra, "--prompt", "p", "--rubric", EXAMPLES / "rubric.json", EXAMPLES / "good.png")  # fmt: skip

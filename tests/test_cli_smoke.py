@@ -7,29 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from arr.shapes.scene import Obj, Scene, render
-from tests.conftest import ROOT, SUBPROCESS_ENV, needs_shipped_edit, needs_shipped_t2i
+from tests.conftest import ROOT, SUBPROCESS_ENV, TINY_RUN, needs_shipped_edit, needs_shipped_t2i
+from tests.conftest import run_arr as arr
 
 # Every test here runs the CLI in a child process, as users do.
 pytestmark = pytest.mark.slow
-
-TINY_RUN = ["--max_steps", "2", "--prompts_per_step", "2", "--eval_num_prompts", "4", "--num_train_prompts", "8",
-            "--save_steps", "1", "--sample_steps", "1", "--eval_steps", "0", "--report_to", "none", "--align_every", "0"]  # fmt: skip
-
-
-def arr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "arr", *args],
-        capture_output=True,
-        text=True,
-        env=SUBPROCESS_ENV,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 @needs_shipped_t2i

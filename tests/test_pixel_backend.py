@@ -32,7 +32,7 @@ def test_protocol_registry_and_fingerprint():
     assert PixelBackend(strict=False).fingerprint() == "pixel/v1/lenient"
 
 
-def test_judge_criteria_gives_certain_verdicts_and_errors_without_checks():
+def test_judge_criteria_gives_certain_verdicts_and_cannot_assess_without_checks():
     rubric = rubric_for_prompt(SPEC)
     by_id = {c.id: c for c in rubric.criteria}
     no_check = Criterion("style", "The image looks pleasant.")
@@ -46,7 +46,10 @@ def test_judge_criteria_gives_certain_verdicts_and_errors_without_checks():
     ]
     verdicts = PixelBackend().judge_criteria(queries)
     assert [v.prob_yes for v in verdicts] == [1.0, 0.0, 1.0, None, None]
-    assert "needs a machine-checkable 'check'" in verdicts[3].error
+    # No check: the pixel judge cannot assess the criterion (an answer); a malformed check is an error.
+    assert verdicts[3].cannot_assess and verdicts[3].error is None and not verdicts[3].failed
+    assert "needs a machine-checkable 'check'" in verdicts[3].reason
+    assert verdicts[4].failed and not verdicts[4].cannot_assess
     assert "unknown check type" in verdicts[4].error
 
 

@@ -14,88 +14,19 @@ import pytest
 import torch
 
 from arr import RubricJudge
-from arr.policies.shapes import ShapesPolicy
 from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
 from arr.rpo import ConfigError, RPOConfig, RPOTrainer, TrainingStopped
-from arr.rpo.seeds import LORA_INIT_SALT, seed_for
-from arr.shapes.models import ShapesModelConfig, build_t2i_model
 from arr.shapes.training import t2i_records
-from tests.fakes import BrightnessBackend, FailingBackend
-
-TINY = ShapesModelConfig(
-    num_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    text_hidden_size=16,
-    text_layers=1,
-    text_heads=2,
+from tests.conftest import (
+    TIMING,
+    assert_same_rows,
+    brightness_eval,
+    make_args,
+    read_rows,
+    tiny_policy,
+    tiny_shapes_config,
 )
-TIMING = {
-    "judge_seconds",
-    "judge_wait_seconds",
-    "step_seconds",
-    "sample_seconds",
-    "optimize_seconds",
-    "eval_seconds",
-}
-
-
-def tiny_policy(dtype: torch.dtype = torch.float32, **kw) -> ShapesPolicy:
-    """The tiny shapes model; in float64 it comes with a float64 LoRA (r4/alpha8, as `make_args`), because
-    `add_lora` keeps LoRA weights in float32, the precision it guarantees to half-precision networks."""
-    policy = ShapesPolicy(build_t2i_model(TINY, seed=0).to(dtype), num_steps=3, **kw)
-    if dtype == torch.float64:
-        torch.manual_seed(seed_for(0, LORA_INIT_SALT))
-        policy.add_lora(4, 8)
-        for p in policy.trainable_parameters():
-            p.data = p.data.double()
-    return policy
-
-
-def brightness(images) -> float:
-    return float(
-        sum(sum(im.convert("L").get_flattened_data()) / (im.width * im.height) for im in images) / len(images)
-    )
-
-
-def make_args(tmp_path: Path, **kw) -> RPOConfig:
-    base = dict(
-        output_dir=str(tmp_path / "run"),
-        max_steps=3,
-        prompts_per_step=4,
-        num_sampling_steps=3,
-        eval_num_prompts=4,
-        eval_steps=0,
-        eval_num_sampling_steps=3,
-        save_steps=100,
-        sample_steps=100,
-        report_to="none",
-        guidance_scale=1.0,
-        lora_rank=4,
-        lora_alpha=8,
-        learning_rate=3e-3,
-        cpu=True,
-    )
-    base.update(kw)
-    return RPOConfig(**base)
-
-
-def read_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_same_rows(run_a: Path, run_b: Path, steps: list[int]) -> None:
-    """Two runs wrote the same metrics rows at `steps` (timings aside): what an exact resume must give."""
-    a, b = read_rows(run_a), read_rows(run_b)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == steps
-    for ra, rb in zip(a, b, strict=True):
-        for k in ra:
-            if k not in TIMING:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
-
-
-def brightness_eval(records, images):
-    return {"eval_score": brightness(images) / 255}
+from tests.fakes import BrightnessBackend, FailingBackend
 
 
 def test_config_validation_names_rule_and_fix():
@@ -144,7 +75,7 @@ def test_reward_rises_and_lora_trains(tmp_path, mode):
     after = dict(policy.transformer.named_parameters())
     frozen = [n for n in before if torch.equal(before[n], after[n])]
     # The last SD3 block discards its text outputs (context_pre_only), so its text-query LoRA gets no gradient.
-    last = TINY.num_layers - 1
+    last = tiny_shapes_config().num_layers - 1
     assert before and frozen == [f"transformer_blocks.{last}.attn.add_q_proj.lora_B.default.weight"], frozen
     rows = read_rows(Path(args.output_dir))
     train_rows = [r for r in rows if "loss" in r]
@@ -242,7 +173,7 @@ def test_judge_failures_stop_with_a_checkpoint(tmp_path):
 TWO_PROC_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {root!r})
-from tests.test_rpo import tiny_policy, make_args, brightness_eval
+from tests.conftest import tiny_policy, make_args, brightness_eval
 from tests.fakes import BrightnessBackend, CoarseBrightnessBackend
 from arr import RubricJudge
 from arr.rewards import RubricPairwiseReward

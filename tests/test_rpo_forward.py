@@ -17,8 +17,7 @@ from arr.rewards import RubricPairwiseReward
 from arr.rpo import ConfigError, RPOConfig, RPOTrainer
 from arr.rpo.trainer import TrainerCallback
 from arr.shapes.training import t2i_records
-from tests.fakes import BrightnessBackend
-from tests.test_rpo import (
+from tests.conftest import (
     assert_same_rows,
     brightness,
     brightness_eval,
@@ -26,6 +25,7 @@ from tests.test_rpo import (
     read_rows,
     tiny_policy,
 )
+from tests.fakes import BrightnessBackend
 
 
 def forward_trainer(tmp_path: Path, **kw) -> RPOTrainer:

@@ -19,9 +19,10 @@ from arr.rpo import ConfigError, RPOTrainer
 from arr.rpo.objectives import PolicyGradient
 from arr.rpo.trainer import NonFiniteLossError, TrainerCallback
 from arr.shapes.training import t2i_records
+from tests.conftest import ROOT, TINY_RUN, make_args, read_rows, tiny_policy
+from tests.conftest import needs_shipped_t2i as shipped
+from tests.conftest import run_arr as arr
 from tests.fakes import BrightnessBackend
-from tests.test_cli_smoke import ROOT, TINY_RUN, arr, shipped
-from tests.test_rpo import make_args, read_rows, tiny_policy
 
 
 def _trainer(tmp_path: Path, objective=None, callbacks=(), **kw) -> RPOTrainer:

@@ -23,8 +23,8 @@ from arr.rpo.objectives import (
     register_objective,
 )
 from arr.shapes.training import t2i_records
+from tests.conftest import make_args, read_rows, tiny_policy
 from tests.fakes import BrightnessBackend
-from tests.test_rpo import make_args, read_rows, tiny_policy
 
 
 @dataclass

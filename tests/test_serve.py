@@ -1,7 +1,8 @@
-"""The reward server: a real `python -m arr.serve` process on 127.0.0.1, driven by concurrent clients.
+"""The reward server: a real `python -m arr serve` process on 127.0.0.1, driven by concurrent clients.
 
 Checks that answers equal direct library calls, that repeated questions come from the judgment cache, that bad
-input gets a 400 naming the field, and that SIGTERM shuts the server down cleanly (exit code 0).
+input gets a 400 naming the field, that SIGTERM shuts the server down cleanly (exit code 0), and that a SIGTERM
+during a batch longer than --shutdown-timeout still exits by the deadline.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +26,10 @@ from arr.judge import PairItem, ScoreItem
 from arr.rewards import RubricPairwiseReward
 from arr.serve import encode_image
 from arr.shapes.pairs import make_pairs
+from tests.fakes import grey
+
+pytestmark = pytest.mark.slow  # every test here starts a server process
+REPO = Path(__file__).resolve().parents[1]
 
 
 def post(url: str, body: dict, timeout: float = 30.0) -> tuple[int, dict]:
@@ -171,3 +178,60 @@ def test_sigterm_shuts_down_cleanly(server):
 
     with JudgmentCache(cache) as c:
         assert len(c) > 0
+
+
+def test_sigterm_during_a_long_batch_exits_by_the_deadline(tmp_path):
+    """A batch of ~50 s of judging, SIGTERM a moment in: the server waits --shutdown-timeout (2 s) for it, abandons it
+    at the next chunk boundary and exits 0. Without a deadline the process would judge the whole batch first."""
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arr", "serve", "--backend", "tests.fakes:SlowBackend", "--port", "0",
+         "--shutdown-timeout", "2", "--cache", str(tmp_path / "judge.sqlite")],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        url = proc.stderr.readline().split("listening on ")[1].split()[0]
+        body = {
+            "images": [encode_image(grey(i % 256)) for i in range(1000)],
+            "rubric": {"prompt": "p", "criteria": [{"id": "c", "text": "bright"}]},
+        }
+        outcome = []
+
+        def client():
+            try:
+                outcome.append(post(url + "/score", body, timeout=120)[0])
+            except OSError as e:
+                outcome.append(type(e).__name__)
+
+        t = threading.Thread(target=client)
+        t.start()
+        deadline = time.monotonic() + 60
+        while not get(url + "/health")["queue"]["judging"]:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # 2 s of grace plus the step in hand (<= 13 s), not the ~50 s batch
+        assert "abandoned" in proc.stderr.read()
+        t.join(30)
+        assert outcome == [503]  # the abandoned request was told the server is going away, not left hanging
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_load_bench_runs_and_loses_nothing(tmp_path):
+    out = tmp_path / "serve_load.json"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "bench/serve_load.py", "--label", "t", "--clients", "20", "--long-groups", "1",
+           "--long-group-size", "6", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert row["server_code"] == str(REPO / "arr" / "__init__.py")
+    assert row["burst"]["answered"] == {"200": 20} and row["burst"]["lost_total"] == 0
+    assert row["health_during_long_request"]["long_request_status"] == 200 and row["server_exit_code"] == 0

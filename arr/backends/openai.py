@@ -11,10 +11,11 @@ reach the server raises `JudgeUnavailableError`, so training can tell "server do
 
 Probabilities: the backend asks for `logprobs` with 20 `top_logprobs`. Where the server returns them (vLLM,
 SGLang, OpenAI), the verdict is P(first choice) at the answer token (the rank digit after `"rank": [`, or the first
-yes/no token), summed over spelling variants; for an ordinal criterion it is the expected credit
-(level - 1) / (N - 1) over the digits "1".."N" at the leading rating token. Where the server gives no log-probabilities
-(`transformers serve` ignores the field), the answer text is parsed instead, giving 0, 0.5 or 1 (a rating's credit
-for ordinal criteria).
+yes/no/unknown token), summed over spelling variants; for an ordinal criterion it is the expected credit
+(level - 1) / (N - 1) over the digits "1".."N" at the leading rating token; a criterion is "cannot assess" where
+"unknown" outweighs the other answers there. Where the server gives no log-probabilities (`transformers serve`
+ignores the field), the answer text is parsed instead, giving 0, 0.5 or 1 (a rating's credit for ordinal criteria),
+or "cannot assess" for a leading "unknown".
 
 The API key is read from the environment variable named by `api_key_env` (absent is fine for local servers); it is
 kept out of reprs, fingerprints, logs and error messages.
@@ -39,6 +40,7 @@ import httpx
 from PIL import Image
 
 from arr.backends.chat import (
+    CANNOT_ASSESS_ANSWER,
     LEADING_RATING,
     TEMPLATE_VERSION,
     ChatBackend,
@@ -54,10 +56,12 @@ TOP_LOGPROBS = 20
 # Where the answer token sits in the answer text: the first rank digit, a leading yes/no, or a leading rating
 # (the text parser's own pattern, so that both read the same number, or none).
 _RANK_DIGIT = re.compile(r"""rank["']?\s*[:=]\s*\[\s*["']?(\d)""")
-_LEADING_YES_NO = re.compile(r"^[\s\W]*(yes|no)\b", re.IGNORECASE)
+_LEADING_YES_NO = re.compile(rf"^[\s\W]*(yes|no|{CANNOT_ASSESS_ANSWER})\b", re.IGNORECASE)
 _ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": LEADING_RATING}
 # A server's Retry-After is honoured up to this many seconds (or the request timeout, if smaller).
 _MAX_RETRY_AFTER = 30.0
+# Server messages quoted in errors are shortened to this many characters (after redaction).
+_MESSAGE_CHARS = 300
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -68,20 +72,21 @@ def image_data_url(image: Image.Image) -> str:
 
 
 def _server_message(resp: httpx.Response) -> str:
-    """The error text a server sent back (OpenAI `error.message`, FastAPI `detail`, or the body), shortened."""
+    """The error text a server sent back (OpenAI `error.message`, FastAPI `detail`, or the body), whole: callers
+    redact it and then shorten it to `_MESSAGE_CHARS`, never the other way round (a cut can split a key)."""
     try:
         data = resp.json()
     except ValueError:
-        return resp.text[:300]
+        return resp.text
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
+            return str(err["message"])
         if data.get("detail"):
-            return str(data["detail"])[:300]
+            return str(data["detail"])
         if err:
-            return str(err)[:300]
-    return json.dumps(data)[:300]
+            return str(err)
+    return json.dumps(data)
 
 
 def answer_choice_probs(
@@ -220,8 +225,8 @@ class OpenAIBackend(ChatBackend):
 
     # ---- transport ----------------------------------------------------------------------------------------------
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+    def _secret(self) -> str | None:
+        return self._api_key
 
     def _body(self, request: ChatRequest, urls: dict[int, str]) -> dict[str, Any]:
         messages = []
@@ -279,7 +284,7 @@ class OpenAIBackend(ChatBackend):
                 continue
             unreachable = False
             if resp.status_code == 429 or resp.status_code >= 500:
-                error = f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))}"
+                error = f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
                 try:
                     retry_after = float(resp.headers["retry-after"])
                 except (KeyError, ValueError):
@@ -287,7 +292,7 @@ class OpenAIBackend(ChatBackend):
                 continue
             if resp.status_code >= 400:
                 return ChatResult(
-                    error=f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))}"
+                    error=f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
                 )
             return self._read(resp, request, url)
         logger.warning("judge request failed after %d attempts: %s", attempts, error)
@@ -301,7 +306,7 @@ class OpenAIBackend(ChatBackend):
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return ChatResult(
                 error=f"unexpected response from {url} (expected choices[0].message.content): "
-                f"{self._redact(resp.text[:200])!r}"
+                f"{self._redact(resp.text)[:200]!r}"
             )
         probs = None
         logprobs = choice.get("logprobs")

@@ -1,6 +1,7 @@
 """`arr train` and `arr demo`: thin layers over `parse_recipe` + `build_trainer`.
 
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
+arr train recipes/flux_dev_t2i_rpo.yaml --print_config   # every resolved value (preset included), then exit
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
 arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
 """
@@ -69,7 +70,8 @@ def recipe_help() -> str:
         usage="arr train RECIPE.yaml [--key value ...]",
         description="Train a policy with RPO from a YAML recipe. Every recipe key below can also be given on the "
         "command line (`--key value`, as `--max_steps` or `--max-steps`); command-line values override the "
-        "recipe's, and unknown keys are errors.",
+        "recipe's, a preset (`rpo_preset`) fills the keys neither sets, and unknown keys are errors. "
+        "`--print_config` prints every resolved value as a recipe and exits without training.",
         formatter_class=_OneSpellingFormatter,
     ).format_help()
 
@@ -79,7 +81,25 @@ def _run_train(args: argparse.Namespace) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         sys.stdout.write(recipe_help())
         return 0
+    if PRINT_CONFIG in argv or PRINT_CONFIG.replace("_", "-") in argv:
+        return _print_config([a for a in argv if a not in (PRINT_CONFIG, PRINT_CONFIG.replace("_", "-"))])
     return _train(argv)
+
+
+PRINT_CONFIG = "--print_config"
+
+
+def _print_config(argv: list[str]) -> int:
+    """Print the recipe as it resolves (defaults, preset, YAML, command line): what the run's config.yaml records."""
+    from arr.cli.common import CLIError
+    from arr.rpo.config import ConfigError
+    from arr.rpo.recipe import parse_recipe
+
+    try:
+        sys.stdout.write(parse_recipe(argv).to_yaml())
+    except (ConfigError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -1,20 +1,25 @@
-"""The results folder of an editing evaluation: its file names, its rows (one per finished sample) and the summary
-computed from them alone, so that a resumed run summarises exactly like an uninterrupted one.
+"""The results folder of a benchmark evaluation (editing or text-to-image): its file names, its claim on the folder,
+its rows (one per finished sample) and the summary computed from them alone, so that a resumed run summarises exactly
+like an uninterrupted one.
 
-Read by the evaluation (arr.evaluation.editing) and by its report (arr.evaluation.edit_report).
+Read by the evaluations (arr.evaluation.editing, arr.evaluation.t2i) and by their reports.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from arr.jsonl import read_jsonl
+from PIL import Image
+
+from arr.jsonl import read_jsonl, write_text_atomic
 
 ROWS = "samples.jsonl"
 SETTINGS = "settings.json"
@@ -29,6 +34,28 @@ def file_stem(sample_id: str) -> str:
     """A safe, unique file name for a sample id."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:80]
     return f"{safe}-{hashlib.sha1(sample_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+def save_image(image: Image.Image, path: Path) -> None:
+    """Write an image beside its final name and rename it into place: a kill never leaves half a PNG."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def claim_folder(out: Path, settings: dict[str, Any]) -> None:
+    """Record what this evaluation is in OUT/settings.json, or check that OUT holds results of the same one."""
+    path = out / SETTINGS
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
+        return
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    if previous != settings:
+        changed = sorted(k for k in settings if previous.get(k) != settings[k])
+        raise ValueError(
+            f"{out} holds results of another evaluation (different {', '.join(changed)}); "
+            "use a new --out or delete that folder to start over"
+        )
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -92,7 +119,9 @@ __all__ = [
     "ROWS",
     "SETTINGS",
     "SUMMARY",
+    "claim_folder",
     "file_stem",
     "read_rows",
+    "save_image",
     "summarize",
 ]

@@ -28,7 +28,15 @@ from arr.evaluation.edit_benchmarks import EditSample
 from arr.evaluation.edit_judges import EditJudge
 from arr.evaluation.edit_metrics import EditMetrics
 from arr.evaluation.edit_report import write_edit_report
-from arr.evaluation.edit_results import ROWS, SETTINGS, SUMMARY, file_stem, read_rows, summarize
+from arr.evaluation.edit_results import (
+    ROWS,
+    SUMMARY,
+    claim_folder,
+    file_stem,
+    read_rows,
+    save_image,
+    summarize,
+)
 from arr.evaluation.editors import Editor
 from arr.jsonl import write_text_atomic
 
@@ -36,27 +44,6 @@ from arr.jsonl import write_text_atomic
 def sample_seed(sample_id: str, seed: int = 0) -> int:
     """A seed that depends only on the sample and the run seed (stable across processes, unlike hash())."""
     return (zlib.crc32(sample_id.encode("utf-8")) + 1_000_003 * int(seed)) % 2**31
-
-
-def _save_image(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
-
-
-def _claim_folder(out: Path, settings: dict[str, Any]) -> None:
-    """Record what this evaluation is in OUT/settings.json, or check that OUT holds results of the same one."""
-    path = out / SETTINGS
-    if not path.is_file():
-        write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
-        return
-    previous = json.loads(path.read_text(encoding="utf-8"))
-    if previous != settings:
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        raise ValueError(
-            f"{out} holds results of another evaluation (different {', '.join(changed)}); "
-            "use a new --out or delete that folder to start over"
-        )
 
 
 def _edit_missing(editor: Editor, batch: Sequence[EditSample], paths: list[Path], seeds: list[int]) -> float:
@@ -71,7 +58,7 @@ def _edit_missing(editor: Editor, batch: Sequence[EditSample], paths: list[Path]
             [seeds[k] for k in todo],
         )
         for k, image in zip(todo, made, strict=True):
-            _save_image(image.convert("RGB"), paths[k])
+            save_image(image.convert("RGB"), paths[k])
     return (time.perf_counter() - t0) / max(len(todo), 1)
 
 
@@ -143,10 +130,12 @@ def evaluate_edits(
     seed: int = 0,
     progress: bool = True,
     report: bool = True,
+    self_contained_report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `editor` on `samples` into `out_dir` (resumable, see the module docstring); returns the summary.
 
-    `info` (suite name, schema, ...) is copied into the summary. Samples with `error` (corrupt rows) are skipped and
+    `info` (suite name, schema, ...) is copied into the summary. `report` writes report.html, with its thumbnails
+    inlined when `self_contained_report` (one file to share). Samples with `error` (corrupt rows) are skipped and
     listed; a sample whose judgment failed is written with its error and judged again on the next run.
     """
     if batch_size < 1:
@@ -159,7 +148,7 @@ def evaluate_edits(
         "metrics": metrics.fingerprint() if metrics is not None else None,
         "seed": int(seed),
     }
-    _claim_folder(out, settings)
+    claim_folder(out, settings)
     info = {
         **(info or {}),
         "policy": editor.name,
@@ -193,7 +182,7 @@ def evaluate_edits(
     summary = summarize(rows, skipped, info)
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:
-        write_edit_report(summary, rows, valid, out)
+        write_edit_report(summary, rows, valid, out, self_contained=self_contained_report)
     return summary
 
 

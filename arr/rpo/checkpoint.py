@@ -2,9 +2,11 @@
 
 A checkpoint is `checkpoints/step_N/`: the LoRA (`lora.safetensors`, peft names), the moving average that samples
 (`sampling_lora.safetensors`, when one is kept), optimizer and scheduler state (`optimizer.pt`, loadable with
-`weights_only=True`), RNG states (`rng.safetensors`, `rng.json`) and `trainer_state.json`. It is written into a
-`.tmp_step_N_PID` folder and renamed into place once complete, so a crash leaves either the old checkpoint or the
-new one; only folders holding `trainer_state.json` count.
+`weights_only=True`), RNG states (`rng.safetensors`, `rng.json`) and `trainer_state.json`: what resuming reads.
+Beside them the trainer exports the LoRA for use outside arr (`pytorch_lora_weights.safetensors` in diffusers'
+format, `moving_average/` likewise, and a model card `README.md`). It is all written into a `.tmp_step_N_PID` folder
+and renamed into place once complete, so a crash leaves either the old checkpoint or the new one; only folders
+holding `trainer_state.json` count.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,17 @@ STATE_FILE = "trainer_state.json"
 TRACKER_PROJECT = "rpo"
 # What a run writes into its output directory; `clear_run` removes these. The judgment cache stays: its entries
 # are keyed by everything that decides a judgment, so they are valid for any run.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.html", "samples", TRACKER_PROJECT)
+# The images of report.html live in REPORT_FILES beside it.
+REPORT_FILES = "report_files"
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "report.html",
+    REPORT_FILES,
+    "samples",
+    TRACKER_PROJECT,
+)
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -70,8 +83,10 @@ def write_checkpoint(
     sampling_lora: dict[str, torch.Tensor] | None,
     optimizer: dict[str, Any],
     state: dict[str, Any],
+    export: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `folder/step_N` atomically: a temporary folder renamed into place once complete."""
+    """Write `folder/step_N` atomically: a temporary folder renamed into place once complete. `export(tmp)` writes
+    the files for use outside arr (diffusers-format LoRA, model card) into the same temporary folder."""
     from safetensors.torch import save_file
 
     final = checkpoint_path(folder, step)
@@ -85,6 +100,8 @@ def write_checkpoint(
         save_file(sampling_lora, tmp / "sampling_lora.safetensors")
     torch.save(optimizer, tmp / "optimizer.pt")
     save_rng_state(tmp)
+    if export is not None:
+        export(tmp)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     with open(tmp / STATE_FILE, "rb") as f:
         os.fsync(f.fileno())
@@ -196,6 +213,7 @@ def clear_run(output_dir: Path) -> None:
 
 __all__ = [
     "CHECKPOINT_PREFIX",
+    "REPORT_FILES",
     "RUN_OUTPUTS",
     "TRACKER_PROJECT",
     "LoadedCheckpoint",

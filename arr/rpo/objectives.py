@@ -8,7 +8,10 @@ Every other term is a statistic for metrics.jsonl, reduced over timesteps, micro
 processes as the objective declares in `statistics` (`Statistics` does the bookkeeping).
 
 - `PolicyGradient` ("policy_gradient"): the paper's PPO-clipped ratio of SDE transition log-probabilities plus
-  beta x KL(policy || LoRA-disabled reference) on the transition means.
+  beta x KL(policy || LoRA-disabled reference): the Gaussian KL of the transition means, or (`kl_estimator:
+  sample`, as the authors' release computes it) log p_policy(x') - log p_ref(x') at the stored transition;
+  optionally on a random subset of each sample's transitions (`timestep_sample_fraction`, the release's
+  timestep_fraction). The release's whole update is this class with `rpo_preset: paper`'s settings.
 - `ForwardNFT` ("forward"): DiffusionNFT's negative-aware, reward-weighted flow matching on the final samples.
 
 A new objective subclasses `Objective` (or one of these) and is passed to the trainer
@@ -32,7 +35,7 @@ from torch import Tensor
 from arr.policies.base import FlowPolicy, Trajectory
 from arr.policies.sde import gaussian_kl
 from arr.rpo.rollout import Rollout
-from arr.rpo.seeds import FORWARD_DRAWS_SALT, seed_for
+from arr.rpo.seeds import FORWARD_DRAWS_SALT, TIMESTEP_SUBSET_SALT, seed_for
 
 #: How a named statistic is reduced over all the per-sample terms of one RPO step (its timesteps, micro-batches,
 #: minibatches, inner epochs and processes): the mean per (sample, timestep) term, the total, or the maximum.
@@ -121,8 +124,10 @@ class Objective(ABC):
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
     ) -> Iterator[dict[str, Tensor]]:
-        """Per timestep, the per-sample terms [len(members)] of the samples `members` (indices into the rollout):
-        "loss" carrying the gradient, and the declared statistics. `advantages` is [B], for the whole rollout."""
+        """Per timestep, the per-sample terms [K] of the samples of `members` (indices into the rollout) that train
+        at it (all K = len(members) unless the objective trains each sample on a subset of `timesteps(rollout)`
+        timesteps): "loss" carrying the gradient, and the declared statistics. `advantages` is [B], for the whole
+        rollout."""
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -133,39 +138,88 @@ def _at_least_float32(x: Tensor) -> Tensor:
 @dataclass
 class PolicyGradient(Objective):
     """The paper's update: per stochastic transition, the PPO-clipped importance ratio of its log-probability under
-    the current weights to the one recorded while sampling, plus `beta` x KL to the LoRA-disabled reference on the
-    transition means (`gaussian_kl`)."""
+    the current weights to the one recorded while sampling, plus `beta` x KL to the LoRA-disabled reference.
+
+    `kl_estimator`: "analytic", the KL between the two Gaussian transitions (`gaussian_kl` of their means), or
+    "sample", log p_policy(x') - log p_ref(x') at the stored transition x' (the authors' release; its expectation
+    under the sampling policy is the same KL while the update is on-policy, and it is reduced over dimensions as
+    the log-probabilities are). `timestep_sample_fraction` < 1 trains each sample on floor(fraction x T') of its T'
+    stochastic transitions, a subset drawn per sample and step (the release's per-sample random permutation, cut
+    to its timestep_fraction); the order a sample's transitions are back-propagated in does not change the
+    accumulated gradient, so only the subset matters.
+    """
 
     statistics: ClassVar[dict[str, Reduction]] = {**BASE_STATISTICS, "ratio_mean": "mean", "ratio_max": "max"}
     needs_log_probs: ClassVar[bool] = True
 
     clip_range: float = 0.2
     beta: float = 0.01
+    kl_estimator: Literal["analytic", "sample"] = "analytic"
+    timestep_sample_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in ("analytic", "sample"):
+            raise ValueError(f"kl_estimator must be 'analytic' or 'sample', got {self.kl_estimator!r}")
+        if not 0.0 < self.timestep_sample_fraction <= 1.0:
+            raise ValueError(
+                f"timestep_sample_fraction must be in (0, 1], got {self.timestep_sample_fraction}"
+            )
 
     def timesteps(self, rollout: Rollout) -> int:
-        return len(rollout.trajectory.train_steps)
+        n = len(rollout.trajectory.train_steps)
+        return n if self.timestep_sample_fraction >= 1.0 else max(1, int(n * self.timestep_sample_fraction))
+
+    def trained_steps(self, rollout: Rollout, members: Tensor) -> Tensor:
+        """[len(members), T'] bool: which of its T' stochastic transitions each sample of `members` trains.
+
+        A subset is drawn from a generator seeded by (seed, step, global group index, member of the group), so it
+        does not depend on how samples are split over processes or micro-batches."""
+        n = len(rollout.trajectory.train_steps)
+        k = self.timesteps(rollout)
+        chosen = torch.zeros(len(members), n, dtype=torch.bool)
+        if k == n:
+            return chosen.fill_(True)
+        g = rollout.group_size
+        for row, b in enumerate(members.tolist()):
+            gen = torch.Generator("cpu").manual_seed(
+                seed_for(
+                    self.context.seed,
+                    rollout.step,
+                    rollout.group_indices[b // g],
+                    b % g,
+                    TIMESTEP_SUBSET_SALT,
+                )
+            )
+            chosen[row, torch.randperm(n, generator=gen)[:k]] = True
+        return chosen
 
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
     ) -> Iterator[dict[str, Tensor]]:
         ctx, traj = self.context, rollout.trajectory
         policy = ctx.policy
-        adv = advantages[members].to(policy.device)
-        old = traj.log_probs[members.to(traj.log_probs.device)]
-        for j in traj.train_steps:
+        chosen = self.trained_steps(rollout, members)
+        for pos, j in enumerate(traj.train_steps):
+            sub = members[chosen[:, pos]]
+            if len(sub) == 0:
+                continue
+            adv = advantages[sub].to(policy.device)
+            old = traj.log_probs[sub.to(traj.log_probs.device), j]
             with ctx.autocast():
-                tr = policy.transition(traj, j, members)
+                tr = policy.transition(traj, j, sub)
                 if self.beta > 0:
                     with torch.no_grad(), policy.reference():
-                        ref = policy.transition(traj, j, members)
+                        ref = policy.transition(traj, j, sub)
             # In the transition's precision (float32, float64 for float64 models): log-probs are float64 sums.
-            ratio = torch.exp((tr.log_prob - old[:, j].to(tr.log_prob.device)).to(tr.mean.dtype))
+            ratio = torch.exp((tr.log_prob - old.to(tr.log_prob.device)).to(tr.mean.dtype))
             clipped_ratio = torch.clamp(ratio, 1.0 - self.clip_range, 1.0 + self.clip_range)
             policy_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)
-            if self.beta > 0:
-                kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).to(tr.mean.dtype)
-            else:
+            if self.beta == 0:
                 kl = torch.zeros_like(policy_loss)
+            elif self.kl_estimator == "sample":
+                kl = (tr.log_prob - ref.log_prob).to(tr.mean.dtype)
+            else:
+                kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).to(tr.mean.dtype)
             yield {
                 "loss": policy_loss + self.beta * kl,
                 "policy_loss": policy_loss,

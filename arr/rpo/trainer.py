@@ -37,7 +37,7 @@ from PIL import Image
 
 from arr.backends.base import JudgeUnavailableError
 from arr.data import PromptRecord, as_record
-from arr.jsonl import append_jsonl
+from arr.jsonl import append_jsonl, read_jsonl
 from arr.policies.base import FlowMatchingPolicy, FlowPolicy
 from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
@@ -53,6 +53,7 @@ from arr.rpo.checkpoint import (
     write_checkpoint,
 )
 from arr.rpo.config import ConfigError, RPOConfig
+from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, run_settings, write_model_card
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
@@ -67,6 +68,11 @@ class TrainingStopped(RuntimeError):
 class NonFiniteLossError(TrainingStopped):
     """An update's loss or gradient norm was NaN or infinite (`nan_policy: stop`); that step was not checkpointed."""
 
+
+# Sample grids: training groups per grid, and the width in pixels of each image in it (small images are enlarged
+# with sharp pixels so that a caption fits under them, large ones shrunk).
+GRID_GROUPS = 8
+GRID_CELL = 128
 
 # An evaluation function maps (records, images) to metrics; "eval_score" is the headline number. It may also
 # return per-prompt scores under `arr.stats.PER_PROMPT_SCORES`: later evaluations then log their change since the
@@ -192,6 +198,8 @@ class RPOTrainer:
         self._eval_baseline: list[tuple[str, float]] | None = None
         # The latest evaluation's (records, indices, images), for sample grids and the report.
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
+        # The latest training grid's (records, images, rewards, group size, step), for the report.
+        self.last_train_samples: tuple[list[PromptRecord], list[Image.Image], list, int, int] | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
 
@@ -248,9 +256,13 @@ class RPOTrainer:
     # ---- stages --------------------------------------------------------------------------------------------
 
     def _sde_steps(self) -> list[int]:
-        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones."""
+        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones,
+        without the last step unless `stochastic_last_step`. A deterministic last step is the Euler step to the
+        predicted clean sample x - sigma * v, the image the release decodes, so its noise never reached the image
+        there and it was not trained."""
         t = self.args.num_sampling_steps
-        return list(range(max(1, math.ceil(self.args.train_timestep_fraction * t))))
+        steps = range(max(1, math.ceil(self.args.train_timestep_fraction * t)))
+        return [i for i in steps if self.args.stochastic_last_step or i < t - 1]
 
     @torch.no_grad()
     def sample(self, step: int) -> Rollout:
@@ -284,6 +296,8 @@ class RPOTrainer:
                     sde_steps=self._sde_steps(),
                     generators=gens,
                     shared_noise=args.shared_noise,
+                    reduction=args.logprob_reduction,
+                    convention=args.sde_convention,
                 )
             images = self.policy.decode(traj.final)
             yield Rollout(traj, images, [r for _, r in chunk], args.group_size, [k for k, _ in chunk], step)
@@ -833,24 +847,42 @@ class RPOTrainer:
     # ---- samples -------------------------------------------------------------------------------------------
 
     def _save_sample_grid(self, rollout: Rollout, rewards: list[float | None]) -> None:
-        from arr.report import image_grid
+        """samples/train_step_N.png: up to GRID_GROUPS groups, each image captioned with its reward, its standing
+        in its group and its prompt; also sent to TensorBoard."""
+        from arr.report import image_grid, reward_captions
 
-        n = min(len(rollout.images), 8 * rollout.group_size)
-        captions = ["-" if r is None else f"{r:+.2f}" for r in rewards[:n]]
-        grid = image_grid(rollout.images[:n], cols=rollout.group_size * 4, captions=captions, scale=2)
+        groups = min(len(rollout.records), GRID_GROUPS)
+        n = groups * rollout.group_size
+        records, images = rollout.records[:groups], rollout.images[:n]
+        self.last_train_samples = (records, images, list(rewards[:n]), rollout.group_size, self.step + 1)
+        captions = reward_captions([r.prompt for r in records], rewards[:n], rollout.group_size)
+        cols = rollout.group_size * max(1, 8 // rollout.group_size)
+        grid = image_grid(images, cols=cols, captions=captions, cell=GRID_CELL, group=rollout.group_size)
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out / f"train_step_{self.step:06d}.png")
+        self._log_grid("samples/train", grid, self.step + 1)
 
     def _save_eval_grid(self) -> None:
+        """samples/eval_step_N.png: the first 32 held-out samples captioned with their prompts; also sent to
+        TensorBoard."""
         from arr.report import image_grid
 
         if self.last_eval_images is None or not self.last_eval_images[2]:
             return
+        records, idx, images = self.last_eval_images
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
-        images = self.last_eval_images[2]
-        image_grid(images[:32], cols=8, scale=2).save(out / f"eval_step_{self.step:06d}.png")
+        captions = [records[i].prompt for i in idx[:32]]
+        grid = image_grid(images[:32], cols=8, captions=captions, cell=GRID_CELL)
+        grid.save(out / f"eval_step_{self.step:06d}.png")
+        self._log_grid("samples/eval", grid, self.step)
+
+    def _log_grid(self, tag: str, grid: Image.Image, step: int) -> None:
+        """Send a sample grid to TensorBoard when accelerate tracks to it (at the step its scalars are logged)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -886,10 +918,32 @@ class RPOTrainer:
                     "judge_cache": self.reward.cache_path or "",
                     "num_processes": acc.num_processes,
                 },
+                export=lambda folder: self._export_lora(folder, lora, sampling_lora),
             )
             prune_checkpoints(self.checkpoint_dir, self.args.save_total_limit)
         acc.wait_for_everyone()
         return checkpoint_path(self.checkpoint_dir, self.step)
+
+    def _export_lora(
+        self, folder: Path, lora: dict[str, torch.Tensor], sampling_lora: dict[str, torch.Tensor] | None
+    ) -> None:
+        """The checkpoint's files for use outside arr: the LoRA in diffusers' format (`pipe.load_lora_weights` reads
+        it at full strength), the moving average that sampled in `moving_average/`, and the model card."""
+        base = run_settings(self.run_config).get("model_name_or_path")
+        file = self.policy.save_lora_weights(folder, lora, base_model=base)
+        if file is not None and sampling_lora is not None:
+            self.policy.save_lora_weights(folder / MOVING_AVERAGE_DIR, sampling_lora, base_model=base)
+        metrics = self.output_dir / "metrics.jsonl"
+        evals = [r for r in read_jsonl(metrics) if "eval_score" in r and r.get("step", 0) <= self.step]
+        text = model_card(
+            self.run_config,
+            self.step,
+            evals,
+            str(checkpoint_path(self.checkpoint_dir, self.step)),
+            lora_file=file is not None,
+            moving_average=file is not None and sampling_lora is not None,
+        )
+        write_model_card(folder, text)
 
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
         """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,

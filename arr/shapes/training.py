@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from arr.data import PromptRecord
+from arr.report import SampleNote
 from arr.shapes.detect import analyze
 from arr.shapes.prompts import CATEGORIES, sample_prompts
 from arr.shapes.rubrics import geneval_correct, rubric_for_prompt
@@ -139,4 +140,41 @@ def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image
     }
     out.update(per_cat)
     out[PER_PROMPT_SCORES] = per_prompt
+    return out
+
+
+def geneval_notes(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> list[SampleNote]:
+    """Per image, for the report's captions: strictly correct or wrong (what `eval_score` counts) and the pixel
+    judge's rubric score."""
+    from arr.backends.pixel import PixelBackend
+
+    pixel = PixelBackend()
+    out = []
+    for rec, image in zip(records, images, strict=True):
+        spec = rec.extra.get("spec")
+        if spec is None:
+            raise ValueError(
+                f"record {rec.prompt!r} has no shapes PromptSpec; build records with t2i_records"
+            )
+        correct = geneval_correct(spec, analyze(image))
+        rubric = pixel.score_image(image, rec.rubric)
+        out.append(SampleNote("correct" if correct else "wrong", correct, rubric, "rubric"))
+    return out
+
+
+def edit_notes(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> list[SampleNote]:
+    """Per edit, for the report's captions: strictly correct or wrong (the detected scene is the target) and the
+    pixel judge's score (what `eval_score` averages)."""
+    from arr.backends.pixel import PixelBackend
+    from arr.shapes.edits import edit_correct
+
+    pixel = PixelBackend()
+    out = []
+    for rec, image in zip(records, images, strict=True):
+        edit = rec.extra.get("edit")
+        if edit is None:
+            raise ValueError(f"record {rec.prompt!r} has no shapes EditSpec; build records with edit_records")
+        correct = edit_correct(edit, image)
+        score = float(pixel.score_details(image, rec.rubric, rec.source_image)["score"])
+        out.append(SampleNote("correct" if correct else "wrong", correct, score, "score"))
     return out
