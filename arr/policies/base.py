@@ -253,6 +253,8 @@ class FlowMatchingPolicy(ABC):
     #: diffusers' LoRA loader of this family (in `diffusers.loaders`: the mixin behind its pipelines'
     #: `load_lora_weights` and `save_lora_weights`), which writes its LoRA files; None: no diffusers format.
     lora_loader: str | None = None
+    # True while sampling records log-probabilities: `folded_lora` then leaves the LoRA unfolded.
+    _no_folding: bool = False
 
     def __init__(
         self,
@@ -505,7 +507,11 @@ class FlowMatchingPolicy(ABC):
         log_probs = torch.zeros(
             x.shape[0], n_steps, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device
         )
-        with self.folded_lora():  # once for every step of the loop
+        # Folded once for every step of the loop, unless the loop records log-probabilities: the policy-gradient
+        # update compares them with ones recomputed with gradients (unfolded), and a fold's float rounding would
+        # show as an on-policy ratio off 1.
+        recording = bool(stochastic.any())
+        with self._folding_paused() if recording else self.folded_lora():
             for i in range(n_steps):
                 v = self.velocity(x, sigmas[i].expand(x.shape[0]), full, scale, extras)
                 if stochastic[i]:
@@ -619,6 +625,14 @@ class FlowMatchingPolicy(ABC):
                 m.enable_adapters(not was_disabled)
 
     @contextlib.contextmanager
+    def _folding_paused(self) -> Iterator[None]:
+        previous, self._no_folding = self._no_folding, True
+        try:
+            yield
+        finally:
+            self._no_folding = previous
+
+    @contextlib.contextmanager
     def folded_lora(self) -> Iterator[None]:
         """Within this context each active LoRA's update is folded into its layer's weight, for passes without
         gradients: one matmul per adapted layer instead of three (the shapes model samples 15% faster). The same
@@ -627,10 +641,11 @@ class FlowMatchingPolicy(ABC):
         weight tensor back, so nothing drifts however often this runs.
 
         A no-op where folding would not be the same function: with gradients enabled, for half-precision weights
-        (a small update rounds away against them), and for LoRA variants (DoRA, LoRA bias) or dropout. Nested uses
-        find every layer merged already and do nothing.
+        (a small update rounds away against them), and for LoRA variants (DoRA, LoRA bias) or dropout; also while
+        sampling records transition log-probabilities. Nested uses find every layer merged already and do nothing.
         """
-        layers = [] if torch.is_grad_enabled() else _foldable_lora_layers(self.transformer)
+        off = torch.is_grad_enabled() or self._no_folding
+        layers = [] if off else _foldable_lora_layers(self.transformer)
         saved = []
         try:
             for layer in layers:
