@@ -13,6 +13,12 @@ noise band, unpaired (from the two evaluations' standard errors) and, where the 
 prompts and seeds compared prompt by prompt). The summary gives the new/old ratios of CPU and wall seconds. With
 `--repeat 2` every seed runs twice, and `identical_repeats` says whether the repeats wrote the same metrics (the
 timing fields aside).
+
+    python bench/demo_cost.py --recorded old=RUN_DIR:TIME_LOG --recorded new=RUN_DIR:TIME_LOG ...
+
+summarises demos run earlier under `/usr/bin/time -v python -m arr demo ... > TIME_LOG 2>&1` instead (CPU and wall
+seconds from time's report, the rest from the run folder), for runs too long to repeat in one sitting; their
+ratios then compare runs made at different times, under whatever load the machine had at each.
 """
 
 from __future__ import annotations
@@ -61,13 +67,19 @@ def run_demo(checkout: Path, out: Path, seed: int, overrides: list[str]) -> dict
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run_result(out, seed, cpu, wall, proc.stdout.splitlines())
+
+
+def run_result(out: Path, seed: int, cpu: float, wall: float, stdout: list[str]) -> dict[str, Any]:
+    """A finished demo's cost and its held-out result, from its output folder."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [r for r in rows if "eval_score" in r]
     first, last = evals[0], evals[-1]
     unpaired = 1.96 * (first["eval_score_se"] ** 2 + last["eval_score_se"] ** 2) ** 0.5
     result = {
         "seed": seed,
-        "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "cpu_seconds": cpu,
         "wall_seconds": wall,
         "eval_before": first["eval_score"],
         "eval_after": last["eval_score"],
@@ -76,17 +88,39 @@ def run_demo(checkout: Path, out: Path, seed: int, overrides: list[str]) -> dict
         "noise_band_paired": 1.96 * last["eval_change_se"] if "eval_change_se" in last else None,
         "eval_prompts": eval_prompts(out),
         "steps": last["step"],
-        "printed": [line for line in proc.stdout.splitlines() if line.startswith(("held-out", "arr demo"))],
+        "printed": [line for line in stdout if line.startswith(("held-out", "arr demo"))],
     }
     result["metrics"] = [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
     return result
+
+
+def recorded_run(spec: str) -> tuple[str, Path, dict[str, Any]]:
+    """A demo run made earlier under `/usr/bin/time -v` (VERSION=RUN_DIR:TIME_LOG, the log holding the demo's
+    output and time's report): CPU seconds (user + system, its ranks included) and wall seconds from the report."""
+    import yaml
+
+    version, _, paths = spec.partition("=")
+    run_dir, _, time_log = paths.partition(":")
+    if not (version and run_dir and time_log):
+        raise SystemExit(f"--recorded {spec!r}: expected VERSION=RUN_DIR:TIME_LOG")
+    text = Path(time_log).read_text(errors="replace")
+    lines = [ln.rpartition("\r")[2] for ln in text.splitlines()]  # a progress bar's line: its last state
+    report = {k.strip(): v.strip() for k, _, v in (ln.rpartition(": ") for ln in lines) if k}
+    try:
+        cpu = float(report["User time (seconds)"]) + float(report["System time (seconds)"])
+        clock = report["Elapsed (wall clock) time (h:mm:ss or m:ss)"]
+    except KeyError:
+        raise SystemExit(f"--recorded: {time_log} holds no /usr/bin/time -v report") from None
+    wall = sum(float(x) * 60**i for i, x in enumerate(reversed(clock.split(":"))))
+    seed = int(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["seed"])
+    return version, Path(run_dir).resolve(), run_result(Path(run_dir), seed, cpu, wall, lines)
 
 
 def eval_prompts(run: Path) -> int | None:
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    return config.get("rpo", {}).get("eval_num_prompts")
+    return config.get("rpo", config).get("eval_num_prompts")
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -125,20 +159,10 @@ def identical_repeats(runs: list[dict[str, Any]]) -> dict[str, bool]:
     return {str(s): all(m == ms[0] for m in ms[1:]) for s, ms in by_seed.items() if len(ms) > 1}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--base", type=Path, help="a checkout of the old code (e.g. a git worktree of the base commit)"
-    )
-    p.add_argument("--versions", default="old,new", help="old,new | new | old")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--repeat", type=int, default=1, help="runs per seed and version")
-    p.add_argument("--out", type=Path, default=ROOT / "bench/results/demo_cost.json")
-    p.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="-- then `arr demo` overrides for both versions"
-    )
-    args = p.parse_args()
-    overrides = [x for x in args.overrides if x != "--"]
+def run_versions(
+    args: argparse.Namespace, overrides: list[str]
+) -> tuple[dict[str, Path], dict[str, list[dict[str, Any]]]]:
+    """Every version's demo for every seed (and repeat), one after another: the checkouts and the runs."""
     versions = [v.strip() for v in args.versions.split(",") if v.strip()]
     checkouts = {"new": ROOT}
     if "old" in versions:
@@ -155,11 +179,44 @@ def main() -> None:
                     runs[version].append(r)
                     brief = {k: v for k, v in r.items() if k != "metrics"}
                     print(version, json.dumps(brief), flush=True)  # noqa: T201
+    return checkouts, runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--base", type=Path, help="a checkout of the old code (e.g. a git worktree of the base commit)"
+    )
+    p.add_argument("--versions", default="old,new", help="old,new | new | old")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--repeat", type=int, default=1, help="runs per seed and version")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/demo_cost.json")
+    p.add_argument(
+        "--recorded",
+        action="append",
+        metavar="VERSION=RUN_DIR:TIME_LOG",
+        help="summarise demos run earlier under /usr/bin/time -v instead of running any (repeatable)",
+    )
+    p.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="-- then `arr demo` overrides for both versions"
+    )
+    args = p.parse_args()
+    overrides = [x for x in args.overrides if x != "--"]
+    if args.recorded:
+        checkouts: dict[str, Path] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for spec in args.recorded:
+            version, run_dir, r = recorded_run(spec)
+            runs.setdefault(version, []).append(r)
+            checkouts[f"{version} seed {r['seed']}"] = run_dir
+        args.seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    else:
+        checkouts, runs = run_versions(args, overrides)
     result = {
         "benchmark": "demo_cost",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}",
-        "checkouts": {k: str(v) for k, v in checkouts.items()},
+        "recorded" if args.recorded else "checkouts": {k: str(v) for k, v in checkouts.items()},
         "seeds": args.seeds,
         "repeat": args.repeat,
         "overrides": overrides,
