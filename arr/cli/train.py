@@ -3,7 +3,7 @@
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
 arr train recipes/flux_dev_t2i_rpo.yaml --print_config   # every resolved value (preset included), then exit
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
-arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
+arr demo                      # the shapes-world demo on CPU: one rank per core, ~21 CPU-minutes
 """
 
 from __future__ import annotations

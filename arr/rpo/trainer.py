@@ -692,7 +692,7 @@ class RPOTrainer:
 
     def remaining_seconds(self) -> float | None:
         """Estimated wall seconds to `max_steps`: the steps left at the mean time of this session's steps so far,
-        plus each evaluation left at the time the last one took (an evaluation of 600 prompts costs several
+        plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
         steps, and they come at the start and the end); None before the first step."""
         if not self._iteration_seconds:
             return None
