@@ -1,7 +1,7 @@
 """Run an editing benchmark: edit every sample, judge and measure it, summarise per category, write a report.
 
-    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
-    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai \
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai \
         --model Qwen/Qwen2.5-VL-72B-Instruct --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
 
 Outputs in OUT: `samples.jsonl` (one row per finished sample, append-only, keyed by sample id), `edits/` (the
