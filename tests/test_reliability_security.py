@@ -88,6 +88,7 @@ def test_hostile_ordinal_criterion_and_guide_stay_in_their_fields(hostile):
         "3",
         "4",
         "5",
+        "unknown",
     )  # $levels in text changed nothing
 
 

@@ -105,6 +105,17 @@ def positive_int(limit: int | None = None):
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse `type`: a TCP port, 0-65535 (0 lets the system pick a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """An argparse `type`: a finite number (nan and inf are refused: they would silently poison every output)."""
     try:

@@ -327,6 +327,17 @@ def _suite_task(path: str) -> str | None:
     return suite.get("task") if isinstance(suite, dict) else None
 
 
+def _emit_results(summary: dict[str, Any], out: Path) -> int:
+    """Print an evaluation's summary as JSON, with where its files are."""
+    summary["outputs"] = {
+        "summary": str(out / "summary.json"),
+        "samples": str(out / "samples.jsonl"),
+        "html": str(out / "report.html"),
+    }
+    emit_json(summary)
+    return 0
+
+
 def _run_edit(args: argparse.Namespace) -> int:
     from arr.backends.chat import JudgeUnavailableError
     from arr.evaluation.editing import evaluate_edits
@@ -363,13 +374,7 @@ def _run_edit(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{e}; finished samples are saved in {out}: run the same command again to resume"
         ) from None
-    summary["outputs"] = {
-        "summary": str(out / "summary.json"),
-        "samples": str(out / "samples.jsonl"),
-        "html": str(out / "report.html"),
-    }
-    emit_json(summary)
-    return 0
+    return _emit_results(summary, out)
 
 
 def _t2i_scorer(args: argparse.Namespace, suite: dict, prompts: list) -> Any:
@@ -443,6 +448,7 @@ def _run_t2i(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.no_progress,
+            self_contained_report=args.self_contained,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -450,10 +456,4 @@ def _run_t2i(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{e}; finished images are saved in {out}: run the same command again to resume"
         ) from None
-    summary["outputs"] = {
-        "summary": str(out / "summary.json"),
-        "samples": str(out / "samples.jsonl"),
-        "html": str(out / "report.html"),
-    }
-    emit_json(summary)
-    return 0
+    return _emit_results(summary, out)

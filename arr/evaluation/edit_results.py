@@ -13,11 +13,12 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 from PIL import Image
+from tqdm.auto import tqdm
 
 from arr.jsonl import read_jsonl, write_text_atomic
 
@@ -61,6 +62,36 @@ def claim_folder(out: Path, settings: dict[str, Any]) -> None:
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
     """Finished rows by id. A torn last line (the process died while writing it) is ignored; later rows win."""
     return {row["id"]: row for row in read_jsonl(path) if "id" in row}
+
+
+Item = TypeVar("Item")
+
+
+def run_pending(
+    items: Sequence[Item],
+    rows_path: Path,
+    run_batch: Callable[[list[Item], IO[str]], None],
+    *,
+    item_id: Callable[[Item], str],
+    batch_size: int,
+    unit: str,
+    progress: bool,
+) -> None:
+    """Run `run_batch` over the items that have no finished row yet, appending rows to `rows_path`, with a
+    progress bar that starts at what an earlier (killed) run already finished."""
+    done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
+    pending = [it for it in items if item_id(it) not in done]
+    bar = tqdm(
+        total=len(items), initial=len(items) - len(pending), desc="arr eval", unit=unit, disable=not progress
+    )
+    with rows_path.open("a", encoding="utf-8") as fh:
+        if fh.tell() > 0 and not rows_path.read_bytes().endswith(b"\n"):
+            fh.write("\n")  # end a row torn by a kill, so the next row starts on its own line
+        for start in range(0, len(pending), batch_size):
+            batch = list(pending[start : start + batch_size])
+            run_batch(batch, fh)
+            bar.update(len(batch))
+    bar.close()
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -1,7 +1,7 @@
 """Run an editing benchmark: edit every sample, judge and measure it, summarise per category, write a report.
 
-    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
-    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai \
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai \
         --model Qwen/Qwen2.5-VL-72B-Instruct --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
 
 Outputs in OUT: `samples.jsonl` (one row per finished sample, append-only, keyed by sample id), `edits/` (the
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from arr.evaluation.edit_benchmarks import EditSample
 from arr.evaluation.edit_judges import EditJudge
@@ -34,6 +33,7 @@ from arr.evaluation.edit_results import (
     claim_folder,
     file_stem,
     read_rows,
+    run_pending,
     save_image,
     summarize,
 )
@@ -158,24 +158,15 @@ def evaluate_edits(
     valid = [s for s in samples if not s.error]
     skipped = [{"id": s.id, "reason": s.error or ""} for s in samples if s.error]
     rows_path = out / ROWS
-    done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
-    pending = [s for s in valid if s.id not in done]
-
-    bar = tqdm(
-        total=len(valid),
-        initial=len(valid) - len(pending),
-        desc="arr eval",
+    run_pending(
+        valid,
+        rows_path,
+        lambda batch, fh: _run_batch(batch, editor, judge, metrics, out, seed, fh),
+        item_id=lambda s: s.id,
+        batch_size=batch_size,
         unit="edit",
-        disable=not progress,
+        progress=progress,
     )
-    with rows_path.open("a", encoding="utf-8") as fh:
-        if fh.tell() > 0 and not rows_path.read_bytes().endswith(b"\n"):
-            fh.write("\n")  # end a row torn by a kill, so the next row starts on its own line
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            _run_batch(batch, editor, judge, metrics, out, seed, fh)
-            bar.update(len(batch))
-    bar.close()
 
     final = read_rows(rows_path)
     rows = [final[s.id] for s in valid if s.id in final]

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from arr.evaluation.edit_results import (
     ROWS,
@@ -30,6 +29,7 @@ from arr.evaluation.edit_results import (
     claim_folder,
     file_stem,
     read_rows,
+    run_pending,
     save_image,
     summarize,
 )
@@ -110,6 +110,7 @@ def evaluate_t2i(
     seed: int = 0,
     progress: bool = True,
     report: bool = True,
+    self_contained_report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `generator` on `prompts` into `out_dir` (resumable, see the module docstring); returns the summary.
 
@@ -133,24 +134,15 @@ def evaluate_t2i(
     skipped = [{"id": p.id, "reason": p.error or ""} for p in prompts if p.error]
     items = [_Item(p, k) for p in valid for k in range(samples_per_prompt)]
     rows_path = out / ROWS
-    done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
-    pending = [it for it in items if it.id not in done]
-
-    bar = tqdm(
-        total=len(items),
-        initial=len(items) - len(pending),
-        desc="arr eval",
+    run_pending(
+        items,
+        rows_path,
+        lambda batch, fh: _run_batch(batch, generator, scorer, out, seed, fh),
+        item_id=lambda it: it.id,
+        batch_size=batch_size,
         unit="image",
-        disable=not progress,
+        progress=progress,
     )
-    with rows_path.open("a", encoding="utf-8") as fh:
-        if fh.tell() > 0 and not rows_path.read_bytes().endswith(b"\n"):
-            fh.write("\n")  # end a row torn by a kill, so the next row starts on its own line
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            _run_batch(batch, generator, scorer, out, seed, fh)
-            bar.update(len(batch))
-    bar.close()
 
     final = read_rows(rows_path)
     rows = [final[it.id] for it in items if it.id in final]
@@ -161,7 +153,7 @@ def evaluate_t2i(
     summary["headline"] = {"metric": HEADLINE, "value": summary["macro"].get("correct")}
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:
-        write_t2i_report(summary, rows, out)
+        write_t2i_report(summary, rows, out, self_contained=self_contained_report)
     return summary
 
 

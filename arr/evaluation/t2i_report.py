@@ -46,8 +46,10 @@ def _sample_table(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def write_t2i_report(summary: dict[str, Any], rows: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
-    """Write OUT/report.html."""
+def write_t2i_report(
+    summary: dict[str, Any], rows: Sequence[dict[str, Any]], out_dir: str | Path, self_contained: bool = False
+) -> Path:
+    """Write OUT/report.html (`self_contained`: the images inlined, one file to share)."""
     out = Path(out_dir)
     headline = summary.get("headline") or {}
     values = {"images scored": f"{summary['n_scored']} / {summary['n_samples']}"}
@@ -78,9 +80,8 @@ def write_t2i_report(summary: dict[str, Any], rows: Sequence[dict[str, Any]], ou
     settings = json.dumps({k: summary.get(k) for k in keys}, indent=1, default=str)
     sections.append(("Settings", f"<pre>{html.escape(settings)}</pre>"))
     subtitle = f"policy {summary.get('policy')} · judge {summary.get('judge')}"
-    return write_html(
-        out / "report.html", f"Text-to-image benchmark: {summary.get('suite', '')}", subtitle, sections
-    )
+    title = f"Text-to-image benchmark: {summary.get('suite', '')}"
+    return write_html(out / "report.html", title, subtitle, sections, self_contained=self_contained)
 
 
 __all__ = ["write_t2i_report"]

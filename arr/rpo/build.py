@@ -5,6 +5,7 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
 from arr.rpo.recipe import DataArguments, JudgeArguments, PolicyArguments, Recipe
 from arr.rpo.trainer import RPOTrainer
+
+logger = logging.getLogger(__name__)
 
 EVAL_SEED = (
     1234  # held-out prompts are drawn with their own seed, so the eval set never depends on the run seed
@@ -218,6 +221,16 @@ def build_sample_notes(args: DataArguments) -> Any:
     return None
 
 
+def _judge_has_features(judge: Any) -> bool:
+    from arr.diagnostics.probe import judge_features_of
+
+    try:
+        judge_features_of(judge)
+    except TypeError:
+        return False
+    return True
+
+
 def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     from arr.rpo.report import ReportCallback
 
@@ -227,7 +240,14 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     train, evals, evaluator = build_data(recipe.data, recipe)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
     diag = recipe.diagnostics
-    if diag.align_every > 0:
+    if diag.align_every > 0 and not _judge_has_features(judge):
+        logger.warning(
+            "align_every %d: the %s judge shows no image features, so policy-judge alignment is not measured "
+            "(set align_every 0 to silence this)",
+            diag.align_every,
+            recipe.judge.judge_backend,
+        )
+    elif diag.align_every > 0:
         from arr.diagnostics.probe import AlignmentProbe
 
         metrics = diag.align_metrics if diag.align_metrics == "all" else diag.align_metrics.split(",")
