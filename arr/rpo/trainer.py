@@ -190,7 +190,7 @@ class RPOTrainer:
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
-        # Wall seconds of this session's training iterations (evaluations excluded) and of its last evaluation,
+        # Wall seconds of the training iterations run by this process (since the start or the resume) (evaluations excluded) and of its last evaluation,
         # for the time-left estimate (`remaining_seconds`).
         self._iteration_seconds: list[float] = []
         self._eval_wall_seconds = 0.0
@@ -691,7 +691,7 @@ class RPOTrainer:
         return step == args.max_steps or bool(args.eval_steps and step % args.eval_steps == 0)
 
     def remaining_seconds(self) -> float | None:
-        """Estimated wall seconds to `max_steps`: the steps left at the mean time of this session's steps so far,
+        """Estimated wall seconds to `max_steps`: the steps left at the mean time of the steps this process has run so far,
         plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
         steps, and they come at the start and the end); None before the first step."""
         if not self._iteration_seconds:
