@@ -190,8 +190,8 @@ class RPOTrainer:
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
-        # Wall seconds of the training iterations run by this process (since the start or the resume) (evaluations excluded) and of its last evaluation,
-        # for the time-left estimate (`remaining_seconds`).
+        # Wall seconds of the training iterations this process ran (since the start or the resume; evaluations
+        # excluded) and of its last evaluation, for the time-left estimate (`remaining_seconds`).
         self._iteration_seconds: list[float] = []
         self._eval_wall_seconds = 0.0
         # The run's first evaluation, per prompt (stratum, score): the baseline later evaluations pair with.
