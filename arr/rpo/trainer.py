@@ -691,8 +691,8 @@ class RPOTrainer:
         return step == args.max_steps or bool(args.eval_steps and step % args.eval_steps == 0)
 
     def remaining_seconds(self) -> float | None:
-        """Estimated wall seconds to `max_steps`: the steps left at the mean time of the steps this process has run so far,
-        plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
+        """Estimated wall seconds to `max_steps`: the steps left at the mean time of the steps this process has run
+        so far, plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
         steps, and they come at the start and the end); None before the first step."""
         if not self._iteration_seconds:
             return None
