@@ -4,7 +4,9 @@ judge failures stop training with a checkpoint, and two processes compute what o
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import torch
 from arr import RubricJudge
 from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
 from arr.rpo import ConfigError, RPOConfig, RPOTrainer, TrainingStopped
+from arr.rpo.checkpoint import CheckpointError
 from arr.shapes.training import t2i_records
 from tests.conftest import (
     TIMING,
@@ -149,6 +152,30 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert (Path(part) / "checkpoints" / "step_2" / "lora.safetensors").is_file()
     run(part, 4, resume="latest")
     assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("damaged", ["lora.safetensors", "optimizer.pt", "rng.json"])
+def test_a_cut_short_checkpoint_is_named_and_latest_resumes_from_the_one_before(tmp_path, damaged, caplog):
+    def trainer(out: Path, max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, output_dir=str(out), max_steps=max_steps, save_steps=1,
+                         resume_from_checkpoint=resume, eval_steps=100)  # fmt: skip
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        return RPOTrainer(tiny_policy(), reward, args, t2i_records(16, "train"))
+
+    out = tmp_path / "run"
+    trainer(out, 2).train()
+    file = out / "checkpoints" / "step_2" / damaged
+    file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])  # a copy or a full disk cut it short
+
+    named = trainer(out, 3, resume=str(out / "checkpoints" / "step_2"))
+    with pytest.raises(CheckpointError, match=re.escape(str(file))):
+        named.load_checkpoint(str(out / "checkpoints" / "step_2"))
+    assert named.step == 0  # nothing of the damaged checkpoint was applied
+
+    latest = trainer(out, 3, resume="latest")
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.checkpoint"):
+        latest.load_checkpoint("latest")
+    assert latest.step == 1 and str(file) in caplog.text
 
 
 def test_missing_named_checkpoint_is_an_error(tmp_path):

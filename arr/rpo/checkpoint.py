@@ -12,7 +12,9 @@ holding `trainer_state.json` count.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -27,6 +29,8 @@ from arr.jsonl import read_jsonl, write_text_atomic
 from arr.rpo.config import ConfigError
 
 CHECKPOINT_PREFIX = "step_"
+logger = logging.getLogger(__name__)
+
 STATE_FILE = "trainer_state.json"
 # The trackers' project name; TensorBoard writes its event files to output_dir/TRACKER_PROJECT.
 TRACKER_PROJECT = "rpo"
@@ -115,15 +119,35 @@ def write_checkpoint(
     return final
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be read (cut short by a full disk or a copy, or corrupted); names the file."""
+
+
 @dataclass
 class LoadedCheckpoint:
-    """A checkpoint's contents, read to `device`."""
+    """A checkpoint's contents, read to `device`: everything a resume needs, read before any of it is applied."""
 
     path: Path
     state: dict[str, Any]
     lora: dict[str, torch.Tensor]
     sampling_lora: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any]
+    rng_tensors: dict[str, torch.Tensor]
+    rng_state: dict[str, Any]
+
+
+def _read(file: Path, load: Callable[[Path], Any]) -> Any:
+    """`load(file)`, with an unreadable file reported by name."""
+    from safetensors import SafetensorError
+
+    try:
+        return load(file)
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint file {file} cannot be read ({why}): it was cut short or corrupted; resume from another "
+            "checkpoint (--resume_from_checkpoint PATH) or delete this one"
+        ) from None
 
 
 def read_checkpoint(path: Path, device: torch.device | str) -> LoadedCheckpoint:
@@ -132,11 +156,37 @@ def read_checkpoint(path: Path, device: torch.device | str) -> LoadedCheckpoint:
     ema = path / "sampling_lora.safetensors"
     return LoadedCheckpoint(
         path=path,
-        state=json.loads((path / STATE_FILE).read_text()),
-        lora=load_file(path / "lora.safetensors", device=str(device)),
-        sampling_lora=load_file(ema, device=str(device)) if ema.is_file() else None,
-        optimizer=torch.load(path / "optimizer.pt", map_location=device, weights_only=True),
+        state=_read(path / STATE_FILE, lambda f: json.loads(f.read_text())),
+        lora=_read(path / "lora.safetensors", lambda f: load_file(f, device=str(device))),
+        sampling_lora=_read(ema, lambda f: load_file(f, device=str(device))) if ema.is_file() else None,
+        optimizer=_read(
+            path / "optimizer.pt", lambda f: torch.load(f, map_location=device, weights_only=True)
+        ),
+        rng_tensors=_read(path / "rng.safetensors", load_file),
+        rng_state=_read(path / "rng.json", lambda f: json.loads(f.read_text())),
     )
+
+
+def read_resume_checkpoint(folder: Path, which: str, device: torch.device | str) -> LoadedCheckpoint | None:
+    """The checkpoint to resume from, read: for 'latest', the newest one that reads whole (an unreadable newer one is
+    skipped with a warning that names its file); a checkpoint asked for by path must read."""
+    path = resolve_checkpoint(folder, which)
+    if path is None:
+        return None
+    if which != "latest":
+        return read_checkpoint(path, device)
+    first_error: CheckpointError | None = None
+    for candidate in reversed(complete_checkpoints(folder)):
+        try:
+            ckpt = read_checkpoint(candidate, device)
+        except CheckpointError as e:
+            logger.warning("%s; trying the checkpoint before it", e)
+            first_error = first_error or e
+            continue
+        if first_error is not None:
+            logger.warning("resuming from %s, the newest checkpoint that reads whole", candidate)
+        return ckpt
+    raise first_error or CheckpointError(f"no readable checkpoint in {folder}")
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
@@ -165,20 +215,26 @@ def save_rng_state(folder: Path) -> None:
     )
 
 
-def load_rng_state(folder: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(folder / "rng.safetensors")
+def set_rng_state(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+    """Restore the RNG states `save_rng_state` wrote (read by `read_checkpoint`)."""
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda_"))]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-    data = json.loads((folder / "rng.json").read_text())
     name, keys, pos, has_gauss, gauss = data["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = data["python"]
     random.setstate((version, tuple(internal), py_gauss))
+
+
+def load_rng_state(folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    set_rng_state(
+        _read(folder / "rng.safetensors", load_file),
+        _read(folder / "rng.json", lambda f: json.loads(f.read_text())),
+    )
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -216,6 +272,7 @@ __all__ = [
     "REPORT_FILES",
     "RUN_OUTPUTS",
     "TRACKER_PROJECT",
+    "CheckpointError",
     "LoadedCheckpoint",
     "checkpoint_path",
     "clear_run",
@@ -223,9 +280,11 @@ __all__ = [
     "load_rng_state",
     "prune_checkpoints",
     "read_checkpoint",
+    "read_resume_checkpoint",
     "resolve_checkpoint",
     "run_outputs",
     "save_rng_state",
+    "set_rng_state",
     "truncate_metrics",
     "write_checkpoint",
 ]

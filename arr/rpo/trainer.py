@@ -44,11 +44,10 @@ from arr.rpo.checkpoint import (
     TRACKER_PROJECT,
     checkpoint_path,
     clear_run,
-    load_rng_state,
     prune_checkpoints,
-    read_checkpoint,
-    resolve_checkpoint,
+    read_resume_checkpoint,
     run_outputs,
+    set_rng_state,
     truncate_metrics,
     write_checkpoint,
 )
@@ -952,10 +951,10 @@ class RPOTrainer:
 
     def load_checkpoint(self, which: str) -> None:
         """Resume from 'latest' or a checkpoint folder; a checkpoint asked for by name must exist."""
-        path = resolve_checkpoint(self.checkpoint_dir, which)
-        if path is None:
+        ckpt = read_resume_checkpoint(self.checkpoint_dir, which, self.policy.device)
+        if ckpt is None:
             return  # nothing to resume: a fresh run (the flag is safe to leave in a launcher)
-        ckpt = read_checkpoint(path, self.policy.device)
+        path = ckpt.path
         if self.sampling_params is not None:
             if ckpt.sampling_lora is None:
                 raise ConfigError(
@@ -967,7 +966,7 @@ class RPOTrainer:
         self.policy.load_lora_state_dict(ckpt.lora)
         self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
         self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
-        load_rng_state(path)
+        set_rng_state(ckpt.rng_tensors, ckpt.rng_state)
         self.step = int(ckpt.state["step"])
         self.phase_seconds.update(ckpt.state.get("phase_seconds", {}))
         self._last_eval_score = ckpt.state.get("last_eval_score")
