@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
 from collections.abc import Callable
@@ -142,7 +141,7 @@ def _read(file: Path, load: Callable[[Path], Any]) -> Any:
 
     try:
         return load(file)
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as e:
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint file {file} cannot be read ({why}): it was cut short or corrupted; resume from another "
