@@ -76,9 +76,10 @@ def run_pending(
     batch_size: int,
     unit: str,
     progress: bool,
-) -> None:
+) -> list[dict[str, Any]]:
     """Run `run_batch` over the items that have no finished row yet, appending rows to `rows_path`, with a
-    progress bar that starts at what an earlier (killed) run already finished."""
+    progress bar that starts at what an earlier (killed) run already finished; returns every item's finished row,
+    in the items' order."""
     done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
     pending = [it for it in items if item_id(it) not in done]
     bar = tqdm(
@@ -92,6 +93,8 @@ def run_pending(
             run_batch(batch, fh)
             bar.update(len(batch))
     bar.close()
+    final = read_rows(rows_path)
+    return [final[item_id(it)] for it in items if item_id(it) in final]
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -32,7 +32,6 @@ from arr.evaluation.edit_results import (
     SUMMARY,
     claim_folder,
     file_stem,
-    read_rows,
     run_pending,
     save_image,
     summarize,
@@ -157,10 +156,9 @@ def evaluate_edits(
     }
     valid = [s for s in samples if not s.error]
     skipped = [{"id": s.id, "reason": s.error or ""} for s in samples if s.error]
-    rows_path = out / ROWS
-    run_pending(
+    rows = run_pending(
         valid,
-        rows_path,
+        out / ROWS,
         lambda batch, fh: _run_batch(batch, editor, judge, metrics, out, seed, fh),
         item_id=lambda s: s.id,
         batch_size=batch_size,
@@ -168,8 +166,6 @@ def evaluate_edits(
         progress=progress,
     )
 
-    final = read_rows(rows_path)
-    rows = [final[s.id] for s in valid if s.id in final]
     summary = summarize(rows, skipped, info)
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:

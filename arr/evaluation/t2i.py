@@ -28,7 +28,6 @@ from arr.evaluation.edit_results import (
     SUMMARY,
     claim_folder,
     file_stem,
-    read_rows,
     run_pending,
     save_image,
     summarize,
@@ -133,10 +132,9 @@ def evaluate_t2i(
     valid = [p for p in prompts if not p.error]
     skipped = [{"id": p.id, "reason": p.error or ""} for p in prompts if p.error]
     items = [_Item(p, k) for p in valid for k in range(samples_per_prompt)]
-    rows_path = out / ROWS
-    run_pending(
+    rows = run_pending(
         items,
-        rows_path,
+        out / ROWS,
         lambda batch, fh: _run_batch(batch, generator, scorer, out, seed, fh),
         item_id=lambda it: it.id,
         batch_size=batch_size,
@@ -144,8 +142,6 @@ def evaluate_t2i(
         progress=progress,
     )
 
-    final = read_rows(rows_path)
-    rows = [final[it.id] for it in items if it.id in final]
     summary = summarize(rows, skipped, info)
     summary.pop("languages", None)  # GenEval prompts are English; editing suites group by language
     summary["samples_per_prompt"] = int(samples_per_prompt)

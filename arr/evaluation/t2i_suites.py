@@ -26,19 +26,9 @@ from PIL import Image
 
 from arr.jsonl import iter_jsonl
 from arr.rubrics import Criterion, Rubric
+from arr.shapes.benchmarks import SUITE_KEYS  # the same suite file keys as the shapes world's suites
 from arr.suites import read_suite
 
-SUITE_KEYS = {
-    "name",
-    "task",
-    "schema",
-    "data",
-    "samples_per_prompt",
-    "judge",
-    "judge_kwargs",
-    "metric",
-    "notes",
-}
 SCHEMAS = ("geneval",)
 PROMPT_VERSION = "v1"  # of `geneval_rubric`'s wording; part of the scorer's fingerprint
 
