@@ -4,20 +4,37 @@ The judge owns what makes rubric rewards trustworthy rather than how a model is 
 both image orders (position bias flips about a third of a plain VLM judge's verdicts), turns per-criterion
 probabilities into a score, caches every answer, and counts calls and seconds so training can report judge cost.
 Backends (arr/backends/) only answer single questions in the order given.
+
+Pointwise scores follow `Rubric.score` (the formula: arr/rubrics/scoring.py). A criterion the judge answers "unknown"
+(cannot assess) is scored by `na_policy` and listed in `ScoreJudgment.cannot_assess`; a failed question (a transport
+error, an unreadable answer) leaves the sample without a score. With an `EnsembleBackend`, each judgment also holds
+every member's own judgment and how much the members agree.
+
+What is judged is an image, or a text (a `str`: a language model's response, judged against the rubric the same
+way, in both orders) with a backend that judges texts (hf, openai); the fields keep their image names.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from arr.backends.base import CriterionQuery, CriterionVerdict, JudgeBackend, PairQuery, PairVerdict
-from arr.rubrics import Rubric
+from arr.agreement import fleiss_kappa, krippendorff_alpha, pairwise_agreement
+from arr.backends.base import (
+    Candidate,
+    CriterionQuery,
+    CriterionVerdict,
+    JudgeBackend,
+    PairQuery,
+    PairVerdict,
+)
+from arr.rubrics import Criterion, Rubric
+from arr.rubrics.scoring import check_na_policy
 
 
 @dataclass
@@ -45,20 +62,35 @@ class PairJudgment:
 
 @dataclass
 class ScoreJudgment:
-    """A pointwise judgment: `score` in [0, 1] and, per criterion id, the probability that it holds.
+    """A pointwise judgment: `score` in [0, 1] and, per criterion id, the probability that it holds (its credit for
+    an ordinal criterion; None where there is no value).
 
-    `score` is None when any criterion could not be judged (see `errors`): a partial score would silently
-    change the rubric's meaning.
+    `cannot_assess` lists the criteria the judge answered "unknown" for, scored by the judge's cannot-assess policy.
+    `score` is None when a question failed (see `errors`: a partial score would silently change the rubric's
+    meaning) or when nothing could be scored (every criterion cannot be assessed, under the "skip" policy).
+    `raw_score` is the unnormalised sum of weight * value. Ensembles add `judges`, each member's own judgment by
+    member name, and `agreement` between them over this sample's criteria (`"pairwise"`: the fraction of member
+    pairs giving the same answer, `"fleiss_kappa"`: the same corrected for chance; answers are compared as yes / no
+    / level / unknown).
     """
 
     score: float | None
     criteria: dict[str, float | None]
     reasons: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    cannot_assess: list[str] = field(default_factory=list)
+    raw_score: float | None = None
+    judges: dict[str, ScoreJudgment] = field(default_factory=dict)
+    agreement: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.score is not None
+
+    @property
+    def judge_scores(self) -> dict[str, float | None]:
+        """Each ensemble member's own score of this sample (empty for a single judge)."""
+        return {name: j.score for name, j in self.judges.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,12 +98,14 @@ class ScoreJudgment:
 
 @dataclass
 class JudgeStats:
-    """Cost counters: backend questions asked, answers served from cache, failures, and seconds in the backend."""
+    """Cost counters: backend questions asked, answers served from cache, failures, criteria the judge could not
+    assess (answered "unknown", asked or cached), and seconds in the backend."""
 
     calls: int = 0
     cached: int = 0
     failures: int = 0
     seconds: float = 0.0
+    cannot_assess: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,28 +113,94 @@ class JudgeStats:
 
 @dataclass
 class PairItem:
-    """One comparison for `compare_many`."""
+    """One comparison for `compare_many` (two images, or two texts)."""
 
     prompt: str
-    image_a: Image.Image
-    image_b: Image.Image
+    image_a: Candidate
+    image_b: Candidate
     rubric: Rubric
     source: Image.Image | None = None
 
 
 @dataclass
 class ScoreItem:
-    """One pointwise judgment for `score_many`."""
+    """One pointwise judgment for `score_many` (of an image, or a text)."""
 
     prompt: str
-    image: Image.Image
+    image: Candidate
     rubric: Rubric
     source: Image.Image | None = None
 
 
-def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float:
+def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float | None:
     """Weighted rubric score in [0, 1] (see `Rubric.score`): penalties subtract; edits use sqrt(I * P)."""
     return rubric.score(probs)
+
+
+def _member_category(criterion: Criterion, judgment: ScoreJudgment) -> float | str | None:
+    """A member's answer on `criterion`, as compared for agreement: "unknown", its value snapped to yes (1.0) / no
+    (0.0) or to a level's credit (`Criterion.snap`), or None for a failed question."""
+    if criterion.id in judgment.cannot_assess:
+        return "unknown"
+    value = judgment.criteria.get(criterion.id)
+    return None if value is None else criterion.snap(value)
+
+
+def ensemble_agreement(rubrics: Sequence[Rubric], judgments: Sequence[ScoreJudgment]) -> dict[str, Any]:
+    """How much an ensemble's members agree over every criterion of many judgments (one rubric per judgment).
+
+    Answers are compared as yes / no / level / unknown (`Criterion.snap`); failed questions are missing.
+    Returns the number of criterion items, the member names, `pairwise` agreement, `fleiss_kappa` (over the items
+    every member answered) and nominal `krippendorff_alpha` (missing answers allowed); a statistic is None where it
+    is undefined, e.g. when every member always gives the same answer.
+    """
+    if len(rubrics) != len(judgments):
+        raise ValueError(
+            f"ensemble_agreement: {len(rubrics)} rubrics for {len(judgments)} judgments; give one each"
+        )
+    names = list(dict.fromkeys(n for j in judgments for n in j.judges))
+    ratings = [
+        [_member_category(c, j.judges[n]) if n in j.judges else None for n in names]
+        for rubric, j in zip(rubrics, judgments, strict=True)
+        for c in rubric.criteria
+    ]
+    return {
+        "items": len(ratings),
+        "judges": names,
+        "pairwise": pairwise_agreement(ratings),
+        "fleiss_kappa": fleiss_kappa(ratings),
+        "krippendorff_alpha": krippendorff_alpha(ratings, "nominal"),
+    }
+
+
+def _encode_criterion(v: CriterionVerdict) -> dict[str, Any]:
+    data: dict[str, Any] = {"prob_yes": v.prob_yes, "reason": v.reason, "raw": v.raw}
+    if v.cannot_assess:
+        data["cannot_assess"] = True
+    if v.members is not None:
+        data["members"] = {
+            name: {"prob_yes": m.prob_yes, "cannot_assess": m.cannot_assess, "error": m.error}
+            for name, m in v.members.items()
+        }
+    return data
+
+
+def _decode_criterion(d: dict[str, Any]) -> CriterionVerdict:
+    members = d.get("members")
+    return CriterionVerdict(
+        d["prob_yes"],
+        d.get("reason", ""),
+        d.get("raw", ""),
+        cannot_assess=bool(d.get("cannot_assess", False)),
+        members=None
+        if members is None
+        else {
+            name: CriterionVerdict(
+                m["prob_yes"], error=m.get("error"), cannot_assess=bool(m.get("cannot_assess"))
+            )
+            for name, m in members.items()
+        },
+    )
 
 
 class RubricJudge:
@@ -110,9 +210,20 @@ class RubricJudge:
         backend: a backend instance, e.g. `arr.load_backend("pixel")`.
         cache: a `JudgmentCache`, a path to one (created if missing), or None for no caching.
         swap: ask pairwise questions in both orders; an order-inconsistent verdict becomes a tie.
+        na_policy: how a criterion the judge cannot assess counts in pointwise scores: "skip" (left out), "zero",
+            "partial" (`partial_credit` for a positive weight) or "fail" (the worst outcome for its sign); see
+            arr/rubrics/scoring.py.
+        partial_credit: the value "partial" gives, in [0, 1].
     """
 
-    def __init__(self, backend: JudgeBackend, cache: Any = None, swap: bool = True) -> None:
+    def __init__(
+        self,
+        backend: JudgeBackend,
+        cache: Any = None,
+        swap: bool = True,
+        na_policy: str = "skip",
+        partial_credit: float = 0.5,
+    ) -> None:
         if not isinstance(backend, JudgeBackend):
             raise TypeError(
                 f"RubricJudge needs a JudgeBackend (name, fingerprint(), judge_pairs(), judge_criteria()), "
@@ -125,6 +236,9 @@ class RubricJudge:
             cache = JudgmentCache(cache)
         self.cache = cache
         self.swap = swap
+        check_na_policy(na_policy, partial_credit)
+        self.na_policy = na_policy
+        self.partial_credit = float(partial_credit)
         self.stats = JudgeStats()
 
     # ---- pairwise -------------------------------------------------------------------------------------------
@@ -132,8 +246,8 @@ class RubricJudge:
     def compare(
         self,
         prompt: str,
-        image_a: Image.Image,
-        image_b: Image.Image,
+        image_a: Candidate,
+        image_b: Candidate,
         rubric: Rubric,
         source: Image.Image | None = None,
     ) -> PairJudgment:
@@ -141,6 +255,7 @@ class RubricJudge:
 
     def compare_many(self, items: Sequence[PairItem]) -> list[PairJudgment]:
         """Judge many pairs with one batched backend call (two questions per pair when swapping)."""
+        self._check_candidates(c for it in items for c in (it.image_a, it.image_b))
         queries: list[PairQuery] = []
         for it in items:
             queries.append(PairQuery(it.prompt, (it.image_a, it.image_b), it.rubric, it.source))
@@ -179,12 +294,13 @@ class RubricJudge:
     # ---- pointwise ------------------------------------------------------------------------------------------
 
     def score(
-        self, prompt: str, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
+        self, prompt: str, image: Candidate, rubric: Rubric, source: Image.Image | None = None
     ) -> ScoreJudgment:
         return self.score_many([ScoreItem(prompt, image, rubric, source)])[0]
 
     def score_many(self, items: Sequence[ScoreItem]) -> list[ScoreJudgment]:
         """Judge every criterion of every item with one batched backend call."""
+        self._check_candidates(it.image for it in items)
         queries = [
             CriterionQuery(it.prompt, it.image, it.rubric, c, it.source)
             for it in items
@@ -202,34 +318,61 @@ class RubricJudge:
                 criterion_id=q.criterion.id,
             ),
             ask=self.backend.judge_criteria,
-            encode=lambda v: {"prob_yes": v.prob_yes, "reason": v.reason, "raw": v.raw},
-            decode=lambda d: CriterionVerdict(d["prob_yes"], d.get("reason", ""), d.get("raw", "")),
-            failed=lambda v: v.prob_yes is None,
+            encode=_encode_criterion,
+            decode=_decode_criterion,
+            failed=lambda v: v.failed,
         )
+        self.stats.cannot_assess += sum(v.cannot_assess for v in verdicts)
         out: list[ScoreJudgment] = []
         pos = 0
         for it in items:
             mine = verdicts[pos : pos + len(it.rubric.criteria)]
             pos += len(it.rubric.criteria)
-            probs: dict[str, float | None] = {}
-            reasons: dict[str, str] = {}
-            errors: dict[str, str] = {}
-            for c, v in zip(it.rubric.criteria, mine, strict=True):
-                probs[c.id] = v.prob_yes
-                if v.reason:
-                    reasons[c.id] = v.reason
-                if v.prob_yes is None:
-                    errors[c.id] = v.error or "backend gave no probability"
-            if not it.rubric.criteria:
-                errors["rubric"] = f"rubric for {it.prompt[:60]!r} has no criteria"
-            score = None if errors else rubric_score(it.rubric, probs)
-            out.append(ScoreJudgment(score, probs, reasons, errors))
+            out.append(self._judgment(it, mine))
         return out
+
+    def _judgment(self, item: ScoreItem, verdicts: Sequence[CriterionVerdict]) -> ScoreJudgment:
+        """One sample's verdicts -> its judgment, with every ensemble member's own judgment and their agreement."""
+        judgment = self._scored(item, verdicts)
+        names = list(dict.fromkeys(n for v in verdicts if v.members for n in v.members))
+        if not names:
+            return judgment
+        missing = CriterionVerdict(None, error="this member gave no verdict")
+        for name in names:
+            own = [v.members.get(name, missing) if v.members else missing for v in verdicts]
+            judgment.judges[name] = self._scored(item, own)
+        ratings = [[_member_category(c, judgment.judges[n]) for n in names] for c in item.rubric.criteria]
+        judgment.agreement = {"pairwise": pairwise_agreement(ratings), "fleiss_kappa": fleiss_kappa(ratings)}
+        return judgment
+
+    def _scored(self, item: ScoreItem, verdicts: Sequence[CriterionVerdict]) -> ScoreJudgment:
+        rubric = item.rubric
+        probs: dict[str, float | None] = {}
+        reasons: dict[str, str] = {}
+        errors: dict[str, str] = {}
+        unknown: list[str] = []
+        for c, v in zip(rubric.criteria, verdicts, strict=True):
+            probs[c.id] = v.prob_yes
+            if v.reason:
+                reasons[c.id] = v.reason
+            if v.cannot_assess:
+                unknown.append(c.id)
+            elif v.prob_yes is None:
+                errors[c.id] = v.error or "backend gave no probability"
+        if not rubric.criteria:
+            errors["rubric"] = f"rubric for {item.prompt[:60]!r} has no criteria"
+        if errors:
+            return ScoreJudgment(None, probs, reasons, errors, unknown)
+        values = {k: p for k, p in probs.items() if p is not None}
+        policy = {"na_policy": self.na_policy, "partial_credit": self.partial_credit}
+        score = rubric.score(values, unknown, **policy)
+        raw = rubric.score(values, unknown, **policy, normalize=False)
+        return ScoreJudgment(score, probs, reasons, errors, unknown, raw)
 
     # ---- listwise -------------------------------------------------------------------------------------------
 
     def rank(
-        self, prompt: str, images: Sequence[Image.Image], rubric: Rubric, source: Image.Image | None = None
+        self, prompt: str, images: Sequence[Candidate], rubric: Rubric, source: Image.Image | None = None
     ) -> list[float | None]:
         """Listwise judgment as a round robin: each image's win rate over all others (ties count half).
 
@@ -253,6 +396,19 @@ class RubricJudge:
             else:
                 wins[i if jd.preferred == 0 else j] += 1.0
         return [wins[k] / games[k] if games[k] else None for k in range(n)]
+
+    def _check_candidates(self, candidates: Iterable[Any]) -> None:
+        """Images, or texts where the backend judges texts; anything else is an error before any question."""
+        for i, c in enumerate(candidates):
+            if isinstance(c, str):
+                # An optional backend attribute: the chat backends (hf, openai) declare that they judge texts.
+                if not getattr(self.backend, "judges_text", False):
+                    raise ValueError(
+                        f"judge backend {self.backend.name!r} judges images only, and candidate {i} is a text "
+                        f"({c[:40]!r}); judge texts with a chat backend (hf or openai)"
+                    )
+            elif not isinstance(c, Image.Image):
+                raise TypeError(f"candidate {i} must be a PIL image or a text (str), got {type(c).__name__}")
 
     # ---- caching --------------------------------------------------------------------------------------------
 

@@ -163,7 +163,11 @@ def make_accelerator(engine: str, cpu: bool, mixed_precision: str) -> Any:
     """The Accelerator `accelerate launch` would give for `engine`, with the trainer's own settings."""
     from accelerate import Accelerator
     from accelerate.state import PartialState
-    from accelerate.utils import DistributedDataParallelKwargs, DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        DistributedType,
+        FullyShardedDataParallelPlugin,
+    )
 
     plugin = None
     if engine == "fsdp":
@@ -300,7 +304,9 @@ def run_rank(a: argparse.Namespace) -> dict[str, Any]:
         for _ in range(a.steps):
             rows.append(trainer.training_step())
             trainer.step += 1
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("step_seconds", "sample_seconds", "optimize_seconds")}
+    mean = {
+        k: sum(r[k] for r in rows) / len(rows) for k in ("step_seconds", "sample_seconds", "optimize_seconds")
+    }
     return {
         "rank": rank,
         "world_size": world,
@@ -327,7 +333,9 @@ def summarise(ranks: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     for engine, rows in ranks.items():
         worst = {k: max(r[k] for r in rows) for k in keys}
         # What the model adds to a rank: the memory beyond the process's own before the model was built.
-        worst["model_memory_after_prepare"] = max(r["memory_after_prepare"] - r["memory_before_model"] for r in rows)
+        worst["model_memory_after_prepare"] = max(
+            r["memory_after_prepare"] - r["memory_before_model"] for r in rows
+        )
         worst["model_peak_memory_during_steps"] = max(
             r["peak_memory_during_steps"] - r["memory_before_model"] for r in rows
         )

@@ -167,7 +167,14 @@ def run_arr(*args, cwd: Path | None = None):
 # ---- RPO on a tiny shapes policy ---------------------------------------------------------------------------------
 
 # metrics.jsonl fields that measure the machine, not the run: left out when two runs must agree.
-TIMING = {"judge_seconds", "judge_wait_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+TIMING = {
+    "judge_seconds",
+    "judge_wait_seconds",
+    "step_seconds",
+    "sample_seconds",
+    "optimize_seconds",
+    "eval_seconds",
+}
 
 
 def tiny_shapes_config():
@@ -464,3 +471,86 @@ def reward_server():
     yield start
     for server in started:
         server.shutdown()
+
+
+# ---- diffusers pipelines around tiny policies -------------------------------------------------------------------
+
+
+def nonzero_lora(policy, scale=0.3):
+    """A LoRA that changes the output: peft's gaussian init leaves B at zero."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def family_pipeline(family, policy):
+    """The family's diffusers pipeline around `policy`'s transformer and VAE, text encoders left out (the test
+    passes embeddings), with the scheduler the policy's sigmas follow."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+    )
+
+    if family == "sd3":
+        return StableDiffusion3Pipeline(
+            transformer=policy.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
+    )
+    if family == "flux":
+        return FluxPipeline(
+            scheduler=sched,
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=policy.transformer,
+        )
+    return QwenImagePipeline(
+        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
+    )
+
+
+# ---- a tiny language model for TRL ------------------------------------------------------------------------------
+
+
+def tiny_causal_lm(words):
+    """A random one-layer Qwen2 causal LM over a word-level vocabulary (`words`, after "<pad>" and "<eos>"), with its
+    tokenizer: a policy for a few CPU steps of TRL's GRPOTrainer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = ["<pad>", "<eos>", *words]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config), tokenizer

@@ -120,3 +120,31 @@ class SlowBackend(BrightnessBackend):
 
         time.sleep(0.05 * len(queries))
         return super().judge_criteria(queries)
+
+
+class ScriptedCriteria:
+    """Answers each criterion question from `answers[criterion id]`: a value, "unknown" (cannot assess), or None (a
+    failed question); pairs get `prob_first`. Counts the criterion questions it was asked."""
+
+    def __init__(self, answers: dict, name: str = "scripted", prob_first: float = 0.5) -> None:
+        self.answers, self.name, self.prob_first = dict(answers), name, prob_first
+        self.asked = 0
+
+    def fingerprint(self) -> str:
+        return f"scripted/{self.name}/{sorted(self.answers.items(), key=str)}/{self.prob_first}"
+
+    def judge_pairs(self, queries):
+        return [PairVerdict(self.prob_first, reason=self.name) for _ in queries]
+
+    def judge_criteria(self, queries):
+        self.asked += len(queries)
+        out = []
+        for q in queries:
+            a = self.answers[q.criterion.id]
+            if a == "unknown":
+                out.append(CriterionVerdict(None, reason="cannot tell", cannot_assess=True))
+            elif a is None:
+                out.append(CriterionVerdict(None, error="HTTP 503"))
+            else:
+                out.append(CriterionVerdict(float(a), reason=f"{self.name} says {a}"))
+        return out

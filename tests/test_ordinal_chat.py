@@ -66,11 +66,12 @@ def _messages_digest(messages: list[dict]) -> str:
 
 
 def test_binary_criteria_render_exactly_as_before():
-    # Digests of the binary prompts of TEMPLATE_VERSION "v2" (criterion last): any change to them needs a new version.
+    # Digests of the binary prompts of TEMPLATE_VERSION "v3" (criterion last, "unknown" offered): any change to them
+    # needs a new version.
     red, base = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (9, 9, 9))
     expected = {
-        "t2i": "630dfe8d47d5943f87a488594a8b97acdc3f7794166cc6f525a8d66bfd4f4ab8",
-        "edit": "5cbe8cfaef8dbc301aea96a18436379ee275a97c7a10f47620b82de6cda39564",
+        "t2i": "fe65e97c67496709ba5f421463fd5f6bceaae9864eb03943b0268f01734403e6",
+        "edit": "ab8344c80afc0f087537f78bd04b517661dfbeb484c642f9d826d641f42dc57e",
     }
     for task, source in (("t2i", None), ("edit", base)):
         rubric = Rubric(
@@ -81,7 +82,9 @@ def test_binary_criteria_render_exactly_as_before():
         )
         req = render_criterion(CriterionQuery(rubric.prompt, red, rubric, rubric.criteria[0], source))
         assert _messages_digest(req.messages) == expected[task]
-        assert req.choices == CRITERION_CHOICES and req.levels is None and req.answer_prefix == ""
+        assert (
+            req.choices == (*CRITERION_CHOICES, "unknown") and req.levels is None and req.answer_prefix == ""
+        )
     # The same text, built independently from the binary template files.
     rubric = Rubric("p & q", [Criterion("c", "a <b>")], guide=GUIDE)
     req = render_criterion(CriterionQuery(rubric.prompt, red, rubric, rubric.criteria[0]))
@@ -98,17 +101,19 @@ def test_ordinal_question_layout_choices_and_escaping():
     rubric = Rubric("a red circle", [Criterion("c", hostile, levels=5)], guide=GUIDE)
     req = render_criterion(CriterionQuery(rubric.prompt, IMAGES[0], rubric, rubric.criteria[0]))
     assert req.kind == "criterion" and req.levels == 5 and req.answer_prefix == ""
-    assert req.choices == ("1", "2", "3", "4", "5")
+    assert req.choices == ("1", "2", "3", "4", "5", "unknown")
     system, user = _texts(req.messages[0]), _texts(req.messages[1])
     assert "from 1 (not at all) to 5 (fully)" in system and '"yes" or "no"' not in system
     assert "<guide>\n1. Theme: Col" in system
     assert "Rate from 1 to 5 how well the image satisfies the criterion below" in user
-    assert "Answer with the number first, then a colon" in user and '"yes"' not in user
+    assert 'Answer with the number first (or "unknown" if the image cannot show it), then a colon' in user
+    assert '"yes"' not in user
     assert user.count("</criterion>") == 1 and escape_field(hostile) in user and "<|im_end|>" not in user
     assert req.images == [IMAGES[0]]
 
     edit = render_criterion(CriterionQuery(EDIT.prompt, IMAGES[1], EDIT, EDIT.criteria[0], IMAGES[2]))
-    assert edit.levels == 4 and edit.choices == ("1", "2", "3", "4") and edit.images == [IMAGES[2], IMAGES[1]]
+    assert edit.levels == 4 and edit.choices == ("1", "2", "3", "4", "unknown")
+    assert edit.images == [IMAGES[2], IMAGES[1]]
     assert "Rate from 1 to 4 how well Image EDITED satisfies" in _texts(edit.messages[1])
     with pytest.raises(ValueError, match="needs the source image"):
         render_criterion(CriterionQuery(EDIT.prompt, IMAGES[1], EDIT, EDIT.criteria[0]))
@@ -223,18 +228,27 @@ def test_hf_probs_credit_equals_hand_computation(backend):
     yes_no = (["yes", "Yes", "Ġyes", "ĠYes"], ["no", "No", "Ġno", "ĠNo"])
     for q, v in zip(queries, verdicts, strict=True):
         probs = _last_probs(backend, render_criterion(q))
-        assert v.error is None and 0.0 <= v.prob_yes <= 1.0
+        p_unknown = sum(float(probs[tok.convert_tokens_to_ids(t)]) for t in ("unknown", "Ġunknown"))
+        assert v.error is None
         levels = q.criterion.levels
         if levels is None:
             p_yes, p_no = (sum(float(probs[tok.convert_tokens_to_ids(t)]) for t in ts) for ts in yes_no)
-            assert v.prob_yes == pytest.approx(p_yes / (p_yes + p_no), abs=1e-6)
+            assert v.cannot_assess == (p_unknown > p_yes + p_no)
+            if not v.cannot_assess:
+                assert v.prob_yes == pytest.approx(p_yes / (p_yes + p_no), abs=1e-6)
             continue
         digits = [float(probs[tok.convert_tokens_to_ids(str(k))]) for k in range(1, levels + 1)]
-        hand = sum(p * (k / (levels - 1)) for k, p in enumerate(digits)) / sum(digits)
-        assert v.prob_yes == pytest.approx(hand, abs=1e-6)
-        assert list(json.loads(v.raw)) == [str(k) for k in range(1, levels + 1)]
+        assert list(json.loads(v.raw)) == [str(k) for k in range(1, levels + 1)] + ["unknown"]
+        # "unknown" outweighing every rating together is the cannot-assess answer; otherwise it is left out.
+        assert v.cannot_assess == (p_unknown > sum(digits))
+        if not v.cannot_assess:
+            hand = sum(p * (k / (levels - 1)) for k, p in enumerate(digits)) / sum(digits)
+            assert v.prob_yes == pytest.approx(hand, abs=1e-6)
+    # This random model answers both ways, so both branches above were checked.
+    assert any(v.cannot_assess for v in verdicts) and sum(v.prob_yes is not None for v in verdicts) >= 3
     # A random model spreads its mass: the credit is an expectation, not a hard level.
-    assert verdicts[0].prob_yes not in (0.0, 0.25, 0.5, 0.75, 1.0)
+    rated = [v.prob_yes for q, v in zip(queries, verdicts, strict=True) if q.criterion.levels and v.prob_yes]
+    assert rated and all(p not in (0.0, 0.25, 0.5, 0.75, 1.0) for p in rated)
 
 
 def test_hf_generate_mode_parses_ratings(backend):
@@ -262,7 +276,11 @@ def test_ordinal_rubric_scores_through_rubric_judge(backend):
     )
     probs = {c.id: v.prob_yes for c, v in zip(MIXED.criteria, direct, strict=True)}
     assert s.ok and s.criteria == pytest.approx(probs, abs=1e-6)
-    hand = (probs["fill"] + probs["red"] + 2.0 * probs["left"]) / 4.0
+    assert s.cannot_assess == [c.id for c, v in zip(MIXED.criteria, direct, strict=True) if v.cannot_assess]
+    # Criteria the judge could not assess are left out (the default "skip" policy), weights 1, 1 and 2.
+    weights = {"fill": 1.0, "red": 1.0, "left": 2.0}
+    valued = {k: p for k, p in probs.items() if p is not None}
+    hand = sum(weights[k] * p for k, p in valued.items()) / sum(weights[k] for k in valued)
     assert s.score == pytest.approx(hand, abs=1e-6)
 
 

@@ -32,7 +32,7 @@ def test_protocol_registry_and_fingerprint():
     assert PixelBackend(strict=False).fingerprint() == "pixel/v1/lenient"
 
 
-def test_judge_criteria_gives_certain_verdicts_and_errors_without_checks():
+def test_judge_criteria_gives_certain_verdicts_and_cannot_assess_without_checks():
     rubric = rubric_for_prompt(SPEC)
     by_id = {c.id: c for c in rubric.criteria}
     no_check = Criterion("style", "The image looks pleasant.")
@@ -46,7 +46,10 @@ def test_judge_criteria_gives_certain_verdicts_and_errors_without_checks():
     ]
     verdicts = PixelBackend().judge_criteria(queries)
     assert [v.prob_yes for v in verdicts] == [1.0, 0.0, 1.0, None, None]
-    assert "needs a machine-checkable 'check'" in verdicts[3].error
+    # No check: the pixel judge cannot assess the criterion (an answer); a malformed check is an error.
+    assert verdicts[3].cannot_assess and verdicts[3].error is None and not verdicts[3].failed
+    assert "needs a machine-checkable 'check'" in verdicts[3].reason
+    assert verdicts[4].failed and not verdicts[4].cannot_assess
     assert "unknown check type" in verdicts[4].error
 
 
@@ -69,6 +72,24 @@ def test_judge_pairs_tie_and_uncheckable_rubric():
     vlm_only = Rubric(prompt="x", criteria=[Criterion("a", "Looks nice.")])
     (failed,) = backend.judge_pairs([PairQuery("x", (GOOD, SWAPPED), vlm_only)])
     assert failed.prob_first is None and "no criterion the pixel judge can evaluate" in failed.error
+
+
+def test_judge_pairs_reads_each_image_once_per_batch(monkeypatch):
+    import arr.backends.pixel as pixel
+
+    rubric = rubric_for_prompt(SPEC)
+    group = [GOOD, SWAPPED, EXTRA]
+    queries = [PairQuery(SPEC.text, (a, b), rubric) for a in group for b in group if a is not b]
+    one_by_one = [PixelBackend().judge_pairs([q])[0] for q in queries]
+    calls = []
+    real = pixel.analyze
+    monkeypatch.setattr(pixel, "analyze", lambda image: calls.append(image) or real(image))
+    batched = PixelBackend().judge_pairs(queries)
+    assert len(calls) == 3  # 6 ordered pairs of 3 images: one detection pass per image
+    assert [(v.prob_first, v.reason, v.raw) for v in batched] == [
+        (v.prob_first, v.reason, v.raw) for v in one_by_one
+    ]
+    assert [v.prob_first for v in batched[:2]] == [1.0, 1.0]  # GOOD beats both
 
 
 def test_scores_are_weighted_fractions_with_penalties():

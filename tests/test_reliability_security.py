@@ -88,6 +88,7 @@ def test_hostile_ordinal_criterion_and_guide_stay_in_their_fields(hostile):
         "3",
         "4",
         "5",
+        "unknown",
     )  # $levels in text changed nothing
 
 
@@ -241,5 +242,10 @@ def test_checkpoints_load_without_pickle(tmp_path):
         tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args, t2i_records(4, "train")
     ).train()
     ckpt = Path(args.output_dir) / "checkpoints" / "step_1"
-    assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json", ".pt"}
+    assert {p.suffix for p in ckpt.iterdir()} == {
+        ".safetensors",
+        ".json",
+        ".pt",
+        ".md",
+    }  # .md: the model card
     torch.load(ckpt / "optimizer.pt", weights_only=True)

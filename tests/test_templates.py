@@ -152,10 +152,10 @@ def test_guide_goes_to_system_prompt_only_when_present():
 def test_criterion_layout_and_edit_requires_source():
     rubric = _rubric("a red circle")
     req = render_criterion(CriterionQuery("a red circle", RED, rubric, rubric.criteria[0]))
-    assert req.choices == CRITERION_CHOICES and req.answer_prefix == ""
+    assert req.choices == (*CRITERION_CHOICES, "unknown") and req.answer_prefix == ""
     user = _texts(req.messages[1])
     assert _field(user, "criterion") == ["a red circle"]
-    assert 'Answer "yes" or "no" first' in user
+    assert 'Answer "yes" or "no" first (or "unknown" if the image cannot show it)' in user
 
     edit_rubric = _rubric("make it blue", "edit")
     edit = render_criterion(CriterionQuery("make it blue", BLUE, edit_rubric, edit_rubric.criteria[0], GREY))

@@ -10,11 +10,21 @@ a template invalidates cached judgments). User-supplied text (the prompt or edit
 and the guide) is quoted as data inside delimited fields (<prompt>...</prompt>) after escaping `&`, `<` and `>`, so
 a hostile prompt can neither close its field nor smuggle in chat-control tokens such as `<|im_end|>`.
 
+Texts are judged too: a candidate that is a `str` (a language model's response) is asked about with the `*_text`
+templates, which quote it as data in a <response> field instead of showing an image; everything else (choices,
+answer parsing, probabilities) is the same.
+
 Ordinal criteria (`Criterion.levels = N`) are asked as "rate from 1 to N" questions (templates
 `user_criterion_ordinal_*`, `system_criterion_ordinal`) with the choices "1".."N". Their `CriterionVerdict.prob_yes`
 carries the criterion's *credit* in [0, 1] rather than a probability: the expected (level - 1) / (N - 1) under the
 judge's renormalised distribution over the N digits where a backend reads token probabilities, or the parsed
 rating's credit where it reads text. `Rubric.score` weighs it exactly like a yes-probability.
+
+Every criterion question (yes/no or rating) also offers the answer "unknown" (`CANNOT_ASSESS_ANSWER`) for a criterion
+the image cannot show. It is the request's last choice: where a backend reads token probabilities, the verdict is
+"cannot assess" when "unknown" holds more probability than all the other answers together, and otherwise the other
+answers are renormalised without it; where it reads text, a leading "unknown" (or "n/a", "cannot assess", ...) is
+that verdict. `RubricJudge` scores such criteria by its cannot-assess policy (arr/rubrics/scoring.py).
 """
 
 from __future__ import annotations
@@ -43,11 +53,15 @@ from arr.rubrics import Criterion, GuideCategory
 
 # v2: criterion questions end with the criterion (answer instructions before it), so questions about one image share
 # every token up to the criterion and the hf backend's shared-prefix judging reuses all of it (bench/judge_prefix.py).
-TEMPLATE_VERSION = "v2"
+# v3: criterion questions offer "unknown" for a criterion the image cannot show (pair questions are unchanged).
+TEMPLATE_VERSION = "v3"
 
 # Choice tokens read from the judge's answer: the rank of Image 1 in `{"rank": [r1, r2]}`, and yes/no.
 PAIR_CHOICES: tuple[str, str] = ("1", "2")
 CRITERION_CHOICES: tuple[str, str] = ("yes", "no")
+# The cannot-assess answer, offered (last) in every criterion question. One word that common tokenizers keep whole,
+# so that its probability can be read from one position like "yes" and "no".
+CANNOT_ASSESS_ANSWER = "unknown"
 # The answer is teacher-forced up to the choice token when a backend can score it (hf mode="probs").
 PAIR_ANSWER_PREFIX = '{"rank": ['
 CRITERION_ANSWER_PREFIX = ""
@@ -91,7 +105,7 @@ def format_criteria(criteria: Iterable[Criterion]) -> str:
     return "\n".join(lines) if lines else "- (no criteria: judge by the prompt alone)"
 
 
-def format_guide(guide: Sequence[GuideCategory]) -> str:
+def format_guide(guide: Sequence[GuideCategory], template: str = "guide") -> str:
     """The guide block for the system prompt, or "" when the rubric has no guide."""
     if not guide:
         return ""
@@ -99,14 +113,17 @@ def format_guide(guide: Sequence[GuideCategory]) -> str:
     for i, cat in enumerate(guide, 1):
         lines.append(f"{i}. Theme: {escape_field(cat.theme)}")
         lines.extend(f"   - Tip: {escape_field(tip)}" for tip in cat.tips)
-    return Template(load_template("guide")).substitute(guide="\n".join(lines))
+    return Template(load_template(template)).substitute(guide="\n".join(lines))
 
 
 def _system_message(
-    kind: str, guide: Sequence[GuideCategory], fields: Mapping[str, str] | None = None
+    kind: str, guide: Sequence[GuideCategory], fields: Mapping[str, str] | None = None, text: bool = False
 ) -> dict[str, Any]:
-    text = Template(load_template(f"system_{kind}")).substitute(dict(fields or {}), guide=format_guide(guide))
-    return {"role": "system", "content": [{"type": "text", "text": text.strip()}]}
+    """The system turn of a `kind` question ("pair", "criterion", ...); `text` picks the templates for texts."""
+    suffix = "_text" if text else ""
+    guide_block = format_guide(guide, "guide" + suffix)
+    body = Template(load_template(f"system_{kind}{suffix}")).substitute(dict(fields or {}), guide=guide_block)
+    return {"role": "system", "content": [{"type": "text", "text": body.strip()}]}
 
 
 def _user_message(
@@ -134,7 +151,8 @@ class ChatRequest:
 
     `choices` are the answer tokens whose probabilities decide the verdict: two for pairs (first = Image 1 wins)
     and yes/no criteria (first = yes), "1".."N" for an ordinal criterion, which also sets `levels` = N (so that a
-    2-level ordinal item, rated "1"/"2", is not read as yes/no). `answer_prefix` is the start of the answer a backend
+    2-level ordinal item, rated "1"/"2", is not read as yes/no); criterion questions end their choices with
+    `CANNOT_ASSESS_ANSWER`. `answer_prefix` is the start of the answer a backend
     may teacher-force before reading them. Kind "text" is a free-text request (rubric writing, arr/rubrics/generate.py): it
     is always answered by generation and has no choices.
     """
@@ -189,6 +207,21 @@ class TokenUsage:
         return TokenUsage(self.requests, self.prompt_tokens, self.completion_tokens, self.unknown)
 
 
+def _judges_texts(candidates: Sequence[Any], prompt: str, rubric_task: str, source: Any) -> bool:
+    """Whether the candidates are texts (all of them) rather than images; a mix, or texts for an editing rubric,
+    is an error."""
+    texts = [isinstance(c, str) for c in candidates]
+    if not any(texts):
+        return False
+    if not all(texts):
+        raise ValueError(f"for {prompt[:60]!r}: compare two images or two texts, not an image with a text")
+    if source is not None or rubric_task == "edit":
+        raise ValueError(
+            f"editing rubric for instruction {prompt[:60]!r}: edits are images, but the candidates are texts"
+        )
+    return True
+
+
 def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
     if source is not None:
         return True
@@ -200,12 +233,27 @@ def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
 
 
 def render_pair(q: PairQuery) -> ChatRequest:
-    """The pairwise question: Image BASE (editing), Image 1, Image 2, the prompt and the criteria as data."""
+    """The pairwise question: Image BASE (editing), Image 1, Image 2, the prompt and the criteria as data (for
+    texts: Response 1 and Response 2, quoted as data)."""
+    criteria = format_criteria(q.rubric.criteria)
+    if _judges_texts(q.images, q.prompt, q.rubric.task, q.source):
+        first, second = (escape_field(t) for t in q.images)
+        fields = {
+            "prompt": escape_field(q.prompt),
+            "criteria": criteria,
+            "response_1": first,
+            "response_2": second,
+        }
+        messages = [
+            _system_message("pair", q.rubric.guide, text=True),
+            _user_message(load_template("user_pair_text"), {}, fields),
+        ]
+        return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
     edit = _is_edit(q.prompt, q.rubric.task, q.source)
     images = {"1": q.images[0], "2": q.images[1]}
     if edit:
         images["base"] = q.source
-    fields = {"prompt": escape_field(q.prompt), "criteria": format_criteria(q.rubric.criteria)}
+    fields = {"prompt": escape_field(q.prompt), "criteria": criteria}
     template = load_template("user_pair_edit" if edit else "user_pair_t2i")
     messages = [_system_message("pair", q.rubric.guide), _user_message(template, images, fields)]
     return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
@@ -219,25 +267,35 @@ def ordinal_choices(levels: int) -> tuple[str, ...]:
 def render_criterion(q: CriterionQuery) -> ChatRequest:
     """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data.
 
-    A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels.
+    A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels; both may answer
+    "unknown" (`CANNOT_ASSESS_ANSWER`). A text candidate is quoted as the <response> to judge.
     """
-    edit = _is_edit(q.prompt, q.rubric.task, q.source)
-    images = {"1": q.image}
+    text = _judges_texts([q.image], q.prompt, q.rubric.task, q.source)
+    edit = not text and _is_edit(q.prompt, q.rubric.task, q.source)
+    images: dict[str, Image.Image] = {}
+    fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    if text:
+        fields["response"] = escape_field(q.image)
+    else:
+        images["1"] = q.image
     if edit:
         images["base"] = q.source
-    fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    variant = "text" if text else "edit" if edit else "t2i"
     levels = q.criterion.levels
     if levels is not None:
         fields["levels"] = str(levels)
-        template = load_template("user_criterion_ordinal_edit" if edit else "user_criterion_ordinal_t2i")
-        system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)})
+        template = load_template(f"user_criterion_ordinal_{variant}")
+        system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)}, text=text)
         messages = [system, _user_message(template, images, fields)]
-        return ChatRequest(
-            "criterion", messages, ordinal_choices(levels), ORDINAL_ANSWER_PREFIX, levels=levels
-        )
-    template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
-    messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
-    return ChatRequest("criterion", messages, CRITERION_CHOICES, CRITERION_ANSWER_PREFIX)
+        choices = (*ordinal_choices(levels), CANNOT_ASSESS_ANSWER)
+        return ChatRequest("criterion", messages, choices, ORDINAL_ANSWER_PREFIX, levels=levels)
+    template = load_template(f"user_criterion_{variant}")
+    messages = [
+        _system_message("criterion", q.rubric.guide, text=text),
+        _user_message(template, images, fields),
+    ]
+    choices = (*CRITERION_CHOICES, CANNOT_ASSESS_ANSWER)
+    return ChatRequest("criterion", messages, choices, CRITERION_ANSWER_PREFIX)
 
 
 def render_text(
@@ -269,6 +327,12 @@ _RANK_RE = re.compile(
 )
 _REASON_RE = re.compile(r"""["']?reason["']?\s*:\s*"((?:[^"\\]|\\.)*)""", re.DOTALL)
 _YES_NO = re.compile(r"^[\s\W]*(?:answer\s*[:=-]?\s*[\W]*)?(yes|no)\b[\s\W]*", re.IGNORECASE)
+# A leading cannot-assess answer: the word the templates ask for, and the spellings judges use for it.
+_CANNOT_ASSESS = re.compile(
+    r"^[\s\W]*(?:(?:answer|rating|score|level|grade)\s*[:=-]?\s*[\W]*)?"
+    r"(unknown|n/?a|not applicable|cannot (?:be )?(?:assess(?:ed)?|tell|judged?)|can't tell)(?![\w/])[\s\W]*",
+    re.IGNORECASE,
+)
 # A leading rating, optionally labelled ("Rating: 4") and optionally out of the scale ("4/5", "4 out of 5"); the
 # whole number (a "1" starting "10" is not rating 1), never a decimal's integer part ("3.5" is no rating 3), and the
 # separator before the reason is consumed. Group 1 is the rating: the text parser and the openai backend's search
@@ -349,11 +413,24 @@ def parse_pair_answer(text: str) -> PairVerdict:
     )
 
 
+def _cannot_assess(reason: str, raw: str) -> CriterionVerdict:
+    return CriterionVerdict(None, reason=reason, raw=raw, cannot_assess=True)
+
+
+def _json_cannot_assess(obj: dict[str, Any], keys: Sequence[str]) -> bool:
+    return any(isinstance(obj.get(k), str) and _CANNOT_ASSESS.fullmatch(obj[k].strip()) for k in keys)
+
+
 def parse_criterion_answer(text: str) -> CriterionVerdict:
-    """Turn a "yes: reason" / "no: reason" answer into a verdict; unparseable -> prob None with `error`."""
+    """Turn a "yes: reason" / "no: reason" / "unknown: reason" answer into a verdict ("unknown": cannot assess);
+    unparseable -> prob None with `error`."""
     cleaned = _FENCE.sub("", text).strip()
+    keys = ("answer", "holds", "verdict", "result")
     for obj in json_objects(cleaned):
-        for key in ("answer", "holds", "verdict", "result"):
+        reason = obj.get("reason")
+        if _json_cannot_assess(obj, keys):
+            return _cannot_assess(reason if isinstance(reason, str) else "", text)
+        for key in keys:
             value = obj.get(key)
             if isinstance(value, bool):
                 value = "yes" if value else "no"
@@ -369,8 +446,13 @@ def parse_criterion_answer(text: str) -> CriterionVerdict:
         return CriterionVerdict(
             1.0 if m.group(1).lower() == "yes" else 0.0, reason=cleaned[m.end() :], raw=text
         )
+    m = _CANNOT_ASSESS.match(cleaned)
+    if m:
+        return _cannot_assess(cleaned[m.end() :], text)
     return CriterionVerdict(
-        None, raw=text, error=f'unparseable judge answer (expected "yes" or "no" first): {text[:120]!r}'
+        None,
+        raw=text,
+        error=f'unparseable judge answer (expected "yes", "no" or "unknown" first): {text[:120]!r}',
     )
 
 
@@ -378,10 +460,14 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
     """Turn a "4: reason" rating answer into a verdict carrying the credit (level - 1) / (levels - 1).
 
     Accepts a labelled rating ("Rating: 2 - ..."), "4/5", markdown around the number and JSON such as
-    `{"rating": 4, "reason": ...}`; a rating outside 1..levels or no leading number -> prob None with `error`.
+    `{"rating": 4, "reason": ...}`; "unknown" (and its spellings) is a cannot-assess verdict; a rating outside
+    1..levels or no leading number -> prob None with `error`.
     """
     cleaned = _FENCE.sub("", text).strip()
     for obj in json_objects(cleaned):
+        if _json_cannot_assess(obj, _RATING_KEYS):
+            reason = obj.get("reason")
+            return _cannot_assess(reason if isinstance(reason, str) else "", text)
         for key in _RATING_KEYS:
             value = obj.get(key)
             if isinstance(value, str) and value.strip().isdigit():
@@ -394,10 +480,13 @@ def parse_ordinal_answer(text: str, levels: int) -> CriterionVerdict:
     m = LEADING_RATING.match(cleaned)
     if m:
         return _rated(int(m.group(1)), levels, cleaned[m.end() :], text)
+    m = _CANNOT_ASSESS.match(cleaned)
+    if m:
+        return _cannot_assess(cleaned[m.end() :], text)
     return CriterionVerdict(
         None,
         raw=text,
-        error=f"unparseable judge answer (expected a rating 1..{levels} first): {text[:120]!r}",
+        error=f'unparseable judge answer (expected a rating 1..{levels} or "unknown" first): {text[:120]!r}',
     )
 
 
@@ -483,9 +572,13 @@ def criterion_verdict(
     """A criterion verdict from choice probabilities when present (reason from the text), else from the text.
 
     With `levels` (an ordinal request, choices "1".."levels") `prob_yes` is the credit in [0, 1]: the expected
-    credit under the choice probabilities, or the parsed rating's credit.
+    credit under the choice probabilities, or the parsed rating's credit. When `choices` end with
+    `CANNOT_ASSESS_ANSWER`, the verdict is "cannot assess" if that answer holds more probability than all the others
+    together; otherwise the others decide, renormalised without it.
     """
-    if levels is not None and len(choices) != levels:
+    abstain = bool(choices) and choices[-1] == CANNOT_ASSESS_ANSWER
+    answers = choices[:-1] if abstain else choices
+    if levels is not None and len(answers) != levels:
         raise ValueError(f"ordinal criterion with {levels} levels needs {levels} choices, got {choices!r}")
     if result.text is None:
         parsed = None
@@ -494,10 +587,15 @@ def criterion_verdict(
     else:
         parsed = parse_ordinal_answer(result.text, levels)
     if result.choice_probs is not None:
-        p = prob_of_first(result.choice_probs) if levels is None else expected_credit(result.choice_probs)
+        probs = tuple(result.choice_probs)
+        reason = parsed.reason if parsed is not None else ""
+        raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
+        if abstain:
+            probs, unknown = probs[:-1], probs[-1]
+            if math.isfinite(unknown) and unknown > 0.0 and unknown > math.fsum(probs):
+                return CriterionVerdict(None, reason=reason, raw=raw, cannot_assess=True)
+        p = prob_of_first(probs) if levels is None else expected_credit(probs)
         if p is not None:
-            reason = parsed.reason if parsed is not None else ""
-            raw = result.text if result.text is not None else _probs_raw(choices, result.choice_probs)
             return CriterionVerdict(p, reason=reason, raw=raw)
     if parsed is not None:
         return parsed
@@ -551,6 +649,8 @@ class ChatBackend(ABC):
     """
 
     name: str = "chat"
+    #: Chat judges read texts as well as images (`RubricJudge` asks the others about images only).
+    judges_text: bool = True
 
     @property
     def token_usage(self) -> TokenUsage:

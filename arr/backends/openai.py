@@ -11,10 +11,11 @@ reach the server raises `JudgeUnavailableError`, so training can tell "server do
 
 Probabilities: the backend asks for `logprobs` with 20 `top_logprobs`. Where the server returns them (vLLM,
 SGLang, OpenAI), the verdict is P(first choice) at the answer token (the rank digit after `"rank": [`, or the first
-yes/no token), summed over spelling variants; for an ordinal criterion it is the expected credit
-(level - 1) / (N - 1) over the digits "1".."N" at the leading rating token. Where the server gives no log-probabilities
-(`transformers serve` ignores the field), the answer text is parsed instead, giving 0, 0.5 or 1 (a rating's credit
-for ordinal criteria).
+yes/no/unknown token), summed over spelling variants; for an ordinal criterion it is the expected credit
+(level - 1) / (N - 1) over the digits "1".."N" at the leading rating token; a criterion is "cannot assess" where
+"unknown" outweighs the other answers there. Where the server gives no log-probabilities (`transformers serve`
+ignores the field), the answer text is parsed instead, giving 0, 0.5 or 1 (a rating's credit for ordinal criteria),
+or "cannot assess" for a leading "unknown".
 
 The API key is read from the environment variable named by `api_key_env` (absent is fine for local servers); it is
 kept out of reprs, fingerprints, logs and error messages.
@@ -39,6 +40,7 @@ import httpx
 from PIL import Image
 
 from arr.backends.chat import (
+    CANNOT_ASSESS_ANSWER,
     LEADING_RATING,
     TEMPLATE_VERSION,
     ChatBackend,
@@ -54,7 +56,7 @@ TOP_LOGPROBS = 20
 # Where the answer token sits in the answer text: the first rank digit, a leading yes/no, or a leading rating
 # (the text parser's own pattern, so that both read the same number, or none).
 _RANK_DIGIT = re.compile(r"""rank["']?\s*[:=]\s*\[\s*["']?(\d)""")
-_LEADING_YES_NO = re.compile(r"^[\s\W]*(yes|no)\b", re.IGNORECASE)
+_LEADING_YES_NO = re.compile(rf"^[\s\W]*(yes|no|{CANNOT_ASSESS_ANSWER})\b", re.IGNORECASE)
 _ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": LEADING_RATING}
 # A server's Retry-After is honoured up to this many seconds (or the request timeout, if smaller).
 _MAX_RETRY_AFTER = 30.0

@@ -105,6 +105,17 @@ def positive_int(limit: int | None = None):
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse `type`: a TCP port, 0-65535 (0 lets the system pick a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """An argparse `type`: a finite number (nan and inf are refused: they would silently poison every output)."""
     try:
@@ -191,16 +202,42 @@ def cache_from_args(args: argparse.Namespace) -> str | None:
 
 
 def judge_from_args(args: argparse.Namespace, swap: bool = True, backend: Any = None):
-    """A `RubricJudge` over `backend` (default: the one the options describe) with the `--cache` file."""
+    """A `RubricJudge` over `backend` (default: the one the options describe) with the `--cache` file and, where the
+    command has them, the cannot-assess options."""
     from arr.cache import CacheError
     from arr.judge import RubricJudge
 
     cache = cache_from_args(args)
     backend = backend if backend is not None else backend_from_args(args)
+    policy = {
+        "na_policy": getattr(args, "na_policy", "skip"),
+        "partial_credit": getattr(args, "partial_credit", 0.5),
+    }
     try:
-        return RubricJudge(backend, cache=cache, swap=swap)
+        return RubricJudge(backend, cache=cache, swap=swap, **policy)
     except CacheError as e:
         raise CLIError(f"--cache: {e}") from None
+    except ValueError as e:  # a partial credit outside [0, 1]
+        raise CLIError(f"--partial-credit: {e}") from None
+
+
+def add_na_options(p: argparse.ArgumentParser) -> None:
+    """`--na-policy` and `--partial-credit`: how criteria the judge cannot assess count in pointwise scores."""
+    from arr.rubrics import NA_POLICIES
+
+    p.add_argument(
+        "--na-policy",
+        choices=NA_POLICIES,
+        default="skip",
+        help="criteria the judge answers 'unknown' for: skip (left out, default), zero, partial or fail "
+        "(the worst outcome for the criterion's sign)",
+    )
+    p.add_argument(
+        "--partial-credit",
+        type=finite_float,
+        default=0.5,
+        help="the value --na-policy partial gives a positive criterion (default 0.5)",
+    )
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------------

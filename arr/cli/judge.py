@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr.cli.common import CLIError, add_backend_options, emit_json, judge_from_args
+from arr.cli.common import CLIError, add_backend_options, add_na_options, emit_json, judge_from_args
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     p.add_argument("--rubric", required=True, help="rubric JSON file (e.g. examples/rubric.json)")
     p.add_argument("--source", help="editing: the source image")
     p.add_argument("--no-swap", action="store_true", help="pairwise: ask in the given order only")
+    add_na_options(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="one image (score) or two (compare)")
     p.set_defaults(run=run)
 

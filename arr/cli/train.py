@@ -3,7 +3,7 @@
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
 arr train recipes/flux_dev_t2i_rpo.yaml --print_config   # every resolved value (preset included), then exit
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
-arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
+arr demo                      # the shapes-world demo on CPU: one rank per core, ~21 CPU-minutes
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -110,6 +111,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     argv = [str(demo_recipe_path()), "--output_dir", args.output_dir, *args.overrides]
     if launched_as_a_rank():
         return _train(argv, demo=True)
+    start = time.perf_counter()
     try:
         rpo = parse_recipe(argv).rpo
     except ConfigError as e:
@@ -117,11 +119,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     n = _demo_processes(args.num_processes, rpo.prompts_per_step, rpo.cpu)
     writable_dir(rpo.output_dir, "--output-dir")
     if n == 1:
-        return _train(argv, demo=True)
-    print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
-    return launch_cpu_processes(
-        n, ["demo", "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
-    )
+        code = _train(argv, demo=True)
+    else:
+        print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
+        code = launch_cpu_processes(
+            n, ["demo", "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
+        )
+    if code == 0:
+        from arr.rpo.trainer import format_duration
+
+        print(f"arr demo: finished in {format_duration(time.perf_counter() - start)}", flush=True)
+    return code
 
 
 def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
@@ -205,14 +213,18 @@ def _train(argv: list[str], demo: bool = False) -> int:
             summary["eval_change_noise_band"] = round(band, 4)
         if demo and evals:
             change = evals[-1]["eval_score"] - evals[0]["eval_score"]
+            paired = "eval_change_se" in evals[-1]
             noise = (
-                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%)"
+                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%"
+                f"{', the same prompts and seeds compared one by one' if paired else ''})"
                 if band is not None
                 else ""
             )
             print(
                 f"held-out shapes-GenEval score: {evals[0]['eval_score']:.3f} before -> "
-                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}"
+                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}\n"
+                "Rerun on this machine with the same number of ranks, it gives this result exactly; on another CPU "
+                "or rank count float rounding differs, and the result varies as it does from seed to seed."
             )
         print(json.dumps(summary, indent=2))
     return 0

@@ -13,12 +13,14 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from arr.policies.lora import LoraWeights, lora_config, read_lora_weights, write_lora_file
 from arr.policies.sde import DEFAULT_REDUCTION, Reduction, SDEConvention, ode_step, sde_step
 
 # Attention projections of the joint-attention blocks shared by SD3, FLUX and Qwen-Image (image and text
@@ -225,6 +227,18 @@ class FlowPolicy(Protocol):
         on every process."""
         ...
 
+    def save_lora_weights(
+        self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
+    ) -> Path | None:
+        """Write the LoRA (or `state`, in `lora_state_dict`'s names) in diffusers' format, as
+        `folder/pytorch_lora_weights.safetensors` (checkpoints hold one for `pipe.load_lora_weights`); None where
+        the policy has no diffusers format."""
+        ...
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """Add the LoRA saved in `path` (a checkpoint folder, or a diffusers LoRA folder or file) as the adapter."""
+        ...
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in backward (`RPOConfig.gradient_checkpointing`)."""
         ...
@@ -249,6 +263,11 @@ class FlowMatchingPolicy(ABC):
     #: pipeline calls CFG `true_cfg_scale` (FLUX, Qwen-Image) set False: there `guidance_scale` is the guidance the
     #: transformer embeds (FluxPipeline's guidance_scale), one transformer call, and `true_cfg_scale` is the CFG.
     guidance_is_cfg: bool = True
+    #: diffusers' LoRA loader of this family (in `diffusers.loaders`: the mixin behind its pipelines'
+    #: `load_lora_weights` and `save_lora_weights`), which writes its LoRA files; None: no diffusers format.
+    lora_loader: str | None = None
+    # True while sampling records log-probabilities: `folded_lora` then leaves the LoRA unfolded.
+    _no_folding: bool = False
 
     def __init__(
         self,
@@ -420,7 +439,23 @@ class FlowMatchingPolicy(ABC):
         """The (guided) velocity at latents [B, ...], sigma [B]; CFG batches the two branches like the pipelines.
 
         `guidance_scale` is the pipeline's: CFG where `guidance_is_cfg`, else the embedded guidance, handed to
-        `_forward` as `extras["guidance"]` (the CFG scale then comes from `extras["true_cfg_scale"]`)."""
+        `_forward` as `extras["guidance"]` (the CFG scale then comes from `extras["true_cfg_scale"]`).
+
+        Without gradients (sampling, evaluation, an objective's fixed targets) the LoRA is folded into the weights
+        for the call (`folded_lora`)."""
+        if not torch.is_grad_enabled():
+            with self.folded_lora():
+                return self._guided_velocity(latents, sigma, cond, guidance_scale, extras)
+        return self._guided_velocity(latents, sigma, cond, guidance_scale, extras)
+
+    def _guided_velocity(
+        self,
+        latents: Tensor,
+        sigma: Tensor,
+        cond: Conditioning,
+        guidance_scale: float,
+        extras: dict[str, Any],
+    ) -> Tensor:
         extras = {**cond.extras, **extras}
         scale = self.cfg_scale(guidance_scale, extras)
         if not self.guidance_is_cfg:
@@ -500,18 +535,23 @@ class FlowMatchingPolicy(ABC):
         log_probs = torch.zeros(
             x.shape[0], n_steps, dtype=torch.float64 if device.type != "mps" else torch.float32, device=device
         )
-        for i in range(n_steps):
-            v = self.velocity(x, sigmas[i].expand(x.shape[0]), full, scale, extras)
-            if stochastic[i]:
-                step_noise = _step_noise(x, group_size, generator, generators)
-                out = sde_step(
-                    v, x, sigmas[i], sigmas[i + 1], eta, noise=step_noise, reduction=red, convention=conv
-                )
-                x = out.prev_latents
-                log_probs[:, i] = out.log_prob.to(log_probs.dtype)
-            else:
-                x = ode_step(v, x, sigmas[i], sigmas[i + 1])
-            latents.append(x)
+        # Folded once for every step of the loop, unless the loop records log-probabilities: the policy-gradient
+        # update compares them with ones recomputed with gradients (unfolded), and a fold's float rounding would
+        # show as an on-policy ratio off 1.
+        recording = bool(stochastic.any())
+        with self._folding_paused() if recording else self.folded_lora():
+            for i in range(n_steps):
+                v = self.velocity(x, sigmas[i].expand(x.shape[0]), full, scale, extras)
+                if stochastic[i]:
+                    step_noise = _step_noise(x, group_size, generator, generators)
+                    out = sde_step(
+                        v, x, sigmas[i], sigmas[i + 1], eta, noise=step_noise, reduction=red, convention=conv
+                    )
+                    x = out.prev_latents
+                    log_probs[:, i] = out.log_prob.to(log_probs.dtype)
+                else:
+                    x = ode_step(v, x, sigmas[i], sigmas[i + 1])
+                latents.append(x)
         return Trajectory(
             latents=torch.stack(latents, dim=1),
             log_probs=log_probs,
@@ -612,6 +652,45 @@ class FlowMatchingPolicy(ABC):
             for m, was_disabled in zip(layers, previous, strict=True):
                 m.enable_adapters(not was_disabled)
 
+    @contextlib.contextmanager
+    def _folding_paused(self) -> Iterator[None]:
+        previous, self._no_folding = self._no_folding, True
+        try:
+            yield
+        finally:
+            self._no_folding = previous
+
+    @contextlib.contextmanager
+    def folded_lora(self) -> Iterator[None]:
+        """Within this context each active LoRA's update is folded into its layer's weight, for passes without
+        gradients: one matmul per adapted layer instead of three (the shapes model samples 15% faster). The same
+        function up to float rounding. The layers are marked merged the way peft marks them, so peft itself
+        unfolds a layer that `reference()` disables inside the context; on exit every layer gets its original
+        weight tensor back, so nothing drifts however often this runs.
+
+        A no-op where folding would not be the same function: with gradients enabled, under FSDP, for
+        half-precision weights (a small update rounds away against them), and for LoRA variants (DoRA, LoRA bias) or dropout; also while
+        sampling records transition log-probabilities. Nested uses find every layer merged already and do nothing.
+        """
+        # Under FSDP the layers' weights are shards that FSDP gathers from its own storage: a folded update would
+        # not reach the pass, while peft would skip the layers marked merged.
+        off = torch.is_grad_enabled() or self._no_folding or self._sharded()
+        layers = [] if off else _foldable_lora_layers(self.transformer)
+        saved = []
+        try:
+            for layer in layers:
+                base = layer.get_base_layer()
+                active = [a for a in layer.active_adapters if a in layer.lora_A]
+                delta = sum(layer.get_delta_weight(a) for a in active)
+                saved.append((layer, base.weight.data))
+                base.weight.data = base.weight.data + delta.to(base.weight.dtype)
+                layer.merged_adapters = active
+            yield
+        finally:
+            for layer, weight in saved:
+                layer.get_base_layer().weight.data = weight
+                layer.merged_adapters = []
+
     def add_lora(
         self,
         r: int,
@@ -635,6 +714,10 @@ class FlowMatchingPolicy(ABC):
             init_lora_weights="gaussian",
             target_modules=list(target_modules or self.lora_targets),
         )
+        self._add_adapter(config, adapter_name)
+
+    def _add_adapter(self, config: Any, adapter_name: str = "default") -> None:
+        """Add a peft `LoraConfig` adapter with diffusers' `add_adapter`; its weights train in float32."""
         add_adapter = getattr(self.transformer, "add_adapter", None)
         if add_adapter is None:
             raise TypeError(
@@ -706,6 +789,46 @@ class FlowMatchingPolicy(ABC):
             options=StateDictOptions(full_state_dict=True, strict=False),
         )
 
+    def save_lora_weights(
+        self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
+    ) -> Path | None:
+        """Write the LoRA (or `state`, in `lora_state_dict`'s names) as `folder/pytorch_lora_weights.safetensors`,
+        with the family's own diffusers writer and the adapter's rank, alpha and targets in its header, so that
+        `pipe.load_lora_weights(folder)` applies it at full strength (see arr/policies/lora.py). Returns the file,
+        or None for a family without a diffusers format (`lora_loader` None)."""
+        if self.lora_loader is None:
+            return None
+        config = lora_config(self.transformer, base_model=base_model)
+        return write_lora_file(
+            folder, self.lora_state_dict() if state is None else state, config, self.lora_loader
+        )
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """Add the LoRA in `path` as this policy's adapter: a checkpoint folder (`RUN/checkpoints/step_N`, or its
+        `moving_average/`), a diffusers LoRA folder or file, or a folder holding only arr's resume file (alpha
+        then from the run's config.yaml unless given). Keys that do not fit the transformer are an error."""
+        from peft import LoraConfig
+
+        weights = read_lora_weights(path, alpha)
+        if self.trainable_parameters():
+            raise ValueError(
+                f"LoRA {path}: the policy already has a trainable adapter; load into a fresh policy"
+            )
+        try:
+            self._add_adapter(LoraConfig(**weights.config))
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"LoRA {weights.path}: its config does not fit {type(self).__name__} ({e})"
+            ) from None
+        try:
+            self.load_lora_state_dict({k: v.to(self.device) for k, v in weights.state.items()})
+        except RuntimeError as e:  # a shape mismatch: a LoRA of another model
+            first = " ".join(line.strip() for line in str(e).splitlines()[:2])
+            raise ValueError(
+                f"LoRA {weights.path} does not fit this model (trained on another?): {first}"
+            ) from None
+        return weights
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute activations in backward: ~25% slower steps for much less memory on large transformers."""
         fn = getattr(
@@ -716,6 +839,34 @@ class FlowMatchingPolicy(ABC):
         if fn is None:
             raise TypeError(f"{type(self.transformer).__name__} does not support gradient checkpointing")
         fn()
+
+
+def _foldable_lora_layers(module: nn.Module) -> list[nn.Module]:
+    """The active plain-LoRA linear layers of `module` over float32/float64 weights; none if any active adapter
+    layer is of another kind (a variant, a LoRA bias, dropout, a non-linear layer): folding is all or nothing."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = []
+    for m in module.modules():
+        if not isinstance(m, BaseTunerLayer) or m.disable_adapters or m.merged:
+            continue
+        active = [a for a in m.active_adapters if a in getattr(m, "lora_A", {})]
+        if not active:
+            continue
+        plain = (
+            isinstance(m, LoraLinear)
+            and m.get_base_layer().weight.dtype in (torch.float32, torch.float64)
+            and all(isinstance(m.lora_dropout[a], nn.Identity) for a in active)
+            and not any(
+                a in getattr(m, "lora_variant", {}) or getattr(m, "lora_bias", {}).get(a, False)
+                for a in active
+            )
+        )
+        if not plain:
+            return []
+        layers.append(m)
+    return layers
 
 
 def _stochastic_steps(n_steps: int, eta: float, sde_steps: Iterable[int] | None) -> Tensor:

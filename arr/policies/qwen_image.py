@@ -42,6 +42,7 @@ class QwenImagePolicy(LatentFlowPolicy):
     batch_cfg = False
     latent_patch = 2
     guidance_is_cfg = False
+    lora_loader = "QwenImageLoraLoaderMixin"
 
     def __init__(
         self,

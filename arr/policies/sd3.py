@@ -24,6 +24,8 @@ class SD3Policy(LatentFlowPolicy):
     """SD3-family policy (text-to-image). Tests pass tiny modules and an `encode_fn`; real use goes through
     `from_pretrained`. Keyword arguments beyond these are `LatentFlowPolicy`'s (height, width, eta, shift, ...)."""
 
+    lora_loader = "SD3LoraLoaderMixin"
+
     def __init__(
         self,
         transformer: nn.Module,

@@ -17,12 +17,19 @@ from PIL import Image
 from torch import Tensor
 
 from arr.policies.base import FlowMatchingPolicy, images_to_pil, pil_to_tensor
+from arr.policies.lora import LoraWeights
 from arr.policies.sde import Reduction, SDEConvention, flow_sigmas
 from arr.shapes.models import ShapesFlowModel, load_pretrained
+
+# The shipped models by name; their task has the same name.
+SHIPPED_TASKS = ("t2i", "edit")
 
 
 class ShapesPolicy(FlowMatchingPolicy):
     """The shapes text-to-image or editing model (task "t2i" / "edit") as a FlowPolicy."""
+
+    # The network is an SD3Transformer2DModel: its LoRA files have SD3's layout (`transformer.<peft name>`).
+    lora_loader = "SD3LoraLoaderMixin"
 
     def __init__(
         self,
@@ -65,6 +72,17 @@ class ShapesPolicy(FlowMatchingPolicy):
     ) -> ShapesPolicy:
         """A shipped shapes model by name ("t2i", "edit") or a folder written by arr.shapes.models.save_pretrained."""
         return cls(load_pretrained(model_id), device=device, **kwargs)
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """`FlowMatchingPolicy.load_lora_weights`, refusing a LoRA recorded as trained on the other shipped model:
+        the text-to-image and editing models share their attention layers, so it would load without complaint."""
+        weights = super().load_lora_weights(path, alpha)
+        if weights.base_model in SHIPPED_TASKS and weights.base_model != self.model.task:
+            raise ValueError(
+                f"LoRA {weights.path} was trained on the shapes {weights.base_model!r} model, but this is the "
+                f"{self.model.task!r} model; load it into the {weights.base_model!r} model"
+            )
+        return weights
 
     def _embed(self, prompts: list[str], images: list[Image.Image] | None) -> dict[str, Tensor]:
         states, pooled = self.model.encode_text(prompts)

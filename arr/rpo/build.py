@@ -5,6 +5,7 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
 from arr.rpo.recipe import DataArguments, JudgeArguments, PolicyArguments, Recipe
 from arr.rpo.trainer import RPOTrainer
+
+logger = logging.getLogger(__name__)
 
 EVAL_SEED = (
     1234  # held-out prompts are drawn with their own seed, so the eval set never depends on the run seed
@@ -204,6 +207,30 @@ def build_data(args: DataArguments, recipe: Recipe) -> tuple[list[PromptRecord],
     return train, evals, None
 
 
+def build_sample_notes(args: DataArguments) -> Any:
+    """The verdict and score under each held-out sample of the report: the shapes worlds' exact checks, else None
+    (the report then asks the reward's judge)."""
+    if args.dataset == "shapes":
+        from arr.shapes.training import geneval_notes
+
+        return geneval_notes
+    if args.dataset == "shapes_edit":
+        from arr.shapes.training import edit_notes
+
+        return edit_notes
+    return None
+
+
+def _judge_has_features(judge: Any) -> bool:
+    from arr.diagnostics.probe import judge_features_of
+
+    try:
+        judge_features_of(judge)
+    except TypeError:
+        return False
+    return True
+
+
 def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     from arr.rpo.report import ReportCallback
 
@@ -213,7 +240,14 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     train, evals, evaluator = build_data(recipe.data, recipe)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
     diag = recipe.diagnostics
-    if diag.align_every > 0:
+    if diag.align_every > 0 and not _judge_has_features(judge):
+        logger.warning(
+            "align_every %d: the %s judge shows no image features, so policy-judge alignment is not measured "
+            "(set align_every 0 to silence this)",
+            diag.align_every,
+            recipe.judge.judge_backend,
+        )
+    elif diag.align_every > 0:
         from arr.diagnostics.probe import AlignmentProbe
 
         metrics = diag.align_metrics if diag.align_metrics == "all" else diag.align_metrics.split(",")
@@ -221,6 +255,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
             num_prompts=diag.align_num_prompts, align_every=diag.align_every, metrics=metrics
         )
         callbacks = [probe, *callbacks]
+    report = ReportCallback(build_sample_notes(recipe.data), diag.report_self_contained)
     return RPOTrainer(
         policy,
         reward,
@@ -228,7 +263,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
         train_dataset=train,
         eval_dataset=evals,
         evaluator=evaluator,
-        callbacks=[ReportCallback(), *callbacks],
+        callbacks=[report, *callbacks],
         lora_target_modules=targets or None,
         run_config=recipe.to_dict(),
     )

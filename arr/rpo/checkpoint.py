@@ -11,6 +11,8 @@ the new one. It holds:
 - accelerate's state: `optimizer.bin`, `scheduler.bin`, `random_states_<rank>.pkl` (torch files that accelerate
   loads with `weights_only=True`); under FSDP the sharded network and optimizer (`pytorch_model_fsdp_0/`,
   `optimizer_0/`, torch.distributed.checkpoint folders, one shard per process);
+- for use outside arr, the LoRA in diffusers' format (`pytorch_lora_weights.safetensors`, `moving_average/`
+  likewise) and a model card `README.md`;
 - `trainer_state.json`, written last: the step, data position and timings, and a manifest of every other file with
   its size and, for files up to `HASH_LIMIT`, its SHA-256. Only folders holding it count as checkpoints, and a
   checkpoint whose files do not match it (a truncated or damaged file) is not loaded.
@@ -53,7 +55,22 @@ LEGACY_FILES = (LORA_FILE, "optimizer.pt", "rng.safetensors", "rng.json")
 TRACKER_PROJECT = "rpo"
 # What a run writes into its output directory; `clear_run` removes these. The judgment cache stays: its entries
 # are keyed by everything that decides a judgment, so they are valid for any run.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.html", "samples", TRACKER_PROJECT)
+# The images of report.html live in REPORT_FILES beside it.
+REPORT_FILES = "report_files"
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "report.html",
+    REPORT_FILES,
+    "samples",
+    TRACKER_PROJECT,
+)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed: a file cut short (a full disk, an interrupted copy) or damaged; the
+    message names the file."""
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -74,14 +91,20 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 def resolve_checkpoint(folder: Path, which: str) -> Path | None:
     """The checkpoint to resume from: for 'latest', the newest complete one whose files are intact (a damaged one is
-    skipped with a warning naming its bad file; None when there is none: a fresh run); else the checkpoint folder
-    named, absolute or inside `folder`, which must exist and be intact."""
+    skipped with a warning naming its bad file; None when `folder` holds no checkpoint: a fresh run); else the
+    checkpoint folder named, absolute or inside `folder`, which must exist and be intact."""
     if which == "latest":
+        problems = []
         for path in reversed(complete_checkpoints(folder)):
             problem = verify_checkpoint(path)
             if problem is None:
+                if problems:
+                    logger.warning("resuming from %s, the newest checkpoint that is intact", path)
                 return path
             logger.warning("skipping checkpoint %s: %s; trying the one before it", path, problem)
+            problems.append(problem)
+        if problems:
+            raise CheckpointError(f"no intact checkpoint in {folder}; the newest: {problems[0]}")
         return None
     path = Path(which)
     if not path.is_absolute() and not path.exists():
@@ -90,9 +113,9 @@ def resolve_checkpoint(folder: Path, which: str) -> Path | None:
         raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
     problem = verify_checkpoint(path)
     if problem is not None:
-        raise ConfigError(
+        raise CheckpointError(
             f"resume_from_checkpoint={which!r}: {problem}; resume from another checkpoint (or 'latest', which "
-            "takes the newest intact one)"
+            "takes the newest intact one) or delete this one"
         )
     return path
 
@@ -284,10 +307,12 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_PREFIX",
     "LORA_FILE",
+    "REPORT_FILES",
     "RUN_OUTPUTS",
     "SAMPLING_LORA_FILE",
     "STATE_FILE",
     "TRACKER_PROJECT",
+    "CheckpointError",
     "LegacyCheckpoint",
     "checkpoint_path",
     "clear_run",

@@ -61,7 +61,8 @@ class TrainingContext:
 
     policy: FlowPolicy
     seed: int
-    #: samples per forward pass, for work an objective does outside `loss_terms` (e.g. fixed targets)
+    #: images per forward pass without gradients, for work an objective does outside `loss_terms` (e.g. fixed
+    #: targets): the sampling batch size, since such passes keep no activations
     micro_batch_size: int
     #: the accelerator's autocast context (mixed precision)
     autocast: Callable[[], AbstractContextManager[Any]]
@@ -333,18 +334,21 @@ class ForwardNFT(Objective):
         return ForwardTargets(t=t, x_t=x_t, target=noise - x0[:, None], v_old=v_old, v_ref=v_ref)
 
     def _velocities(self, traj: Trajectory, x_t: Tensor, t: Tensor) -> Tensor:
-        """The policy's velocity at x_t [B, K, ...] and noise levels t [B, K], in micro-batches."""
+        """The policy's velocity at x_t [B, K, ...] and noise levels t [B, K]: every (sample, level) pair, in
+        forward passes of `micro_batch_size` (a CPU forward costs a quarter less per image at 32 than at 16)."""
         ctx = self.context
-        out = torch.empty_like(x_t)  # float32, or float64 for a float64 policy; half-precision outputs upcast
-        for start in range(0, len(traj), ctx.micro_batch_size):
-            idx = torch.arange(start, min(start + ctx.micro_batch_size, len(traj)))
-            cond = traj.cond.index(idx)
-            for j in range(x_t.shape[1]):
-                with ctx.autocast():
-                    out[idx, j] = ctx.policy.velocity(
-                        x_t[idx, j], t[idx, j], cond, traj.guidance_scale, traj.extras
-                    )
-        return out
+        b, k = t.shape
+        flat_x, flat_t = x_t.reshape(b * k, *x_t.shape[2:]), t.reshape(b * k)
+        sample = torch.arange(b).repeat_interleave(k)  # pair i is sample i // k at level i % k
+        # float32, or float64 for a float64 policy; half-precision outputs upcast
+        out = torch.empty_like(flat_x)
+        for start in range(0, b * k, ctx.micro_batch_size):
+            idx = torch.arange(start, min(start + ctx.micro_batch_size, b * k))
+            with ctx.autocast():
+                out[idx] = ctx.policy.velocity(
+                    flat_x[idx], flat_t[idx], traj.cond.index(sample[idx]), traj.guidance_scale, traj.extras
+                )
+        return out.view_as(x_t)
 
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor

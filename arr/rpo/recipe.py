@@ -136,7 +136,7 @@ class DataArguments:
 
 @dataclass
 class DiagnosticsArguments:
-    """Optional diagnostics logged during training."""
+    """Optional diagnostics logged during training, and the run report."""
 
     align_every: int = field(
         default=0,
@@ -147,6 +147,13 @@ class DiagnosticsArguments:
     )
     align_metrics: str = field(
         default="mutual_knn,cknna", metadata={"help": "comma-separated alignment metrics, or 'all'"}
+    )
+    report_self_contained: bool = field(
+        default=False,
+        metadata={
+            "help": "inline report.html's images, so the report is one file to share (default: PNG files in "
+            "report_files/ beside it)"
+        },
     )
 
 

@@ -42,8 +42,8 @@ from PIL import Image
 
 from arr.backends.base import JudgeUnavailableError
 from arr.data import PromptRecord, as_record
-from arr.jsonl import append_jsonl
-from arr.policies.base import FlowPolicy
+from arr.jsonl import append_jsonl, read_jsonl
+from arr.policies.base import FlowMatchingPolicy, FlowPolicy
 from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
     LORA_FILE,
@@ -64,9 +64,11 @@ from arr.rpo.checkpoint import (
     truncate_metrics,
 )
 from arr.rpo.config import ConfigError, RPOConfig
+from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, run_settings, write_model_card
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
+from arr.stats import PER_PROMPT_SCORES, paired_change_se
 
 
 class TrainingStopped(RuntimeError):
@@ -78,8 +80,16 @@ class NonFiniteLossError(TrainingStopped):
     """An update's loss or gradient norm was NaN or infinite (`nan_policy: stop`); that step was not checkpointed."""
 
 
-# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number.
-Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]
+# Sample grids: training groups per grid, and the width in pixels of each image in it (small images are enlarged
+# with sharp pixels so that a caption fits under them, large ones shrunk).
+GRID_GROUPS = 8
+GRID_CELL = 128
+
+# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number. It may also
+# return per-prompt scores under `arr.stats.PER_PROMPT_SCORES`: later evaluations then log their change since the
+# run's first one with a paired standard error (`eval_change`, `eval_change_se`), which on the same prompts and
+# seeds is far smaller than that of two independent evaluations.
+Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, Any]]
 
 
 class TrainerCallback:
@@ -174,7 +184,7 @@ class RPOTrainer:
             TrainingContext(
                 policy,
                 args.seed,
-                args.train_batch_size,
+                args.sample_batch_size,
                 acc.autocast,
                 self.sampling_policy,
                 lockstep=self.lockstep,
@@ -186,8 +196,16 @@ class RPOTrainer:
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
+        # Wall seconds of the training iterations this process ran (since the start or the resume; evaluations
+        # excluded) and of its last evaluation, for the time-left estimate (`remaining_seconds`).
+        self._iteration_seconds: list[float] = []
+        self._eval_wall_seconds = 0.0
+        # The run's first evaluation, per prompt (stratum, score): the baseline later evaluations pair with.
+        self._eval_baseline: list[tuple[str, float]] | None = None
         # The latest evaluation's (records, indices, images), for sample grids and the report.
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
+        # The latest training grid's (records, images, rewards, group size, step), for the report.
+        self.last_train_samples: tuple[list[PromptRecord], list[Image.Image], list, int, int] | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
 
@@ -326,20 +344,30 @@ class RPOTrainer:
 
     @contextlib.contextmanager
     def sampling_policy(self) -> Iterator[None]:
-        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA."""
+        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA.
+
+        Passes without gradients inside it (an objective's fixed targets) run with the LoRA folded into the weights
+        once for all of them (`FlowMatchingPolicy.folded_lora`), rather than once per velocity call."""
         if self.sampling_params is None:
-            yield
+            with self._folded_lora():
+                yield
             return
         trained = [p.detach().clone() for p in self.params]
         try:
             with torch.no_grad():
                 for p, s in zip(self.params, self.sampling_params, strict=True):
                     p.copy_(s)
-            yield
+            with self._folded_lora():
+                yield
         finally:
             with torch.no_grad():
                 for p, t in zip(self.params, trained, strict=True):
                     p.copy_(t)
+
+    def _folded_lora(self) -> contextlib.AbstractContextManager[None]:
+        if isinstance(self.policy, FlowMatchingPolicy):
+            return self.policy.folded_lora()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def _update_sampling_policy(self) -> None:
@@ -631,7 +659,12 @@ class RPOTrainer:
             [ScoreItem(r.prompt, im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)]
         )
         vals = [s.score for s in scores if s.score is not None]
-        return {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        out: dict[str, Any] = {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        if len(vals) > 1:
+            out["eval_score_se"] = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+        if vals and len(vals) == len(scores):  # a failed judgment leaves nothing to pair that prompt with
+            out[PER_PROMPT_SCORES] = [("all", float(v)) for v in vals]
+        return out
 
     # ---- the loop ------------------------------------------------------------------------------------------
 
@@ -647,21 +680,27 @@ class RPOTrainer:
             desc="RPO",
             disable=not acc.is_main_process,
             dynamic_ncols=True,
+            # tqdm's own time left extrapolates the step rate only; the postfix's "left" counts the evaluations.
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         row: dict[str, Any] = {}
         try:
             while self.step < args.max_steps:
+                start = time.perf_counter()
                 row = self.training_step()
                 self.step += 1
                 row["step"] = self.step
-                last = self.step == args.max_steps
-                if self.eval_records and (last or (args.eval_steps and self.step % args.eval_steps == 0)):
+                evaluated = self.evaluates_at(self.step)
+                if evaluated:
                     row.update(self._evaluate_timed())
                 if acc.is_main_process and (self.step % args.logging_steps == 0 or "eval_score" in row):
                     self._log_row(metrics_path, row)
+                self._iteration_seconds.append(
+                    time.perf_counter() - start - (self._eval_wall_seconds if evaluated else 0.0)
+                )
                 bar.update(1)
                 bar.set_postfix(self._progress(row))
-                if self.step % args.save_steps == 0 or last:
+                if self.step % args.save_steps == 0 or self.step == args.max_steps:
                     self.save_checkpoint()
                 self._stop_if_signalled()
         finally:
@@ -724,11 +763,32 @@ class RPOTrainer:
                 {k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step
             )
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the held-out evaluation runs after `step` (every `eval_steps`, and after the last step)."""
+        args = self.args
+        if not self.eval_records:
+            return False
+        return step == args.max_steps or bool(args.eval_steps and step % args.eval_steps == 0)
+
+    def remaining_seconds(self) -> float | None:
+        """Estimated wall seconds to `max_steps`: the steps left at the mean time of the steps this process has run
+        so far, plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
+        steps, and they come at the start and the end); None before the first step."""
+        if not self._iteration_seconds:
+            return None
+        steps_left = range(self.step + 1, self.args.max_steps + 1)
+        per_step = sum(self._iteration_seconds) / len(self._iteration_seconds)
+        evals_left = sum(self.evaluates_at(s) for s in steps_left)
+        return len(steps_left) * per_step + evals_left * self._eval_wall_seconds
+
     def _progress(self, row: dict[str, Any]) -> dict[str, str]:
         postfix = {"reward": f"{row.get('reward_mean', float('nan')):.3f}"}
         if "reward/tie_rate" in row:  # symmetric pairwise rewards average 0; the tie rate says more
             postfix["ties"] = f"{row['reward/tie_rate']:.2f}"
         postfix["eval"] = f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-"
+        left = self.remaining_seconds()
+        if left is not None:
+            postfix["left"] = format_duration(left)
         return postfix
 
     def _stop_if_signalled(self) -> None:
@@ -832,11 +892,29 @@ class RPOTrainer:
     def _evaluate_timed(self) -> dict[str, float]:
         t = time.perf_counter()
         metrics = self.evaluate()
-        self.phase_seconds["evaluate"] += time.perf_counter() - t
+        self._eval_wall_seconds = time.perf_counter() - t
+        self.phase_seconds["evaluate"] += self._eval_wall_seconds
+        if metrics:  # the main process
+            metrics = {**metrics, "eval_seconds": self._eval_wall_seconds}
+            per_prompt = metrics.pop(PER_PROMPT_SCORES, None)
+            if per_prompt is not None:
+                metrics.update(self._change_since_baseline(per_prompt))
         self._last_eval_score = metrics.get("eval_score")
         if self.accelerator.is_main_process and self.args.sample_steps:
             self._save_eval_grid()
         return metrics
+
+    def _change_since_baseline(self, per_prompt: Sequence[tuple[str, float]]) -> dict[str, float]:
+        """The score's change since the run's first evaluation and its paired standard error; the first
+        evaluation becomes the baseline. Evaluations pair prompt by prompt: the same records, the same seeds."""
+        per_prompt = [(str(stratum), float(score)) for stratum, score in per_prompt]
+        if self._eval_baseline is None:
+            self._eval_baseline = per_prompt
+            return {}
+        if len(self._eval_baseline) != len(per_prompt):  # eval_num_prompts changed on resume: nothing to pair
+            return {}
+        change, se = paired_change_se(self._eval_baseline, per_prompt)
+        return {"eval_change": change, "eval_change_se": se}
 
     def _run_eval(self, metrics_path: Path) -> None:
         row = {"step": 0, **self._evaluate_timed()}
@@ -849,24 +927,42 @@ class RPOTrainer:
     # ---- samples -------------------------------------------------------------------------------------------
 
     def _save_sample_grid(self, rollout: Rollout, rewards: list[float | None]) -> None:
-        from arr.report import image_grid
+        """samples/train_step_N.png: up to GRID_GROUPS groups, each image captioned with its reward, its standing
+        in its group and its prompt; also sent to TensorBoard."""
+        from arr.report import image_grid, reward_captions
 
-        n = min(len(rollout.images), 8 * rollout.group_size)
-        captions = ["-" if r is None else f"{r:+.2f}" for r in rewards[:n]]
-        grid = image_grid(rollout.images[:n], cols=rollout.group_size * 4, captions=captions, scale=2)
+        groups = min(len(rollout.records), GRID_GROUPS)
+        n = groups * rollout.group_size
+        records, images = rollout.records[:groups], rollout.images[:n]
+        self.last_train_samples = (records, images, list(rewards[:n]), rollout.group_size, self.step + 1)
+        captions = reward_captions([r.prompt for r in records], rewards[:n], rollout.group_size)
+        cols = rollout.group_size * max(1, 8 // rollout.group_size)
+        grid = image_grid(images, cols=cols, captions=captions, cell=GRID_CELL, group=rollout.group_size)
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out / f"train_step_{self.step:06d}.png")
+        self._log_grid("samples/train", grid, self.step + 1)
 
     def _save_eval_grid(self) -> None:
+        """samples/eval_step_N.png: the first 32 held-out samples captioned with their prompts; also sent to
+        TensorBoard."""
         from arr.report import image_grid
 
         if self.last_eval_images is None or not self.last_eval_images[2]:
             return
+        records, idx, images = self.last_eval_images
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
-        images = self.last_eval_images[2]
-        image_grid(images[:32], cols=8, scale=2).save(out / f"eval_step_{self.step:06d}.png")
+        captions = [records[i].prompt for i in idx[:32]]
+        grid = image_grid(images[:32], cols=8, captions=captions, cell=GRID_CELL)
+        grid.save(out / f"eval_step_{self.step:06d}.png")
+        self._log_grid("samples/eval", grid, self.step)
+
+    def _log_grid(self, tag: str, grid: Image.Image, step: int) -> None:
+        """Send a sample grid to TensorBoard when accelerate tracks to it (at the step its scalars are logged)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -892,6 +988,7 @@ class RPOTrainer:
                 "data_position": self.step * self.args.prompts_per_step,
                 "phase_seconds": self.phase_seconds,
                 "last_eval_score": self._last_eval_score,
+                "eval_baseline": self._eval_baseline,
                 "judge_cache": self.reward.cache_path or "",
                 "num_processes": acc.num_processes,
                 "distributed_type": str(acc.distributed_type),
@@ -917,6 +1014,7 @@ class RPOTrainer:
             if sampling_lora is not None:
                 # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
                 save_file(sampling_lora, Path(output_dir) / SAMPLING_LORA_FILE)
+            self._export_lora(Path(output_dir), lora, sampling_lora)
         weights.clear()
 
     def _load_lora_hook(self, models: list[Any], input_dir: str) -> None:
@@ -946,6 +1044,27 @@ class RPOTrainer:
         self.sampling_params = [p.detach().clone() for p in self.params]
         self.policy.load_lora_state_dict(trained)
 
+    def _export_lora(
+        self, folder: Path, lora: dict[str, torch.Tensor], sampling_lora: dict[str, torch.Tensor] | None
+    ) -> None:
+        """The checkpoint's files for use outside arr: the LoRA in diffusers' format (`pipe.load_lora_weights` reads
+        it at full strength), the moving average that sampled in `moving_average/`, and the model card."""
+        base = run_settings(self.run_config).get("model_name_or_path")
+        file = self.policy.save_lora_weights(folder, lora, base_model=base)
+        if file is not None and sampling_lora is not None:
+            self.policy.save_lora_weights(folder / MOVING_AVERAGE_DIR, sampling_lora, base_model=base)
+        metrics = self.output_dir / "metrics.jsonl"
+        evals = [r for r in read_jsonl(metrics) if "eval_score" in r and r.get("step", 0) <= self.step]
+        text = model_card(
+            self.run_config,
+            self.step,
+            evals,
+            str(checkpoint_path(self.checkpoint_dir, self.step)),
+            lora_file=file is not None,
+            moving_average=file is not None and sampling_lora is not None,
+        )
+        write_model_card(folder, text)
+
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
         """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,
         which `sampling_policy()` swaps). Under FSDP every process must call this: the shards are gathered."""
@@ -971,6 +1090,8 @@ class RPOTrainer:
         self.step = int(state["step"])
         self.phase_seconds.update(state.get("phase_seconds", {}))
         self._last_eval_score = state.get("last_eval_score")
+        baseline = state.get("eval_baseline")
+        self._eval_baseline = None if baseline is None else [(str(k), float(v)) for k, v in baseline]
 
     def _load_legacy_checkpoint(self, path: Path) -> None:
         """A checkpoint of arr's first layout: LoRA, optimizer.pt and RNG files of one unsharded state."""
@@ -1037,6 +1158,18 @@ def _check_engine(acc: Any) -> None:
             "RPOTrainer needs FSDP version 2 (fully_shard), which keeps peft's LoRA parameters addressable; set "
             "fsdp_version: 2 in the accelerate config (recipes/accelerate/8gpu_fsdp.yaml)"
         )
+
+
+def format_duration(seconds: float) -> str:
+    """'7m05s' (or '45s', '1h02m'): a time for people, to the second under an hour."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Rubrics: the data model, a tolerant parser for VLM answers and rubric files, and ARR rubric generation.
 
-- `model`: `Rubric`, `Criterion`, `GuideCategory` and the weighted score.
+- `model`: `Rubric`, `Criterion`, `GuideCategory`.
+- `scoring`: the weighted score formula and the cannot-assess policies (`NA_POLICIES`).
 - `parse`: VLM answers and files -> validated rubric data (`RubricParseError` for what cannot be repaired).
 - `writer`: what a rubric writer is asked and answers (the `RubricWriter` protocol).
 - `generate`: Auto-Rubric as Reward: generate -> verify -> refine -> structure (`RubricGenerator`).
@@ -16,8 +17,10 @@ from arr.rubrics.model import (
     rubric_from_obj,
 )
 from arr.rubrics.parse import RubricParseError
+from arr.rubrics.scoring import NA_POLICIES
 
 __all__ = [
+    "NA_POLICIES",
     "PRESERVATION",
     "Criterion",
     "GuideCategory",

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arr.rubrics.parse import MAX_INPUT_BYTES, RubricParseError, parse_rubric_data, rubric_data_from_obj
+from arr.rubrics.scoring import cannot_assess_value, check_na_policy, weighted_score
 
 PRESERVATION = "preservation"  # criterion category scored as preservation in editing rubrics
-
-
-def _weighted(criteria: list[Criterion], probs: dict[str, float]) -> float | None:
-    positive = sum(c.weight for c in criteria if c.weight > 0)
-    if positive <= 0:
-        return None
-    gained = sum(c.weight * probs[c.id] for c in criteria)
-    return min(1.0, max(0.0, gained / positive))
 
 
 @dataclass
@@ -57,6 +51,26 @@ class Criterion:
         if not 1 <= level <= self.levels:
             raise ValueError(f"criterion {self.id!r}: level must be in 1..{self.levels}, got {level}")
         return (level - 1) / (self.levels - 1)
+
+    def worst(self, values: Iterable[float]) -> float:
+        """The worst of `values` for this criterion's sign: the lowest, or for a penalty (negative weight, where
+        holding is bad) the highest. Sceptical ensembles and tie-breaks use it, so that doubt never hides a
+        penalty."""
+        values = list(values)
+        return max(values) if self.weight < 0 else min(values)
+
+    def snap(self, value: float) -> float:
+        """`value` moved to the nearest answer a judge can give: 0 or 1 (yes/no), or a level's credit; exactly
+        halfway between two goes to the worse one for this criterion's sign (see `worst`)."""
+        steps = 1 if self.levels is None else self.levels - 1
+        x = min(1.0, max(0.0, float(value))) * steps
+        nearest = round(x)
+        if math.isclose(x, nearest, abs_tol=1e-9):
+            return nearest / steps
+        low = math.floor(x)
+        if math.isclose(x - low, 0.5, abs_tol=1e-9):
+            return self.worst((low / steps, (low + 1) / steps))
+        return nearest / steps
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,21 +112,44 @@ class Rubric:
     def total_weight(self) -> float:
         return sum(c.weight for c in self.criteria if c.weight > 0)
 
-    def score(self, probs: dict[str, float]) -> float:
-        """The rubric score in [0, 1] from per-criterion probabilities (criteria missing from `probs` are skipped).
+    def score(
+        self,
+        probs: Mapping[str, float],
+        cannot_assess: Collection[str] = (),
+        na_policy: str = "skip",
+        partial_credit: float = 0.5,
+        normalize: bool = True,
+    ) -> float | None:
+        """The rubric score in [0, 1] from per-criterion values, or None when nothing could be scored.
 
-        Positive weights earn, negative weights (penalties) subtract, normalised by the positive weight. Editing
-        rubrics combine instruction following and preservation (criteria of category "preservation") as
-        sqrt(instruction * preservation), like GEdit-Bench's overall score, so neither can buy the other.
+        `probs` maps criterion ids to P(holds) or a rating's credit; ids in `cannot_assess` are criteria the judge
+        could not assess, scored by `na_policy` ("skip", "zero", "partial" with `partial_credit`, "fail"); criteria
+        in neither are left out. Positive weights earn and penalties subtract, normalised by the positive weight; a
+        penalty-only rubric scores 1 + sum(w * v) / |sum of penalties| (the formula: `arr.rubrics.scoring`).
+        `normalize=False` gives the raw sum(w * v) instead. Editing rubrics combine instruction following and
+        preservation (criteria of category "preservation") as sqrt(instruction * preservation), like
+        GEdit-Bench's overall score, so neither can buy the other.
         """
-        judged = [c for c in self.criteria if c.id in probs]
-        if self.task == "edit":
-            instruction = _weighted([c for c in judged if c.category != PRESERVATION], probs)
-            preservation = _weighted([c for c in judged if c.category == PRESERVATION], probs)
-            instruction = 0.0 if instruction is None else instruction
-            return instruction if preservation is None else math.sqrt(instruction * preservation)
-        score = _weighted(judged, probs)
-        return 0.0 if score is None else score
+        check_na_policy(na_policy, partial_credit)
+        instruction: list[tuple[float, float]] = []
+        preservation: list[tuple[float, float]] = []
+        for c in self.criteria:
+            if c.id in probs:
+                value: float | None = float(probs[c.id])
+            elif c.id in cannot_assess:
+                value = cannot_assess_value(c.weight, na_policy, partial_credit)
+            else:
+                continue
+            if value is not None:
+                part = preservation if self.task == "edit" and c.category == PRESERVATION else instruction
+                part.append((c.weight, value))
+        if not normalize:
+            return weighted_score(instruction + preservation, normalize=False)
+        kept = weighted_score(preservation)
+        if kept is None:
+            return weighted_score(instruction)
+        # Preservation alone is no edit: an instruction part with nothing scored earns 0.
+        return math.sqrt((weighted_score(instruction) or 0.0) * kept)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -17,12 +17,14 @@ samplers and RL policies see the same velocity field as with SD3 or FLUX.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import SD3Transformer2DModel
+from diffusers.models.activations import GELU
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from torch import nn
@@ -162,6 +164,62 @@ class ShapesTextEncoder(nn.Module):
         return out.last_hidden_state, out.pooler_output, mask
 
 
+# GELU's tanh approximation: 0.5 x (1 + tanh(u)) with u = sqrt(2 / pi) (x + 0.044715 x^3). Since
+# 0.5 (1 + tanh(u)) = sigmoid(2u), it is x * sigmoid(K (x + C x^3)) with K = 2 sqrt(2 / pi).
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+def _gelu_gate(x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(K (x + C x^3)), computed in place on one new tensor."""
+    s = x * x
+    return s.mul_(_GELU_C * _GELU_K).add_(_GELU_K).mul_(x).sigmoid_()
+
+
+class _SigmoidTanhGELU(torch.autograd.Function):
+    """x * s with s = sigmoid(K (x + C x^3)); the derivative is s + x s (1 - s) K (1 + 3 C x^2)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        s = _gelu_gate(x)
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        x, s = ctx.saved_tensors
+        d = x * x
+        d.mul_(3.0 * _GELU_C * _GELU_K).add_(_GELU_K).mul_(x).mul_(1.0 - s).add_(1.0).mul_(s)
+        return grad * d
+
+
+class CPUTanhGELU(GELU):
+    """diffusers' `GELU(approximate="tanh")` (a projection, then the activation), computed faster on CPU.
+
+    torch's CPU tanh is slow, and this activation took a sixth of a shapes forward pass and more of a backward. In
+    its sigmoid form (above; the same function, within 5e-7 of torch's, gradients within 3e-6) a forward without
+    gradients takes 0.6x the time (in place) and a forward with backward 0.75x (one autograd node that keeps
+    sigmoid's output for the derivative). On other devices it is torch's own.
+    """
+
+    def gelu(self, gate: torch.Tensor) -> torch.Tensor:
+        if self.approximate != "tanh" or gate.device.type != "cpu":
+            return super().gelu(gate)
+        if torch.is_grad_enabled():
+            return _SigmoidTanhGELU.apply(gate)
+        return _gelu_gate(gate).mul_(gate)
+
+
+def _use_cpu_tanh_gelu(module: nn.Module) -> None:
+    """Swap every tanh-approximate `GELU` in `module` for `CPUTanhGELU`, keeping its projection (and weight names)."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is GELU and child.approximate == "tanh":
+                fast = CPUTanhGELU(1, 1, approximate="tanh")
+                fast.proj = child.proj
+                setattr(parent, name, fast)
+
+
 class ShapesFlowModel(nn.Module):
     """Text encoder + `SD3Transformer2DModel` in pixel space; `velocity` is the function samplers and policies use."""
 
@@ -183,6 +241,7 @@ class ShapesFlowModel(nn.Module):
             out_channels=3,
             pos_embed_max_size=tokens_per_side,
         )
+        _use_cpu_tanh_gelu(self.transformer)
 
     @property
     def task(self) -> str:

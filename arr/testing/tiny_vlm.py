@@ -37,6 +37,13 @@ _MERGES = [
     ("Ġ", "Yes"),
     ("Ġ", "no"),
     ("Ġ", "No"),
+    # "unknown" (the cannot-assess answer): "n"+"o" merges first, so the word is built around "no".
+    ("u", "n"),
+    ("k", "no"),
+    ("kno", "w"),
+    ("know", "n"),
+    ("un", "known"),
+    ("Ġ", "unknown"),
 ]
 
 # The Qwen chat format: <|im_start|>role\n...<|im_end|>\n, one vision block per image part.
