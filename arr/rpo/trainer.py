@@ -49,6 +49,7 @@ from arr.rpo.checkpoint import (
     LORA_FILE,
     SAMPLING_LORA_FILE,
     TRACKER_PROJECT,
+    CheckpointError,
     checkpoint_path,
     clear_run,
     clear_temporary,
@@ -1085,6 +1086,7 @@ class RPOTrainer:
                     f"{self.accelerator.distributed_type}; resume an FSDP checkpoint under FSDP and a DDP or "
                     "single-process one under DDP or one process"
                 )
+            _check_random_states(path, self.accelerator.process_index)
             self.accelerator.load_state(str(path))
         state = read_state(path)
         self.step = int(state["step"])
@@ -1141,6 +1143,22 @@ def _make_accelerator(args: RPOConfig) -> Any:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
+
+
+def _check_random_states(path: Path, rank: int) -> None:
+    """Refuse a checkpoint whose RNG file for this process does not load with weights_only=True: accelerate's
+    `load_state` would skip it with a log line, and the run would go on with other random numbers than the run it
+    resumes (or, for a file that carries code, quietly)."""
+    from accelerate.utils.other import load
+
+    file = path / f"random_states_{rank}.pkl"
+    try:
+        load(file)  # torch.load with weights_only=True, numpy's RNG state types allowed
+    except Exception as e:  # a refused global (code in the file), a cut file, a missing one
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint file {file} does not load as plain data ({why}); resume from another checkpoint"
+        ) from None
 
 
 def _check_engine(acc: Any) -> None:
