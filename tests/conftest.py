@@ -208,6 +208,29 @@ def tiny_policy(dtype=None, **kw):
     return policy
 
 
+def cpu_fsdp_accelerator(**kwargs):
+    """An Accelerator whose engine is FSDP version 2 over gloo on CPU, for tests of the trainer's FSDP path.
+
+    accelerate turns FSDP on only for accelerator devices: on a CPU, an FSDP launch config with `cpu=True` gives
+    MULTI_CPU (DDP), and without it every process runs alone (distributed type NO); the plugin is dropped without
+    an error either way. This sets the engine that accelerate sets on GPUs. Everything after that is real:
+    accelerate's FSDP2 preparation and checkpoints, torch's `fully_shard` and its collectives over gloo."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    acc = Accelerator(cpu=True, step_scheduler_with_optimizer=False, **kwargs)
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        reshard_after_forward=True,
+        state_dict_type="SHARDED_STATE_DICT",
+    )
+    acc.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
+
+
 def brightness(images) -> float:
     """Mean grey level (0-255) of the images: the quantity BrightnessBackend prefers."""
     return float(

@@ -23,7 +23,13 @@ import pytest
 
 from tests.conftest import ROOT, TIMING
 
-CHECKPOINT_FILES = {"lora.safetensors", "optimizer.pt", "rng.json", "rng.safetensors", "trainer_state.json"}
+CHECKPOINT_FILES = {
+    "lora.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "trainer_state.json",
+}
 
 ZYGOTE = r"""
 import json, os, sys, time, traceback

@@ -154,7 +154,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
 
 
-@pytest.mark.parametrize("damaged", ["lora.safetensors", "optimizer.pt", "rng.json"])
+@pytest.mark.parametrize("damaged", ["lora.safetensors", "optimizer.bin", "random_states_0.pkl"])
 def test_a_cut_short_checkpoint_is_named_and_latest_resumes_from_the_one_before(tmp_path, damaged, caplog):
     def trainer(out: Path, max_steps: int, resume: str | None = None) -> RPOTrainer:
         args = make_args(tmp_path, output_dir=str(out), max_steps=max_steps, save_steps=1,
@@ -176,6 +176,43 @@ def test_a_cut_short_checkpoint_is_named_and_latest_resumes_from_the_one_before(
     with caplog.at_level(logging.WARNING, logger="arr.rpo.checkpoint"):
         latest.load_checkpoint("latest")
     assert latest.step == 1 and str(file) in caplog.text
+
+
+def test_a_checkpoint_of_the_first_layout_still_resumes(tmp_path):
+    """Checkpoints written before the trainer saved through accelerate (tests/data/checkpoint_v1) keep resuming: the
+    LoRA, the optimizer's moments, the RNG and the step are those saved, and the run goes on in the new layout."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    saved = Path(__file__).parent / "data" / "checkpoint_v1" / "step_2"
+    out = tmp_path / "run"
+    shutil.copytree(saved, out / "checkpoints" / "step_2")
+    args = make_args(
+        tmp_path, output_dir=str(out), max_steps=3, save_steps=1, resume_from_checkpoint="latest"
+    )
+    trainer = RPOTrainer(
+        tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args, t2i_records(16, "train")
+    )
+    trainer.load_checkpoint("latest")
+    assert trainer.step == 2
+    lora = load_file(saved / "lora.safetensors")
+    assert trainer.policy.lora_state_dict().keys() == lora.keys()
+    for name, value in trainer.policy.lora_state_dict().items():
+        torch.testing.assert_close(value, lora[name], rtol=0, atol=0)
+    moments = torch.load(saved / "optimizer.pt", weights_only=True)["optimizer"]["state"]
+    state = trainer.optimizer.state_dict()["state"]
+    assert state.keys() == moments.keys()
+    for k in state:
+        assert int(state[k]["step"]) == int(moments[k]["step"]) > 0
+        torch.testing.assert_close(state[k]["exp_avg_sq"], moments[k]["exp_avg_sq"], rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), load_file(saved / "rng.safetensors")["torch"])
+    trainer.train()
+    assert [r["step"] for r in read_rows(out)] == [3]
+    new = out / "checkpoints" / "step_3"
+    assert (new / "optimizer.bin").is_file() and json.loads((new / "trainer_state.json").read_text())[
+        "format"
+    ] == 2
 
 
 def test_missing_named_checkpoint_is_an_error(tmp_path):

@@ -204,14 +204,27 @@ class FlowPolicy(Protocol):
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
+    @property
+    def network(self) -> nn.Module:
+        """The module every velocity call goes through, which holds the LoRA: what a distributed engine wraps (DDP)
+        or shards (FSDP). See `set_network`."""
+        ...
+
+    def set_network(self, network: nn.Module) -> None:
+        """Call `network` from now on: this policy's `network` as a distributed engine returned it (DDP's wrapper,
+        or the same module sharded in place by FSDP)."""
+        ...
+
     def add_lora(self, r: int, alpha: float, target_modules: Sequence[str] | None = None) -> None: ...
 
     def lora_state_dict(self) -> dict[str, Tensor]:
-        """The LoRA weights by name, for checkpoints (they may alias the live parameters)."""
+        """The LoRA weights by name, for checkpoints (they may alias the live parameters). With sharded parameters
+        (FSDP) every process must call it: the weights are gathered."""
         ...
 
     def load_lora_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load weights saved by `lora_state_dict` into the existing adapter (resume)."""
+        """Load weights saved by `lora_state_dict` into the existing adapter (resume); with sharded parameters,
+        on every process."""
         ...
 
     def save_lora_weights(
@@ -274,6 +287,8 @@ class FlowMatchingPolicy(ABC):
         device: torch.device | str | None = None,
     ) -> None:
         self.transformer = transformer
+        # What `_forward` calls: the transformer itself, or the transformer as a distributed engine wrapped it.
+        self._network: nn.Module = transformer
         self.height = int(height)
         self.width = int(width)
         self.num_steps = int(num_steps)
@@ -366,6 +381,19 @@ class FlowMatchingPolicy(ABC):
     @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
+
+    @property
+    def network(self) -> nn.Module:
+        return self._network
+
+    def set_network(self, network: nn.Module) -> None:
+        # DDP wraps the transformer (its `.module`); FSDP2 and a single process return the transformer itself.
+        if getattr(network, "module", network) is not self.transformer:
+            raise ValueError(
+                f"set_network needs this policy's transformer as a distributed engine returned it, got "
+                f"{type(network).__name__}"
+            )
+        self._network = network
 
     @property
     def dtype(self) -> torch.dtype:
@@ -640,11 +668,13 @@ class FlowMatchingPolicy(ABC):
         unfolds a layer that `reference()` disables inside the context; on exit every layer gets its original
         weight tensor back, so nothing drifts however often this runs.
 
-        A no-op where folding would not be the same function: with gradients enabled, for half-precision weights
-        (a small update rounds away against them), and for LoRA variants (DoRA, LoRA bias) or dropout; also while
+        A no-op where folding would not be the same function: with gradients enabled, under FSDP, for
+        half-precision weights (a small update rounds away against them), and for LoRA variants (DoRA, LoRA bias) or dropout; also while
         sampling records transition log-probabilities. Nested uses find every layer merged already and do nothing.
         """
-        off = torch.is_grad_enabled() or self._no_folding
+        # Under FSDP the layers' weights are shards that FSDP gathers from its own storage: a folded update would
+        # not reach the pass, while peft would skip the layers marked merged.
+        off = torch.is_grad_enabled() or self._no_folding or self._sharded()
         layers = [] if off else _foldable_lora_layers(self.transformer)
         saved = []
         try:
@@ -703,21 +733,61 @@ class FlowMatchingPolicy(ABC):
         return [p for p in self.transformer.parameters() if p.requires_grad]
 
     def lora_state_dict(self) -> dict[str, Tensor]:
-        """The LoRA weights (peft names), for checkpoints."""
+        """The LoRA weights (peft names), for checkpoints. Sharded (FSDP) weights are gathered whole, so every
+        process must call this."""
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(self.transformer)
+        if not self._sharded():
+            return get_peft_model_state_dict(self.transformer)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        whole = get_model_state_dict(
+            self.transformer, options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True)
+        )
+        return get_peft_model_state_dict(self.transformer, state_dict=whole)
 
     def load_lora_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load weights saved by `lora_state_dict` into the existing adapter; unknown or missing keys are an error."""
+        """Load weights saved by `lora_state_dict` into the existing adapter; unknown or missing keys are an error.
+        Sharded (FSDP) weights take each process's shard of `state`, so every process must call this."""
         from peft import set_peft_model_state_dict
 
+        if self._sharded():
+            self._load_sharded_lora(state)
+            return
         result = set_peft_model_state_dict(self.transformer, state)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(
                 f"LoRA state has keys the adapter lacks: {unexpected[:5]} (add_lora with the same r/targets first)"
             )
+
+    def _sharded(self) -> bool:
+        """Whether FSDP sharded the transformer's parameters in place (they are DTensors)."""
+        from torch.distributed.tensor import DTensor
+
+        return any(isinstance(p, DTensor) for p in self.transformer.parameters())
+
+    def _load_sharded_lora(self, state: dict[str, Tensor]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        # peft names drop the adapter's name ("x.lora_A.weight" for the parameter "x.lora_A.default.weight").
+        by_peft_name = {
+            name.replace(".default.", "."): name
+            for name, p in self.transformer.named_parameters()
+            if p.requires_grad
+        }
+        unknown = sorted(set(state) - set(by_peft_name))
+        missing = sorted(set(by_peft_name) - set(state))
+        if unknown or missing:
+            raise ValueError(
+                f"LoRA state does not match the adapter: unknown keys {unknown[:3]}, missing keys {missing[:3]} "
+                "(add_lora with the same r/targets first)"
+            )
+        set_model_state_dict(
+            self.transformer,
+            {by_peft_name[k]: v for k, v in state.items()},
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )
 
     def save_lora_weights(
         self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None

@@ -108,7 +108,7 @@ class FluxPolicy(LatentFlowPolicy):
             guidance = torch.full(
                 (latents.shape[0],), extras["guidance"], device=self.device, dtype=torch.float32
             )
-        out = self.transformer(
+        out = self.network(
             hidden_states=hidden,
             timestep=(sigma * 1000).to(self.dtype) / 1000,
             guidance=guidance,

@@ -160,7 +160,7 @@ class QwenImagePolicy(LatentFlowPolicy):
     ) -> Tensor:
         hidden, grids = self._image_sequence(latents, embeds, extras)
         mask = embeds["prompt_embeds_mask"]
-        out = self.transformer(
+        out = self.network(
             hidden_states=hidden,
             timestep=(sigma * 1000).to(self.dtype) / 1000,
             guidance=self._guidance_embedding(latents, extras),

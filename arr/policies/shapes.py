@@ -119,7 +119,12 @@ class ShapesPolicy(FlowMatchingPolicy):
     ) -> Tensor:
         x = latents.to(self.dtype)
         return self.model.velocity(
-            x, sigma.to(self.dtype), embeds["token_states"], embeds["pooled"], embeds.get("source")
+            x,
+            sigma.to(self.dtype),
+            embeds["token_states"],
+            embeds["pooled"],
+            embeds.get("source"),
+            network=self.network,
         )
 
     @torch.no_grad()

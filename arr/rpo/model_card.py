@@ -145,7 +145,8 @@ def model_card(
             f"- `{MOVING_AVERAGE_DIR}/pytorch_lora_weights.safetensors`: the moving average, same format."
         )
     parts.append(
-        "- `lora.safetensors`, `sampling_lora.safetensors`, `optimizer.pt`, `rng.*`, `trainer_state.json`: arr's "
+        "- `lora.safetensors`, `sampling_lora.safetensors`, accelerate's state (`optimizer.bin`, `scheduler.bin`, "
+        "`random_states_*.pkl`, and under FSDP the sharded network and optimizer) and `trainer_state.json`: arr's "
         "state to resume training (`--resume_from_checkpoint`)."
     )
     return "\n".join(parts) + "\n"

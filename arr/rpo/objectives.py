@@ -68,6 +68,9 @@ class TrainingContext:
     autocast: Callable[[], AbstractContextManager[Any]]
     #: within it the policy holds the weights that sampled the rollout (see `Objective.sampling_ema_decay`)
     sampling_policy: Callable[[], AbstractContextManager[None]]
+    #: whether every process must run the same forward and backward passes: under a sharded engine (FSDP) each
+    #: pass gathers the weights collectively, so a process may not skip a timestep that another one runs
+    lockstep: bool = False
 
 
 class Objective(ABC):
@@ -119,6 +122,12 @@ class Objective(ABC):
     @abstractmethod
     def timesteps(self, rollout: Rollout) -> int:
         """How many term dicts `loss_terms` yields per sample (the loss is averaged over them)."""
+
+    def num_terms(self, rollout: Rollout, members: Tensor) -> int:
+        """How many term dicts `loss_terms(rollout, advantages, members)` yields. The trainer synchronises gradients
+        over processes in the backward pass of a minibatch's last term, so it must know which one that is before
+        asking for it; by default every timestep yields one."""
+        return self.timesteps(rollout)
 
     @abstractmethod
     def loss_terms(
@@ -193,6 +202,11 @@ class PolicyGradient(Objective):
             chosen[row, torch.randperm(n, generator=gen)[:k]] = True
         return chosen
 
+    def num_terms(self, rollout: Rollout, members: Tensor) -> int:
+        if self.context.lockstep:
+            return len(rollout.trajectory.train_steps)
+        return int(self.trained_steps(rollout, members).any(dim=0).sum())
+
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
     ) -> Iterator[dict[str, Tensor]]:
@@ -200,7 +214,10 @@ class PolicyGradient(Objective):
         policy = ctx.policy
         chosen = self.trained_steps(rollout, members)
         for pos, j in enumerate(traj.train_steps):
-            sub = members[chosen[:, pos]]
+            # In lockstep every member runs every timestep and the terms keep the members trained there: the
+            # forward and backward passes are then the same on every process, whichever subsets they drew.
+            rows = chosen[:, pos]
+            sub = members if ctx.lockstep else members[rows]
             if len(sub) == 0:
                 continue
             adv = advantages[sub].to(policy.device)
@@ -220,7 +237,7 @@ class PolicyGradient(Objective):
                 kl = (tr.log_prob - ref.log_prob).to(tr.mean.dtype)
             else:
                 kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).to(tr.mean.dtype)
-            yield {
+            terms = {
                 "loss": policy_loss + self.beta * kl,
                 "policy_loss": policy_loss,
                 "kl": kl,
@@ -228,6 +245,9 @@ class PolicyGradient(Objective):
                 "ratio_mean": ratio,
                 "ratio_max": ratio,
             }
+            if ctx.lockstep and not bool(rows.all()):
+                terms = {k: v[rows.to(v.device)] for k, v in terms.items()}
+            yield terms
 
 
 @dataclass
@@ -377,7 +397,9 @@ class Statistics:
 
     @torch.no_grad()
     def add(self, terms: Mapping[str, Tensor]) -> None:
-        """Add one timestep's per-sample terms."""
+        """Add one timestep's per-sample terms (none: a timestep no sample of a lockstep micro-batch trains at)."""
+        if terms["loss"].shape[0] == 0:
+            return
         for key, reduction in self.reductions.items():
             if key in terms:
                 value = terms[key]

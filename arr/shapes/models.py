@@ -273,13 +273,15 @@ class ShapesFlowModel(nn.Module):
         token_states: torch.Tensor,
         pooled: torch.Tensor,
         source: torch.Tensor | None = None,
+        network: nn.Module | None = None,
     ) -> torch.Tensor:
         """Velocity `dx_t/dt = noise - x0` at `x_t` `[B, 3, H, W]`, times `t` (`[B]` or scalar in [0, 1], 1 = noise).
 
         `token_states` `[B, L, D]` and `pooled` `[B, D]` come from `encode_text`; `source` `[B, 3, H, W]` in [-1, 1] is
-        the image to edit (required for the editing model, refused by the text-to-image model).
+        the image to edit (required for the editing model, refused by the text-to-image model). `network` is the
+        transformer to call instead of `self.transformer`: the same one as a distributed engine wrapped it (DDP).
         """
-        raw, t = self._raw(x_t, t, token_states, pooled, source)
+        raw, t = self._raw(x_t, t, token_states, pooled, source, network)
         if self.config.prediction == "v":
             return raw
         # x_t = (1 - t) x0 + t eps  =>  v = eps - x0 = (x_t - x0) / t; clamp t because the division blows up at 0.
@@ -294,6 +296,7 @@ class ShapesFlowModel(nn.Module):
         token_states: torch.Tensor,
         pooled: torch.Tensor,
         source: torch.Tensor | None,
+        network: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.config.image_size
         if x_t.ndim != 4 or x_t.shape[1:] != (3, size, size):
@@ -315,7 +318,7 @@ class ShapesFlowModel(nn.Module):
                 )
             hidden = x_t
         # SD3 embeds timesteps on the scheduler's 0-1000 scale.
-        out = self.transformer(
+        out = (network or self.transformer)(
             hidden_states=hidden,
             encoder_hidden_states=token_states.to(x_t.dtype),
             pooled_projections=pooled.to(x_t.dtype),
