@@ -137,7 +137,11 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("judge backend")
     g.add_argument("--backend", default="pixel", help="hf | openai | pixel | module:Class (default: pixel)")
     g.add_argument("--model", help="the judge model: hf: model id or folder; openai: the served model name")
-    g.add_argument("--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument(
+        "--base-url",
+        help="openai: server URL, e.g. http://127.0.0.1:8000/v1; several servers of the judge model share the "
+        "requests: URLs separated by commas, or a file with one URL per line",
+    )
     g.add_argument("--api-key-env", help="openai: environment variable that holds the API key")
     g.add_argument(
         "--max-concurrency", type=positive_int(), help="openai: requests in flight at once (default 8)"

@@ -68,8 +68,14 @@ class JudgeArguments:
     judge_model: str | None = field(
         default=None, metadata={"help": "hf: model id/folder; openai: served name"}
     )
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "openai: e.g. http://127.0.0.1:8000/v1"}
+    # A YAML list or a string. In this order TRL's parser reads the option as one string (`--judge_base_url A,B`),
+    # while the recipe's own value, list or string, is kept as written.
+    judge_base_url: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "openai: the server, e.g. http://127.0.0.1:8000/v1; or several servers of the judge model "
+            "that share the requests (a YAML list, URLs separated by commas, or a file with one URL per line)"
+        },
     )
     judge_api_key_env: str | None = field(
         default=None, metadata={"help": "openai: env var holding the API key"}

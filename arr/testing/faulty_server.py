@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -162,6 +163,8 @@ class FaultyJudgeServer:
         self.auth_headers: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self._queue: list[str] = []
+        self._connections: set[socket.socket] = set()
+        self._killed = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
@@ -197,6 +200,17 @@ class FaultyJudgeServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(10)
+
+    def kill(self) -> None:
+        """Stop the way a crashed server stops: every open connection cut at once, no request answered from now
+        on, and no longer listening (`stop` alone leaves kept-alive connections answering)."""
+        self._killed.set()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.stop()
 
     def __enter__(self) -> FaultyJudgeServer:
         return self.start()
@@ -270,6 +284,18 @@ class FaultyJudgeServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
                 return  # quiet: tests count requests through `server.counts`
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with server._lock:
+                        server._connections.discard(self.connection)
+
             def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -282,14 +308,23 @@ class FaultyJudgeServer:
             def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
                 self._send(status, json.dumps({"error": {"message": message}}).encode(), headers)
 
+            def _hang_up(self) -> None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.rstrip("/") in ("/health", "/v1/models"):
+                if server._killed.is_set():
+                    self._hang_up()
+                elif self.path.rstrip("/") in ("/health", "/v1/models"):
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "canned"}]}).encode())
                 else:
                     self._error(404, f"no route {self.path}")
 
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if server._killed.is_set():
+                    self._hang_up()
+                    return
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._error(404, f"no route {self.path}")
                     return
@@ -321,6 +356,9 @@ class FaultyJudgeServer:
             def _answer(self, body: dict[str, Any], fault: str, auth: str) -> None:
                 if server.latency > 0:
                     time.sleep(server.latency)
+                if server._killed.is_set():  # killed while this request waited
+                    self._hang_up()
+                    return
                 if fault == "timeout":
                     time.sleep(server.hang_seconds)
                     fault = "ok"
@@ -331,8 +369,7 @@ class FaultyJudgeServer:
                 elif fault == LEAKY:
                     self._error(500, f"upstream rejected request with header Authorization: {auth}")
                 elif fault == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    self._hang_up()
                 elif fault == "no_choices":
                     self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
                 else:
