@@ -290,3 +290,23 @@ def test_when_every_server_is_down_the_batch_is_unavailable_as_with_one():
         # The first request fails on both servers (moving on is free) and once more; the others, with every server
         # out, make the two attempts that one server would get.
         assert sum(s["requests"] for s in backend.pool.stats().values()) == 3 + 2 + 2
+
+
+@pytest.mark.parametrize(
+    ("fault", "taken_out"),
+    [("http_500", False), ("timeout", False), ("http_503", True), ("drop", True)],
+)
+def test_only_a_server_that_looks_down_is_taken_out(fault, taken_out):
+    """A slow answer or HTTP 500 may be the request's own trouble: retried, the server stays in the pool. A cut
+    connection or HTTP 503 says the server is down: it is taken out."""
+    bad = FaultyJudgeServer(fault_rate=1.0, faults=[fault], hang_seconds=1.0).start()
+    good = FaultyJudgeServer().start()
+    try:
+        with OpenAIBackend("canned", base_url=[bad.base_url, good.base_url], max_concurrency=1, timeout=0.5,
+                           backoff=0.0, max_retries=1) as backend:  # fmt: skip
+            backend.pool.first_probe_after = 60.0  # no health check puts it back during the test
+            backend.judge_criteria(queries(2))
+            assert backend.pool.stats()[bad.base_url.rstrip("/")]["healthy"] is not taken_out
+    finally:
+        bad.stop()
+        good.stop()

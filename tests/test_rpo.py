@@ -215,6 +215,49 @@ def test_a_checkpoint_of_the_first_layout_still_resumes(tmp_path):
     ] == 2
 
 
+def test_resuming_an_earlier_checkpoint_replaces_what_came_after_it(tmp_path, caplog):
+    """Resumed from step 1 of a run that reached step 3: the checkpoints after step 1 and a killed save's leftover
+    folder are removed, so that a later `latest` continues this run, not the one it replaced."""
+
+    def trainer(max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume,
+                         save_total_limit=5)  # fmt: skip
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        return RPOTrainer(tiny_policy(), reward, args, t2i_records(16, "train"))
+
+    trainer(3).train()
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / ".tmp_step_9").mkdir()
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.trainer"):
+        trainer(2, resume=str(folder / "step_1")).train()
+    assert sorted(p.name for p in folder.iterdir()) == ["step_1", "step_2"]
+    assert "step_3" in caplog.text and ".tmp_step_9" in caplog.text
+    assert [r["step"] for r in read_rows(tmp_path / "run")] == [1, 2]
+    resumed = trainer(2, resume="latest")
+    resumed.load_checkpoint("latest")
+    assert resumed.step == 2
+
+
+def test_a_checkpoint_of_another_number_of_processes_resumes_without_its_random_states(tmp_path, caplog):
+    from arr.rpo.checkpoint import STATE_FILE, manifest
+
+    def trainer(max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume)
+        return RPOTrainer(tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args,
+                          t2i_records(16, "train"))  # fmt: skip
+
+    trainer(1).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_1"
+    # As if saved by 2 processes: rank 1's random states are not for this run (and rank 0's stays unread).
+    (ckpt / "random_states_0.pkl").rename(ckpt / "random_states_1.pkl")
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    (ckpt / STATE_FILE).write_text(json.dumps({**state, "num_processes": 2, "files": manifest(ckpt)}))
+    resumed = trainer(2, resume="latest")
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.trainer"):
+        resumed.load_checkpoint("latest")
+    assert resumed.step == 1 and "saved by 2 processes and this run has 1" in caplog.text
+
+
 def test_missing_named_checkpoint_is_an_error(tmp_path):
     args = make_args(tmp_path, resume_from_checkpoint="step_7")
     trainer = RPOTrainer(

@@ -69,6 +69,9 @@ _MAX_RETRY_AFTER = 30.0
 _PROBE_TIMEOUT = 5.0
 # Server messages quoted in errors are shortened to this many characters (after redaction).
 _MESSAGE_CHARS = 300
+# Answers that say the server, not the request, is in trouble (a proxy without a backend, overloaded, gateway timeout):
+# such a server is taken out of a pool of several.
+_SERVER_DOWN_STATUSES = (502, 503, 504)
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -281,21 +284,26 @@ class OpenAIBackend(ChatBackend):
             return False
         return resp.status_code < 500
 
-    def _post(self, server: str, body: dict[str, Any]) -> tuple[httpx.Response | None, str]:
-        """One attempt at `server`: (the response, ""), or (None, why no response came)."""
+    def _post(self, server: str, body: dict[str, Any]) -> tuple[httpx.Response | None, str, bool]:
+        """One attempt at `server`: (the response, "", False), or (None, why no response came, whether the server
+        looks down: it refused or cut the connection, or did not accept it in time; a slow answer does not count)."""
         url = f"{server}/chat/completions"
         try:
-            return self._client.post(url, json=body), ""
+            return self._client.post(url, json=body), "", False
         except httpx.TimeoutException as e:
-            return None, f"timed out after {self.timeout:g} s ({type(e).__name__}) at {url}"
+            down = isinstance(e, httpx.ConnectTimeout)
+            return None, f"timed out after {self.timeout:g} s ({type(e).__name__}) at {url}", down
         except httpx.TransportError as e:
-            return None, f"cannot reach {url}: {type(e).__name__}: {self._redact(str(e))}"
+            return None, f"cannot reach {url}: {type(e).__name__}: {self._redact(str(e))}", True
 
     def _send(self, body: dict[str, Any], request: ChatRequest) -> ChatResult:
         """One request with retries; never raises for HTTP or network failures.
 
-        A transport failure or HTTP 5xx takes the server out of the pool; where another server is up, the request
-        moves there at once and that try is not counted against `max_retries` (at most one move per server)."""
+        A server that looks down (connection refused, cut or not accepted in time; HTTP 502, 503 or 504) is taken
+        out of the pool; where another server is up, the request moves there at once and that try is not counted
+        against `max_retries` (at most one move per server). A slow answer (read timeout), HTTP 500 or 429 is
+        retried as before without taking the server out: one bad request, or a busy server, must not empty the
+        pool."""
         error = "no attempt made"
         unreachable = False
         retry_after: float | None = None
@@ -303,21 +311,24 @@ class OpenAIBackend(ChatBackend):
         attempt = moves = 0
         while attempt < attempts:
             lease = self.pool.acquire()
+            failure: str | None = None
+            resp = None
             try:
-                resp, error = self._post(lease.url, body)
-            except BaseException:
-                self.pool.release(lease)
-                raise
-            unreachable = resp is None
-            url = f"{lease.url}/chat/completions"
-            if resp is not None and (resp.status_code == 429 or resp.status_code >= 500):
-                error = f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
-                try:
-                    retry_after = float(resp.headers["retry-after"])
-                except (KeyError, ValueError):
-                    retry_after = None
-            server_failed = resp is None or resp.status_code >= 500
-            if self.pool.release(lease, error if server_failed else None) and moves < len(self.pool):
+                resp, error, down = self._post(lease.url, body)
+                unreachable = resp is None
+                url = f"{lease.url}/chat/completions"
+                if resp is not None and (resp.status_code == 429 or resp.status_code >= 500):
+                    message = self._redact(_server_message(resp))[:_MESSAGE_CHARS]
+                    error = f"HTTP {resp.status_code} from {url}: {message}"
+                    try:
+                        retry_after = float(resp.headers["retry-after"])
+                    except (KeyError, ValueError):
+                        retry_after = None
+                    down = resp.status_code in _SERVER_DOWN_STATUSES
+                failure = error if down else None
+            finally:  # every lease is released, whatever is raised above
+                move = self.pool.release(lease, failure)
+            if move and moves < len(self.pool):
                 moves += 1
                 retry_after = None
                 continue
@@ -331,7 +342,7 @@ class OpenAIBackend(ChatBackend):
             if attempt < attempts:
                 time.sleep(self._delay(attempt, retry_after))
                 retry_after = None
-        logger.warning("judge request failed after %d attempts: %s", attempts, error)
+        logger.warning("judge request failed after %d attempts: %s", attempt + moves, error)
         return ChatResult(error=f"{error} (gave up after {attempts} attempts)", unreachable=unreachable)
 
     def _read(self, resp: httpx.Response, request: ChatRequest, url: str) -> ChatResult:

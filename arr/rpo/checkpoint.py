@@ -273,6 +273,22 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def clear_stale(folder: Path, step: int) -> list[Path]:
+    """On resume from `step`: remove what no longer belongs to the run, and return it. That is the temporary folders
+    of saves that were killed (`.tmp_step_N`, `.old_step_N_*`; under FSDP each can hold a copy of the whole model),
+    and the checkpoints after `step`, which a continuation that this run replaces wrote (as `truncate_metrics` drops
+    its metrics rows); left in place, a later `latest` would resume that continuation. Main process only."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        later = path in complete_checkpoints(folder) and int(path.name[len(CHECKPOINT_PREFIX) :]) > step
+        if path.is_dir() and (path.name.startswith((".tmp_", ".old_")) or later):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop rows logged after the checkpoint's step (they are logged again); a fresh run starts empty.
 
@@ -316,6 +332,7 @@ __all__ = [
     "LegacyCheckpoint",
     "checkpoint_path",
     "clear_run",
+    "clear_stale",
     "clear_temporary",
     "complete_checkpoints",
     "finish_checkpoint",

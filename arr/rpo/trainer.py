@@ -28,6 +28,7 @@ process has fewer samples. Checkpoints go through `accelerator.save_state` (arr/
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -52,6 +53,7 @@ from arr.rpo.checkpoint import (
     CheckpointError,
     checkpoint_path,
     clear_run,
+    clear_stale,
     clear_temporary,
     finish_checkpoint,
     is_legacy,
@@ -70,6 +72,8 @@ from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_obje
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
 from arr.stats import PER_PROMPT_SCORES, paired_change_se
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
@@ -720,6 +724,13 @@ class RPOTrainer:
         self._claim_output_dir()
         if args.resume_from_checkpoint:
             self.load_checkpoint(args.resume_from_checkpoint)
+            acc.wait_for_everyone()  # every process has read its checkpoint before anything is removed
+            if acc.is_main_process:
+                for path in clear_stale(self.checkpoint_dir, self.step):
+                    logger.warning(
+                        "removed %s: left by a killed save, or written after step %d", path, self.step
+                    )
+            acc.wait_for_everyone()
         if acc.is_main_process:
             import yaml
 
@@ -1086,7 +1097,17 @@ class RPOTrainer:
                     f"{self.accelerator.distributed_type}; resume an FSDP checkpoint under FSDP and a DDP or "
                     "single-process one under DDP or one process"
                 )
-            _check_random_states(path, self.accelerator.process_index)
+            saved_processes = read_state(path).get("num_processes")
+            if saved_processes == self.accelerator.num_processes:
+                _check_random_states(path, self.accelerator.process_index)
+            else:  # every process reads the same file, so all take this branch together
+                logger.warning(
+                    "%s was saved by %s processes and this run has %d: the weights and optimizer state resume, the "
+                    "processes' random states do not (the training noise is seeded per group and step, not by them)",
+                    path,
+                    saved_processes,
+                    self.accelerator.num_processes,
+                )
             self.accelerator.load_state(str(path))
         state = read_state(path)
         self.step = int(state["step"])
