@@ -71,6 +71,15 @@ class GroupReward(ABC):
         "failures" and "seconds" spent in the backend; the trainer logs their change per step."""
         return self.judge.stats.to_dict() if self.judge is not None else {}
 
+    def health(self) -> dict[str, int]:
+        """Gauges logged as they stand at the end of each step: with several servers behind the judge, how many are
+        in its pool ("judge_servers_up", this process's view) of how many ("judge_servers"); empty otherwise."""
+        # An optional backend attribute: only the openai backend keeps a pool of servers.
+        pool = getattr(self.judge.backend, "pool", None) if self.judge is not None else None
+        if pool is None or len(pool) < 2:
+            return {}
+        return {"judge_servers_up": pool.healthy_count, "judge_servers": len(pool)}
+
     @property
     def remote(self) -> bool:
         """Whether judging waits on the network, so that the trainer overlaps it with sampling."""

@@ -46,24 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gpu_rpo_step import SD35_MEDIUM  # the same transformer configuration (bench/ is the script's folder)
 
-# SD3.5-medium's transformer (stabilityai/stable-diffusion-3.5-medium, transformer/config.json), as in
-# bench/gpu_rpo_step.py.
-SD35_MEDIUM = {
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,
-    "out_channels": 16,
-    "pos_embed_max_size": 384,
-    "dual_attention_layers": tuple(range(13)),
-    "qk_norm": "rms_norm",
-}
 # ~100M parameters in five joint blocks of width 768: large enough that the weights dominate a CPU rank's memory.
 CPU100M = {
     "sample_size": 8,

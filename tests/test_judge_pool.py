@@ -310,3 +310,29 @@ def test_only_a_server_that_looks_down_is_taken_out(fault, taken_out):
     finally:
         bad.stop()
         good.stop()
+
+
+def test_training_logs_how_many_judge_servers_are_up(tmp_path):
+    """A training run with two judge servers, one of them dead from the start: every sample is still judged, and
+    each metrics row says 1 of 2 servers is up."""
+    from arr import RubricJudge
+    from arr.rewards import RubricPairwiseReward
+    from arr.rpo import RPOTrainer
+    from arr.shapes.training import t2i_records
+    from tests.conftest import make_args, read_rows, tiny_policy
+
+    live, dead = FaultyJudgeServer().start(), FaultyJudgeServer().start()
+    dead.kill()
+    try:
+        backend = OpenAIBackend("canned", base_url=[dead.base_url, live.base_url], timeout=1.0, backoff=0.01)
+        backend.pool.first_probe_after = 600.0  # not probed again during the run
+        args = make_args(tmp_path, max_steps=2)
+        RPOTrainer(
+            tiny_policy(), RubricPairwiseReward(RubricJudge(backend)), args, t2i_records(8, "train")
+        ).train()
+        rows = read_rows(tmp_path / "run")
+        assert [(r["judge_servers_up"], r["judge_servers"]) for r in rows] == [(1, 2), (1, 2)]
+        assert all(r["masked_frac"] == 0 for r in rows)
+    finally:
+        live.stop()
+        dead.stop()

@@ -118,10 +118,13 @@ def test_training_panels_follow_the_objectives_keys():
     forward = rows_for("forward")
     for r in forward[1:]:
         r["reward_mean"] = 0.0  # centred symmetric rewards average 0 in every group
+        r["kl"] = 0.0  # beta 0: no KL term
     panels, notes = training_panels(forward)
     titles = [p.title for p in panels]
     assert "PPO clipping" not in titles and "Training reward" not in titles and "Loss" in titles
+    assert "KL to the reference (LoRA off)" not in titles
     assert any("no probability ratio" in n for n in notes) and any("reward_mean is 0" in n for n in notes)
+    assert any("kl is 0 at every step" in n for n in notes)
 
 
 @pytest.fixture(scope="module")

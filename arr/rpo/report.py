@@ -167,8 +167,11 @@ def training_panels(rows: list[dict[str, Any]]) -> tuple[list[Panel], list[str]]
         del losses["policy_loss"]  # the KL term is too small to tell them apart: one line says it
     if any(losses.values()):
         panels.append(Panel("Loss", losses, "loss (mean per sample and timestep)"))
-    if _series(rows, "kl"):
-        panels.append(Panel("KL to the reference (LoRA off)", {"kl": _series(rows, "kl")}, "KL estimate"))
+    kl = _series(rows, "kl")
+    if kl and all(v == 0 for _, v in kl):
+        notes.append("kl is 0 at every step (beta 0: no KL term is computed), so it is not drawn")
+    elif kl:
+        panels.append(Panel("KL to the reference (LoRA off)", {"kl": kl}, "KL estimate"))
     if _series(rows, "ratio_mean"):  # only a ratio-based objective clips
         panels.append(
             Panel(

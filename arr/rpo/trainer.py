@@ -49,6 +49,7 @@ from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
     LORA_FILE,
     SAMPLING_LORA_FILE,
+    STATE_FILE,
     TRACKER_PROJECT,
     CheckpointError,
     checkpoint_path,
@@ -864,6 +865,7 @@ class RPOTrainer:
             "optimize_seconds": t3 - t2,
         }
         row.update({f"reward/{k}": v for k, v in self._batch_reward_info(info, len(rewards)).items()})
+        row.update(self.reward.health())
         return row
 
     def _sample_and_judge_or_stop(self) -> tuple[Rollout, list[float | None], dict[str, Any], float]:
@@ -1084,7 +1086,7 @@ class RPOTrainer:
 
     def load_checkpoint(self, which: str) -> None:
         """Resume from 'latest' or a checkpoint folder; a checkpoint asked for by name must exist and be intact."""
-        path = resolve_checkpoint(self.checkpoint_dir, which)
+        path = self._agreed_checkpoint(which)
         if path is None:
             return  # nothing to resume: a fresh run (the flag is safe to leave in a launcher)
         if is_legacy(path):
@@ -1115,6 +1117,32 @@ class RPOTrainer:
         self._last_eval_score = state.get("last_eval_score")
         baseline = state.get("eval_baseline")
         self._eval_baseline = None if baseline is None else [(str(k), float(v)) for k, v in baseline]
+
+    def _agreed_checkpoint(self, which: str) -> Path | None:
+        """The checkpoint every process resumes from: the main process finds and verifies it (hashing its files once,
+        not once per process) and tells the others, so that all resume the same one, or all stop with its error."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return resolve_checkpoint(self.checkpoint_dir, which)
+        found: list[Any] = [None]
+        if acc.is_main_process:
+            try:
+                path = resolve_checkpoint(self.checkpoint_dir, which)
+                found[0] = ("path", None if path is None else str(path))
+            except ConfigError as e:
+                found[0] = ("error", type(e).__name__, str(e))
+        broadcast_object_list(found)
+        if found[0][0] == "error":
+            raise (CheckpointError if found[0][1] == "CheckpointError" else ConfigError)(found[0][2])
+        path = None if found[0][1] is None else Path(found[0][1])
+        if path is not None and not (path / STATE_FILE).is_file():
+            raise ConfigError(
+                f"resume_from_checkpoint: process {acc.process_index} cannot see {path}, which the main process "
+                "resumes from; output_dir must be on a filesystem every machine sees"
+            )
+        return path
 
     def _load_legacy_checkpoint(self, path: Path) -> None:
         """A checkpoint of arr's first layout: LoRA, optimizer.pt and RNG files of one unsharded state."""

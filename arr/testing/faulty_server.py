@@ -275,6 +275,27 @@ class FaultyJudgeServer:
             "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": max(1, len(answer) // 4)},
         }
 
+    def _authorized(self, auth: str) -> bool:
+        """Count the Authorization header; False (counted as "unauthorized") where it lacks the API key."""
+        with self._lock:
+            self.auth_headers[auth] += 1
+            if self.api_key is not None and auth != f"Bearer {self.api_key}":
+                self.counts["unauthorized"] += 1
+                return False
+        return True
+
+    def _record(self, raw: bytes, body: dict[str, Any]) -> str:
+        """Choose this attempt's fault and count it (keeping the body and rewriting the counts file where asked)."""
+        fault = self._choose(raw)
+        with self._lock:
+            self.counts[fault] += 1
+            if self.keep_bodies:
+                self.bodies.append(body)
+            if self.counts_file:
+                with open(self.counts_file, "w", encoding="utf-8") as f:
+                    json.dump(dict(self.counts), f)
+        return fault
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -329,11 +350,7 @@ class FaultyJudgeServer:
                     self._error(404, f"no route {self.path}")
                     return
                 auth = self.headers.get("Authorization") or ""
-                with server._lock:
-                    server.auth_headers[auth] += 1
-                if server.api_key is not None and auth != f"Bearer {server.api_key}":
-                    with server._lock:
-                        server.counts["unauthorized"] += 1
+                if not server._authorized(auth):
                     self._error(401, "missing or wrong API key")
                     return
                 try:
@@ -341,14 +358,7 @@ class FaultyJudgeServer:
                 except ValueError:
                     self._error(400, "request body is not JSON")
                     return
-                fault = server._choose(raw)
-                with server._lock:
-                    server.counts[fault] += 1
-                    if server.keep_bodies:
-                        server.bodies.append(body)
-                    if server.counts_file:
-                        with open(server.counts_file, "w", encoding="utf-8") as f:
-                            json.dump(dict(server.counts), f)
+                fault = server._record(raw, body)
                 # A client that gave up (its timeout) has closed the socket: nothing left to answer.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._answer(body, fault, auth)
@@ -377,18 +387,23 @@ class FaultyJudgeServer:
                     if fault == "malformed_json":
                         self._send(200, payload[: len(payload) // 2])
                     elif fault == "truncated_body":
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
-                        self.wfile.write(payload[: len(payload) // 2])
-                        self.wfile.flush()
-                        self.close_connection = True
-                        self.connection.shutdown(2)
+                        _send_truncated(self, payload)
                     else:
                         self._send(200, payload)
 
         return Handler
+
+
+def _send_truncated(handler: BaseHTTPRequestHandler, payload: bytes) -> None:
+    """Promise `payload` in Content-Length, send half of it, and close the connection."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload[: len(payload) // 2])
+    handler.wfile.flush()
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
