@@ -169,7 +169,9 @@ def training_panels(rows: list[dict[str, Any]]) -> tuple[list[Panel], list[str]]
         panels.append(Panel("Loss", losses, "loss (mean per sample and timestep)"))
     kl = _series(rows, "kl")
     if kl and all(v == 0 for _, v in kl):
-        notes.append("kl is 0 at every step (beta 0: no KL term is computed), so it is not drawn")
+        notes.append(
+            "kl is 0 at every step (beta 0, or a policy that never left the reference), so it is not drawn"
+        )
     elif kl:
         panels.append(Panel("KL to the reference (LoRA off)", {"kl": kl}, "KL estimate"))
     if _series(rows, "ratio_mean"):  # only a ratio-based objective clips
