@@ -10,8 +10,8 @@ fail at once with the server's message. A request that still fails becomes a ver
 reach the server raises `JudgeUnavailableError`, so training can tell "server down" from "noisy answers".
 
 `base_url` may name several servers of the same model (a list, URLs separated by commas, or a file of URLs, one per
-line): requests are spread over them, and a server that fails is taken out of the pool while the request moves to
-another at once (arr/backends/pool.py); when all are out, the retries above apply as for one server that is down.
+line): requests are spread over them, and a server that looks down (connection refused or cut, HTTP 502-504) is taken out
+of the pool while the request moves to another at once (arr/backends/pool.py); when all are out, the retries above apply as for one server that is down.
 
 Probabilities: the backend asks for `logprobs` with 20 `top_logprobs`. Where the server returns them (vLLM,
 SGLang, OpenAI), the verdict is P(first choice) at the answer token (the rank digit after `"rank": [`, or the first
@@ -318,8 +318,7 @@ class OpenAIBackend(ChatBackend):
                 unreachable = resp is None
                 url = f"{lease.url}/chat/completions"
                 if resp is not None and (resp.status_code == 429 or resp.status_code >= 500):
-                    message = self._redact(_server_message(resp))[:_MESSAGE_CHARS]
-                    error = f"HTTP {resp.status_code} from {url}: {message}"
+                    error = self._http_error(resp, url)
                     try:
                         retry_after = float(resp.headers["retry-after"])
                     except (KeyError, ValueError):
@@ -334,9 +333,7 @@ class OpenAIBackend(ChatBackend):
                 continue
             if resp is not None and resp.status_code != 429 and resp.status_code < 500:
                 if resp.status_code >= 400:
-                    return ChatResult(
-                        error=f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
-                    )
+                    return ChatResult(error=self._http_error(resp, url))
                 return self._read(resp, request, url)
             attempt += 1
             if attempt < attempts:
@@ -344,6 +341,10 @@ class OpenAIBackend(ChatBackend):
                 retry_after = None
         logger.warning("judge request failed after %d attempts: %s", attempt + moves, error)
         return ChatResult(error=f"{error} (gave up after {attempts} attempts)", unreachable=unreachable)
+
+    def _http_error(self, resp: httpx.Response, url: str) -> str:
+        """An HTTP error answer, for the verdict's error: the status and the server's message, redacted, then cut."""
+        return f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
 
     def _read(self, resp: httpx.Response, request: ChatRequest, url: str) -> ChatResult:
         try:

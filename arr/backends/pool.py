@@ -5,9 +5,9 @@
 
 `parse_base_urls` reads the servers from one URL, a comma-separated string, a list, or a text file with one URL per
 line. `ServerPool` sends each request to the healthy server with the fewest requests in flight (ties in turn). A
-server whose request fails in transport (refused, reset, timed out) or with HTTP 5xx is taken out, and the caller
-retries at once on another healthy server. An out server is health-checked first 5 s later, then at doubling
-intervals up to 60 s, and put back when it answers. When every server is out, requests go round the out servers
+server that the caller reports down (the openai backend: connection refused or cut, HTTP 502-504) is taken out,
+and the caller retries at once on another healthy server. An out server is health-checked first 5 s later, then
+at doubling intervals up to 60 s, and put back when it answers. When every server is out, requests go round the out servers
 under the caller's usual retries and backoff, exactly as if one server were down, and the first to answer is put
 back. A pool of one server never takes it out: it behaves as that server alone.
 """
@@ -157,7 +157,7 @@ class ServerPool:
             return Lease(server.url, server.epoch)
 
     def release(self, lease: Lease, failure: str | None = None) -> bool:
-        """End a request; `failure` (a transport error or HTTP 5xx) takes its server out of the pool, and an answer
+        """End a request; `failure` (why the server looks down) takes its server out of the pool, and an answer
         from a server that was out when the request was sent (every server was out) puts it back.
 
         Returns True when the server is out of the pool and another is in it: the caller should move there now."""

@@ -179,9 +179,10 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
 
 
-def is_legacy(path: Path) -> bool:
-    """Whether `path` is a checkpoint of arr's first layout (optimizer.pt and RNG files, no manifest)."""
-    return "format" not in read_state(path)
+def is_legacy(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint whose trainer_state.json holds `state` is of arr's first layout (optimizer.pt and RNG
+    files, no manifest)."""
+    return "format" not in state
 
 
 def verify_checkpoint(path: Path) -> str | None:
@@ -190,7 +191,7 @@ def verify_checkpoint(path: Path) -> str | None:
         state = read_state(path)
     except (OSError, ValueError) as e:
         return f"{path / STATE_FILE} is unreadable ({e})"
-    if "format" not in state:
+    if is_legacy(state):
         return _verify_legacy(path)
     for name, entry in state.get("files", {}).items():
         file = path / name
@@ -226,12 +227,11 @@ def _verify_legacy(path: Path) -> str | None:
 
 @dataclass
 class LegacyCheckpoint:
-    """A first-layout checkpoint's contents, read to `device`."""
+    """A first-layout checkpoint's LoRA and optimizer state, read to `device` (its trainer_state.json is
+    `read_state`'s, its moving average is read where it is loaded, its RNG files `load_legacy_rng_state`'s)."""
 
     path: Path
-    state: dict[str, Any]
     lora: dict[str, torch.Tensor]
-    sampling_lora: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any]
 
 
@@ -239,12 +239,9 @@ def read_legacy_checkpoint(path: Path, device: torch.device | str) -> LegacyChec
     """Read a checkpoint of arr's first layout (`is_legacy`)."""
     from safetensors.torch import load_file
 
-    ema = path / SAMPLING_LORA_FILE
     return LegacyCheckpoint(
         path=path,
-        state=read_state(path),
         lora=load_file(path / LORA_FILE, device=str(device)),
-        sampling_lora=load_file(ema, device=str(device)) if ema.is_file() else None,
         optimizer=torch.load(path / "optimizer.pt", map_location=device, weights_only=True),
     )
 
@@ -278,12 +275,12 @@ def clear_stale(folder: Path, step: int) -> list[Path]:
     of saves that were killed (`.tmp_step_N`, `.old_step_N_*`; under FSDP each can hold a copy of the whole model),
     and the checkpoints after `step`, which a continuation that this run replaces wrote (as `truncate_metrics` drops
     its metrics rows); left in place, a later `latest` would resume that continuation. Main process only."""
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
+    later = {p for p in complete_checkpoints(folder) if int(p.name[len(CHECKPOINT_PREFIX) :]) > step}
     for path in sorted(folder.iterdir()):
-        later = path in complete_checkpoints(folder) and int(path.name[len(CHECKPOINT_PREFIX) :]) > step
-        if path.is_dir() and (path.name.startswith((".tmp_", ".old_")) or later):
+        if path.is_dir() and (path.name.startswith((".tmp_", ".old_")) or path in later):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

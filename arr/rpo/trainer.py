@@ -1089,17 +1089,18 @@ class RPOTrainer:
         path = self._agreed_checkpoint(which)
         if path is None:
             return  # nothing to resume: a fresh run (the flag is safe to leave in a launcher)
-        if is_legacy(path):
+        state = read_state(path)
+        if is_legacy(state):
             self._load_legacy_checkpoint(path)
         else:
-            saved = read_state(path).get("distributed_type")
+            saved = state.get("distributed_type")
             if ("FSDP" in (saved or "")) != self.lockstep:
                 raise ConfigError(
                     f"resume_from_checkpoint: {path} was saved under {saved} and this run is "
                     f"{self.accelerator.distributed_type}; resume an FSDP checkpoint under FSDP and a DDP or "
                     "single-process one under DDP or one process"
                 )
-            saved_processes = read_state(path).get("num_processes")
+            saved_processes = state.get("num_processes")
             if saved_processes == self.accelerator.num_processes:
                 _check_random_states(path, self.accelerator.process_index)
             else:  # every process reads the same file, so all take this branch together
@@ -1111,7 +1112,6 @@ class RPOTrainer:
                     self.accelerator.num_processes,
                 )
             self.accelerator.load_state(str(path))
-        state = read_state(path)
         self.step = int(state["step"])
         self.phase_seconds.update(state.get("phase_seconds", {}))
         self._last_eval_score = state.get("last_eval_score")
