@@ -4,6 +4,9 @@ model, the held-out scores logged up to that step and the recipe."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from arr import RubricJudge
@@ -97,3 +100,17 @@ def test_model_card_for_a_diffusers_base_model():
     assert 'pipe.load_lora_weights("runs/flux/checkpoints/step_300")' in card
     assert "(`Qwen/Qwen3-VL-8B-Instruct`)" in card and "No held-out evaluation" in card
     assert "moving_average" not in card
+
+
+def test_a_lora_state_with_a_missing_or_unknown_key_is_refused_by_name():
+    """The same check as for sharded (FSDP) weights: a state that does not cover the adapter exactly is an error,
+    so that a file loads under every engine or under none."""
+    policy = tiny_policy()
+    policy.add_lora(4, 8)
+    state = policy.lora_state_dict()
+    dropped = sorted(state)[0]
+    with pytest.raises(ValueError, match=r"missing keys \['" + re.escape(dropped)):
+        policy.load_lora_state_dict({k: v for k, v in state.items() if k != dropped})
+    with pytest.raises(ValueError, match=r"unknown keys \['extra.lora_A.weight'\]"):
+        policy.load_lora_state_dict({**state, "extra.lora_A.weight": state[dropped]})
+    policy.load_lora_state_dict(state)  # the whole state loads

@@ -751,15 +751,17 @@ class FlowMatchingPolicy(ABC):
         Sharded (FSDP) weights take each process's shard of `state`, so every process must call this."""
         from peft import set_peft_model_state_dict
 
-        if self._sharded():
-            self._load_sharded_lora(state)
+        by_peft_name = self._lora_parameter_names(state)
+        if not self._sharded():
+            set_peft_model_state_dict(self.transformer, state)
             return
-        result = set_peft_model_state_dict(self.transformer, state)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ValueError(
-                f"LoRA state has keys the adapter lacks: {unexpected[:5]} (add_lora with the same r/targets first)"
-            )
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(
+            self.transformer,
+            {by_peft_name[k]: v for k, v in state.items()},
+            options=StateDictOptions(full_state_dict=True, strict=False),
+        )
 
     def _sharded(self) -> bool:
         """Whether FSDP sharded the transformer's parameters in place (they are DTensors)."""
@@ -767,9 +769,9 @@ class FlowMatchingPolicy(ABC):
 
         return any(isinstance(p, DTensor) for p in self.transformer.parameters())
 
-    def _load_sharded_lora(self, state: dict[str, Tensor]) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
+    def _lora_parameter_names(self, state: dict[str, Tensor]) -> dict[str, str]:
+        """The adapter's parameter name for each of `state`'s peft names; a key the adapter lacks, or an adapter
+        weight `state` lacks, is an error (whether or not the weights are sharded)."""
         # peft names drop the adapter's name ("x.lora_A.weight" for the parameter "x.lora_A.default.weight").
         by_peft_name = {
             name.replace(".default.", "."): name
@@ -783,11 +785,7 @@ class FlowMatchingPolicy(ABC):
                 f"LoRA state does not match the adapter: unknown keys {unknown[:3]}, missing keys {missing[:3]} "
                 "(add_lora with the same r/targets first)"
             )
-        set_model_state_dict(
-            self.transformer,
-            {by_peft_name[k]: v for k, v in state.items()},
-            options=StateDictOptions(full_state_dict=True, strict=False),
-        )
+        return by_peft_name
 
     def save_lora_weights(
         self, folder: str | Path, state: dict[str, Tensor] | None = None, base_model: str | None = None
