@@ -38,6 +38,7 @@ __all__ = [
     "image_digest",
     "judgment_key",
     "rubric_digest",
+    "text_digest",
 ]
 
 # Bump when the key recipe changes, so old entries are not served for new questions. v2: the rubric enters the key
@@ -86,6 +87,11 @@ def image_digest(image: Image.Image) -> str:
     return h.hexdigest()
 
 
+def text_digest(text: str) -> str:
+    """A judged text's digest, marked so that it can never equal an image's."""
+    return "text:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def rubric_digest(rubric: Rubric) -> str:
     """sha256 of a rubric's canonical JSON (`Rubric.to_dict()`): everything about the rubric that can change an answer."""
     canonical = json.dumps(
@@ -114,11 +120,14 @@ class JudgmentKeys:
             hit = self._rubrics[id(rubric)] = (rubric, rubric_digest(rubric))
         return hit[1]
 
-    def _image(self, image: Image.Image, where: str) -> str:
+    def _image(self, image: Image.Image | str, where: str, texts: bool = True) -> str:
+        if isinstance(image, str) and texts:
+            return text_digest(image)
         hit = self._images.get(id(image))
         if hit is None:
             if not isinstance(image, Image.Image):
-                raise TypeError(f"judgment_key: {where} must be a PIL image, got {type(image).__name__}")
+                kinds = "a PIL image or a text" if texts else "a PIL image"
+                raise TypeError(f"judgment_key: {where} must be {kinds}, got {type(image).__name__}")
             hit = self._images[id(image)] = (image, image_digest(image))
         return hit[1]
 
@@ -128,14 +137,15 @@ class JudgmentKeys:
         kind: str,
         rubric: Rubric,
         prompt: str,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image | str],
         source: Image.Image | None,
         criterion_id: str | None = None,
     ) -> str:
-        """The key of one question (see `judgment_key`)."""
+        """The key of one question (see `judgment_key`); the candidates are images or texts (texts judged as
+        responses), and a text never shares a digest with an image."""
         if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
             raise TypeError(
-                f"judgment_key: images must be a sequence of PIL images, got {type(images).__name__}"
+                f"judgment_key: images must be a sequence of PIL images or texts, got {type(images).__name__}"
             )
         parts = {
             "v": KEY_VERSION,
@@ -144,7 +154,7 @@ class JudgmentKeys:
             "rubric": self._rubric(rubric),
             "prompt": prompt,
             "images": [self._image(im, f"images[{i}]") for i, im in enumerate(images)],
-            "source": self._image(source, "source") if source is not None else None,
+            "source": self._image(source, "source", texts=False) if source is not None else None,
             "criterion_id": criterion_id,
         }
         canonical = json.dumps(
@@ -159,7 +169,7 @@ def judgment_key(
     backend_fingerprint: str,
     rubric: Rubric,
     prompt: str,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | str],
     source: Image.Image | None,
     criterion_id: str | None = None,
 ) -> str:

@@ -9,12 +9,15 @@ Pointwise scores follow `Rubric.score` (the formula: arr/rubrics/scoring.py). A 
 (cannot assess) is scored by `na_policy` and listed in `ScoreJudgment.cannot_assess`; a failed question (a transport
 error, an unreadable answer) leaves the sample without a score. With an `EnsembleBackend`, each judgment also holds
 every member's own judgment and how much the members agree.
+
+What is judged is an image, or a text (a `str`: a language model's response, judged against the rubric the same
+way, in both orders) with a backend that judges texts (hf, openai); the fields keep their image names.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,14 @@ from typing import Any
 from PIL import Image
 
 from arr.agreement import fleiss_kappa, krippendorff_alpha, pairwise_agreement
-from arr.backends.base import CriterionQuery, CriterionVerdict, JudgeBackend, PairQuery, PairVerdict
+from arr.backends.base import (
+    Candidate,
+    CriterionQuery,
+    CriterionVerdict,
+    JudgeBackend,
+    PairQuery,
+    PairVerdict,
+)
 from arr.rubrics import Criterion, Rubric
 from arr.rubrics.scoring import check_na_policy
 
@@ -103,21 +113,21 @@ class JudgeStats:
 
 @dataclass
 class PairItem:
-    """One comparison for `compare_many`."""
+    """One comparison for `compare_many` (two images, or two texts)."""
 
     prompt: str
-    image_a: Image.Image
-    image_b: Image.Image
+    image_a: Candidate
+    image_b: Candidate
     rubric: Rubric
     source: Image.Image | None = None
 
 
 @dataclass
 class ScoreItem:
-    """One pointwise judgment for `score_many`."""
+    """One pointwise judgment for `score_many` (of an image, or a text)."""
 
     prompt: str
-    image: Image.Image
+    image: Candidate
     rubric: Rubric
     source: Image.Image | None = None
 
@@ -127,15 +137,9 @@ def rubric_score(rubric: Rubric, probs: dict[str, float]) -> float | None:
     return rubric.score(probs)
 
 
-def answer_category(criterion: Criterion, verdict: CriterionVerdict) -> float | str | None:
-    """A verdict as the answer a judge gave, for agreement: "unknown", the value snapped to yes (1.0) / no (0.0) or
-    to a level's credit (`Criterion.snap`), or None for a failed question."""
-    if verdict.cannot_assess:
-        return "unknown"
-    return None if verdict.prob_yes is None else criterion.snap(verdict.prob_yes)
-
-
 def _member_category(criterion: Criterion, judgment: ScoreJudgment) -> float | str | None:
+    """A member's answer on `criterion`, as compared for agreement: "unknown", its value snapped to yes (1.0) / no
+    (0.0) or to a level's credit (`Criterion.snap`), or None for a failed question."""
     if criterion.id in judgment.cannot_assess:
         return "unknown"
     value = judgment.criteria.get(criterion.id)
@@ -145,7 +149,7 @@ def _member_category(criterion: Criterion, judgment: ScoreJudgment) -> float | s
 def ensemble_agreement(rubrics: Sequence[Rubric], judgments: Sequence[ScoreJudgment]) -> dict[str, Any]:
     """How much an ensemble's members agree over every criterion of many judgments (one rubric per judgment).
 
-    Answers are compared as `answer_category` gives them (yes / no / level / unknown; failed questions are missing).
+    Answers are compared as yes / no / level / unknown (`Criterion.snap`); failed questions are missing.
     Returns the number of criterion items, the member names, `pairwise` agreement, `fleiss_kappa` (over the items
     every member answered) and nominal `krippendorff_alpha` (missing answers allowed); a statistic is None where it
     is undefined, e.g. when every member always gives the same answer.
@@ -242,8 +246,8 @@ class RubricJudge:
     def compare(
         self,
         prompt: str,
-        image_a: Image.Image,
-        image_b: Image.Image,
+        image_a: Candidate,
+        image_b: Candidate,
         rubric: Rubric,
         source: Image.Image | None = None,
     ) -> PairJudgment:
@@ -251,6 +255,7 @@ class RubricJudge:
 
     def compare_many(self, items: Sequence[PairItem]) -> list[PairJudgment]:
         """Judge many pairs with one batched backend call (two questions per pair when swapping)."""
+        self._check_candidates(c for it in items for c in (it.image_a, it.image_b))
         queries: list[PairQuery] = []
         for it in items:
             queries.append(PairQuery(it.prompt, (it.image_a, it.image_b), it.rubric, it.source))
@@ -289,12 +294,13 @@ class RubricJudge:
     # ---- pointwise ------------------------------------------------------------------------------------------
 
     def score(
-        self, prompt: str, image: Image.Image, rubric: Rubric, source: Image.Image | None = None
+        self, prompt: str, image: Candidate, rubric: Rubric, source: Image.Image | None = None
     ) -> ScoreJudgment:
         return self.score_many([ScoreItem(prompt, image, rubric, source)])[0]
 
     def score_many(self, items: Sequence[ScoreItem]) -> list[ScoreJudgment]:
         """Judge every criterion of every item with one batched backend call."""
+        self._check_candidates(it.image for it in items)
         queries = [
             CriterionQuery(it.prompt, it.image, it.rubric, c, it.source)
             for it in items
@@ -335,10 +341,7 @@ class RubricJudge:
         for name in names:
             own = [v.members.get(name, missing) if v.members else missing for v in verdicts]
             judgment.judges[name] = self._scored(item, own)
-        ratings = [
-            [answer_category(c, v.members.get(n, missing)) if v.members else None for n in names]
-            for c, v in zip(item.rubric.criteria, verdicts, strict=True)
-        ]
+        ratings = [[_member_category(c, judgment.judges[n]) for n in names] for c in item.rubric.criteria]
         judgment.agreement = {"pairwise": pairwise_agreement(ratings), "fleiss_kappa": fleiss_kappa(ratings)}
         return judgment
 
@@ -369,7 +372,7 @@ class RubricJudge:
     # ---- listwise -------------------------------------------------------------------------------------------
 
     def rank(
-        self, prompt: str, images: Sequence[Image.Image], rubric: Rubric, source: Image.Image | None = None
+        self, prompt: str, images: Sequence[Candidate], rubric: Rubric, source: Image.Image | None = None
     ) -> list[float | None]:
         """Listwise judgment as a round robin: each image's win rate over all others (ties count half).
 
@@ -393,6 +396,19 @@ class RubricJudge:
             else:
                 wins[i if jd.preferred == 0 else j] += 1.0
         return [wins[k] / games[k] if games[k] else None for k in range(n)]
+
+    def _check_candidates(self, candidates: Iterable[Any]) -> None:
+        """Images, or texts where the backend judges texts; anything else is an error before any question."""
+        for i, c in enumerate(candidates):
+            if isinstance(c, str):
+                # An optional backend attribute: the chat backends (hf, openai) declare that they judge texts.
+                if not getattr(self.backend, "judges_text", False):
+                    raise ValueError(
+                        f"judge backend {self.backend.name!r} judges images only, and candidate {i} is a text "
+                        f"({c[:40]!r}); judge texts with a chat backend (hf or openai)"
+                    )
+            elif not isinstance(c, Image.Image):
+                raise TypeError(f"candidate {i} must be a PIL image or a text (str), got {type(c).__name__}")
 
     # ---- caching --------------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ steps; besides the held-out score, every evaluation also scores the held-out sam
 rubric, so reward hacking shows as a proxy rising while the strict held-out score falls.
 
 Writes bench/results/head_to_head.json (all curves and final figures), and with --doc the markdown table and the
-SVG plot (docs/head_to_head.md, docs/images/head_to_head.svg). The runs are CPU-heavy: measured 5-11 min per
+SVG plot (docs/head_to_head.md, docs/images/head_to_head.svg, drawn with arr.plots). The runs are CPU-heavy: measured 5-11 min per
 30-step run with 150 evaluation prompts (one process per seed, 3 in parallel, on a shared 2-core machine at load
 ~9), and 8 min to train the BT model; `--seeds 0` in three processes plus `--combine` is how the doc's numbers were
 made.
@@ -36,12 +36,6 @@ LABELS = {
     "rubric_pointwise": "(b) rubric pointwise",
     "bt_reward_model": "(c) Bradley-Terry RM",
     "plain_judge": "(d) plain judge",
-}
-COLORS = {
-    "rubric_pairwise": "#1f77b4",
-    "rubric_pointwise": "#2ca02c",
-    "bt_reward_model": "#d62728",
-    "plain_judge": "#9467bd",
 }
 
 
@@ -185,78 +179,61 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
-    """Three panels against the step, means over seeds: each method's own training reward (10-step running mean,
-    min-max scaled per method, since the rewards live on different scales), the held-out strict shapes-GenEval
-    score, and the BT model's score of the same held-out samples (the proxy a BT-trained policy can hack)."""
-    panels = [
-        ("reward", "own training reward (scaled per method)"),
-        ("eval_score", "held-out strict shapes-GenEval"),
-        ("eval_bt_score", "held-out BT reward-model score"),
-    ]
-    pad, panel_w, h = 70, 330, 300
-    w = pad + len(panels) * (panel_w + pad)
+# The unit of each method's own training reward (they differ, so each gets its own panel and axis).
+REWARD_UNITS = {
+    "rubric_pairwise": "mean pairwise reward",
+    "rubric_pointwise": "mean rubric score (0-1)",
+    "bt_reward_model": "mean BT score",
+    "plain_judge": "mean pairwise reward",
+}
 
-    def series(method: str, key: str) -> list[tuple[int, float]]:
-        by: dict[int, list[float]] = {}
-        for r in runs:
-            if r["method"] != method:
-                continue
-            if key == "reward":
-                vals = [c["reward_mean"] for c in r["train_curve"]]
-                # A running mean over 10 steps: single-step rewards are noisy (8 prompts per step).
-                for i, c in enumerate(r["train_curve"]):
-                    window = vals[max(0, i - 9) : i + 1]
-                    by.setdefault(c["step"], []).append(sum(window) / len(window))
-            else:
-                for c in r["eval_curve"]:
-                    by.setdefault(c["step"], []).append(c[key])
-        return sorted((s, statistics.fmean(v)) for s, v in by.items())
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h + 60}" '
-        'font-family="sans-serif" font-size="12">',
-        f'<rect width="{w}" height="{h + 60}" fill="white"/>',
-    ]
-    for p, (key, title) in enumerate(panels):
-        x0 = pad + p * (panel_w + pad)
-        parts.append(f'<text x="{x0}" y="20">{title}</text>')
-        parts.append(f'<rect x="{x0}" y="30" width="{panel_w}" height="{h - 60}" fill="none" stroke="#888"/>')
-        curves = {m: series(m, key) for m in METHODS}
-        curves = {m: c for m, c in curves.items() if c}
-        if not curves:
+def _mean_curve(runs: list[dict[str, Any]], method: str, key: str) -> list[tuple[int, float]]:
+    """A method's curve of `key`, the mean over seeds at each step; the training reward as a 10-step running mean
+    (single-step rewards are noisy: 8 prompts per step)."""
+    by: dict[int, list[float]] = {}
+    for r in runs:
+        if r["method"] != method:
             continue
-        max_step = max(s for pts in curves.values() for s, _ in pts) or 1
         if key == "reward":
-            scaled = {}
-            for m, pts in curves.items():
-                lo, hi = min(v for _, v in pts), max(v for _, v in pts)
-                scaled[m] = [(s, (v - lo) / (hi - lo) if hi > lo else 0.5) for s, v in pts]
-            curves, lo, hi = scaled, 0.0, 1.0
+            vals = [c["reward_mean"] for c in r["train_curve"]]
+            for i, c in enumerate(r["train_curve"]):
+                window = vals[max(0, i - 9) : i + 1]
+                by.setdefault(c["step"], []).append(sum(window) / len(window))
         else:
-            vals = [v for pts in curves.values() for _, v in pts]
-            span = max(vals) - min(vals) or 1.0
-            lo, hi = min(vals) - 0.05 * span, max(vals) + 0.05 * span
-        for frac in (0.0, 0.5, 1.0):
-            y = 30 + (h - 60) * (1 - frac)
-            parts.append(
-                f'<text x="{x0 - 6}" y="{y + 4:.0f}" text-anchor="end">{lo + frac * (hi - lo):.2f}</text>'
-            )
-        parts.append(f'<text x="{x0}" y="{h - 12}">step 0</text>')
-        parts.append(f'<text x="{x0 + panel_w}" y="{h - 12}" text-anchor="end">step {max_step}</text>')
-        for m, pts in curves.items():
-            coords = " ".join(
-                f"{x0 + panel_w * s / max_step:.1f},{30 + (h - 60) * (1 - (v - lo) / (hi - lo)):.1f}"
-                for s, v in pts
-            )
-            parts.append(f'<polyline points="{coords}" fill="none" stroke="{COLORS[m]}" stroke-width="2"/>')
-    for i, m in enumerate(METHODS):
-        x = pad + i * 220
-        parts.append(f'<rect x="{x}" y="{h + 25}" width="14" height="4" fill="{COLORS[m]}"/>')
-        parts.append(f'<text x="{x + 20}" y="{h + 31}">{LABELS[m]}</text>')
-    parts.append("</svg>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+            for c in r["eval_curve"]:
+                if key in c:
+                    by.setdefault(c["step"], []).append(c[key])
+    return sorted((s, statistics.fmean(v)) for s, v in by.items())
+
+
+def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
+    """Means over seeds against the step. Top row, comparable across methods (one scale per panel): the held-out
+    strict shapes-GenEval score, the pixel judge's rubric score and the BT model's score of the same held-out
+    samples (the proxies a policy can hack). Bottom row: each method's own training reward, in its own units."""
+    from arr.plots import COLORS, Panel, panel_figure, save_figure
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+    colors = {LABELS[m]: COLORS[i] for i, m in enumerate(METHODS)}
+    held_out = [
+        ("eval_score", "Held-out strict shapes-GenEval", "fraction of prompts correct"),
+        ("eval_rubric_score", "Held-out rubric score", "pixel-judge rubric score (0-1)"),
+        ("eval_bt_score", "Held-out BT reward-model score", "BT score"),
+    ]
+    panels: list[Panel | None] = [
+        Panel(title, {LABELS[m]: _mean_curve(runs, m, key) for m in methods}, unit)
+        for key, title, unit in held_out
+    ]
+    cols = max(len(held_out), len(methods))
+    panels += [None] * (cols - len(held_out))
+    panels += [
+        Panel(f"Training reward: {LABELS[m]}", {LABELS[m]: _mean_curve(runs, m, "reward")}, REWARD_UNITS[m])
+        for m in methods
+    ]
+    fig = panel_figure(
+        panels, cols=cols, panel_size=(3.6, 2.7), colors=colors, legend=[LABELS[m] for m in methods]
+    )
+    save_figure(fig, path)
 
 
 def _rel(path: str) -> str:

@@ -47,9 +47,11 @@ def main() -> None:
     argv = [a.recipe, "--output_dir", a.workdir, "--report_to", "none", "--align_every", "0"]
     trainer = build_trainer(parse_recipe(argv + overrides))
 
-    grads, rewards, t0 = [], [], time.perf_counter()
+    grads, rewards, ties, t0 = [], [], [], time.perf_counter()
     for k in range(a.batches):
-        rollout, batch_rewards, _, _ = trainer.sample_and_judge(k)
+        rollout, batch_rewards, info, _ = trainer.sample_and_judge(k)
+        if "tie_rate" in info:
+            ties.append(info["tie_rate"])
         adv, mask = trainer.compute_advantages(batch_rewards, rollout.group_size)
         rewards += [r for r in batch_rewards if r is not None]
         members = torch.nonzero(mask).flatten()
@@ -81,6 +83,7 @@ def main() -> None:
         "snr_per_batch": float(signal / noise),
         "batches_for_snr_1": float(noise / signal) if signal > 0 else None,
         "reward_mean": sum(rewards) / max(len(rewards), 1),
+        "tie_rate": sum(ties) / len(ties) if ties else None,  # pairwise: the share of judged pairs that tied
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(a.out)

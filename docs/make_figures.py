@@ -32,7 +32,7 @@ def main() -> None:
             f"{'OK ' if geneval_correct(spec, analyze(im)) else 'x  '}{pixel.score_image(im, rubric_for_prompt(spec)):.2f}"
             for im in images
         ]
-        grid = image_grid(images, cols=len(SEEDS), captions=captions, scale=2, caption_height=12)
+        grid = image_grid(images, cols=len(SEEDS), captions=captions, scale=2)
         label = Image.new("RGB", (grid.width, 14), (255, 255, 255))
         ImageDraw.Draw(label).text((2, 1), f"{category}: {spec.text}", fill=(0, 0, 0))
         rows += [label, grid]

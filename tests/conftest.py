@@ -167,7 +167,14 @@ def run_arr(*args, cwd: Path | None = None):
 # ---- RPO on a tiny shapes policy ---------------------------------------------------------------------------------
 
 # metrics.jsonl fields that measure the machine, not the run: left out when two runs must agree.
-TIMING = {"judge_seconds", "judge_wait_seconds", "step_seconds", "sample_seconds", "optimize_seconds"}
+TIMING = {
+    "judge_seconds",
+    "judge_wait_seconds",
+    "step_seconds",
+    "sample_seconds",
+    "optimize_seconds",
+    "eval_seconds",
+}
 
 
 def tiny_shapes_config():
@@ -199,6 +206,29 @@ def tiny_policy(dtype=None, **kw):
         torch.manual_seed(seed_for(0, LORA_INIT_SALT))
         policy.add_lora(4, 8)
     return policy
+
+
+def cpu_fsdp_accelerator(**kwargs):
+    """An Accelerator whose engine is FSDP version 2 over gloo on CPU, for tests of the trainer's FSDP path.
+
+    accelerate turns FSDP on only for accelerator devices: on a CPU, an FSDP launch config with `cpu=True` gives
+    MULTI_CPU (DDP), and without it every process runs alone (distributed type NO); the plugin is dropped without
+    an error either way. This sets the engine that accelerate sets on GPUs. Everything after that is real:
+    accelerate's FSDP2 preparation and checkpoints, torch's `fully_shard` and its collectives over gloo."""
+    from accelerate import Accelerator
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    acc = Accelerator(cpu=True, step_scheduler_with_optimizer=False, **kwargs)
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        reshard_after_forward=True,
+        state_dict_type="SHARDED_STATE_DICT",
+    )
+    acc.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return acc
 
 
 def brightness(images) -> float:
@@ -310,8 +340,10 @@ def kl_vae():
     )
 
 
-def build_family_policy(family, guidance_scale=1.0, **kw):
-    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps."""
+def build_family_policy(family, cfg=1.0, **kw):
+    """A one-layer random-init policy of `family` ("sd3", "flux", "qwen_image") at 16 px, 3 sampling steps, with
+    classifier-free guidance `cfg` as the family's pipeline names it: SD3's guidance_scale, FLUX's and Qwen-Image's
+    true_cfg_scale (FLUX keeps its embedded guidance_scale 3.5 unless `kw` sets it)."""
     import torch
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -323,7 +355,8 @@ def build_family_policy(family, guidance_scale=1.0, **kw):
     from arr.policies import make_policy
 
     torch.manual_seed(0)
-    common = {"height": 16, "width": 16, "num_steps": 3, "guidance_scale": guidance_scale, **kw}
+    cfg_key = "guidance_scale" if family == "sd3" else "true_cfg_scale"
+    common = {"height": 16, "width": 16, "num_steps": 3, cfg_key: cfg, **kw}
     if family == "sd3":
         tr = SD3Transformer2DModel(
             sample_size=8,
@@ -438,3 +471,86 @@ def reward_server():
     yield start
     for server in started:
         server.shutdown()
+
+
+# ---- diffusers pipelines around tiny policies -------------------------------------------------------------------
+
+
+def nonzero_lora(policy, scale=0.3):
+    """A LoRA that changes the output: peft's gaussian init leaves B at zero."""
+    import torch
+
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def family_pipeline(family, policy):
+    """The family's diffusers pipeline around `policy`'s transformer and VAE, text encoders left out (the test
+    passes embeddings), with the scheduler the policy's sigmas follow."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+    )
+
+    if family == "sd3":
+        return StableDiffusion3Pipeline(
+            transformer=policy.transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+    sched = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, shift=3.0
+    )
+    if family == "flux":
+        return FluxPipeline(
+            scheduler=sched,
+            vae=policy.vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=policy.transformer,
+        )
+    return QwenImagePipeline(
+        scheduler=sched, vae=policy.vae, text_encoder=None, tokenizer=None, transformer=policy.transformer
+    )
+
+
+# ---- a tiny language model for TRL ------------------------------------------------------------------------------
+
+
+def tiny_causal_lm(words):
+    """A random one-layer Qwen2 causal LM over a word-level vocabulary (`words`, after "<pad>" and "<eos>"), with its
+    tokenizer: a policy for a few CPU steps of TRL's GRPOTrainer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = ["<pad>", "<eos>", *words]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config), tokenizer

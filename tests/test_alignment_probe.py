@@ -164,3 +164,23 @@ def test_policy_features_of_every_family(family):
         assert torch.cdist(v, v).max() > 0
     out = probe.measure(trainer)
     assert out["align/mutual_knn_layer"].split("|")[0] in expected
+
+
+def test_a_judge_without_image_features_trains_without_the_probe_and_says_so(tmp_path, caplog):
+    """A judge behind an OpenAI-compatible server shows no image features: the recipe still builds (no probe, a
+    warning naming align_every), where the probe would otherwise fail at the first evaluation."""
+    import logging
+
+    from arr.rpo.build import build_trainer
+    from arr.rpo.recipe import parse_recipe
+
+    argv = ["--policy", "shapes", "--model_name_or_path", "t2i", "--dataset", "shapes", "--num_train_prompts", "8",
+            "--judge_backend", "openai", "--judge_model", "m", "--judge_base_url", "http://127.0.0.1:9/v1",
+            "--align_every", "2", "--output_dir", str(tmp_path / "run"), "--cpu", "true"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.build"):
+        trainer = build_trainer(parse_recipe(argv))
+    assert not any(isinstance(cb, AlignmentProbe) for cb in trainer.callbacks)
+    assert "align_every 2" in caplog.text and "no image features" in caplog.text
+
+    pixel = build_trainer(parse_recipe([*argv[:8], "--judge_backend", "pixel", *argv[14:]]))
+    assert any(isinstance(cb, AlignmentProbe) for cb in pixel.callbacks)

@@ -329,7 +329,11 @@ def test_palette_images_hash_their_palette():
 
 
 def test_key_rejects_non_images():
-    with pytest.raises(TypeError, match=r"images\[1\] must be a PIL image"):
-        _key(images=[_img(), "red.png"])
+    with pytest.raises(TypeError, match=r"images\[1\] must be a PIL image or a text"):
+        _key(images=[_img(), Path("red.png")])
+    # A text is a candidate of its own (a response judged as text): stable, and never the key of an image.
+    assert _key(images=[_img(), "an answer"]) == _key(images=[_img(), "an answer"])
+    assert _key(images=[_img(), "an answer"]) != _key(images=[_img(), "another answer"])
+    assert _key(images=[_img(), "an answer"]) != _key(images=[_img(), _img()])
     with pytest.raises(TypeError, match="source must be a PIL image"):
         _key(source=Path("x.png"))

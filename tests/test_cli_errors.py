@@ -129,6 +129,12 @@ def test_serve_refuses_a_folder_as_cache(run_cli, tmp_path):
     assert code == 2 and f"--cache {tmp_path} is a folder" in one_line_error(err, "serve")
 
 
+@pytest.mark.parametrize("port", ["-5", "65536", "http"])
+def test_serve_refuses_a_port_that_cannot_be(run_cli, port):
+    code, _, err = run_cli("serve", "--port", port)
+    assert code == 2 and "argument --port" in one_line_error(err, "serve")
+
+
 def _judge_openai(run_cli, port: int, *extra: str):
     return run_cli("judge", "--backend", "openai", "--model", "m", "--base-url", f"http://127.0.0.1:{port}/v1",
                    *extra, "--prompt", "p", "--rubric", EXAMPLES / "rubric.json", EXAMPLES / "good.png")  # fmt: skip

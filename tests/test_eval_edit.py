@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,12 @@ def test_shapes_suite_end_to_end(shipped, tmp_path, capsys):
     assert sum(c["n"] for c in summary["categories"].values()) == 12
     page = (out / "report.html").read_text()
     assert "sortTable" in page and page.count("<tr>") >= 12 and "thumbs/" in page and "edits/" in page
+    # Run again (nothing left to compute) for a report with its images inlined: one file, nothing outside it.
+    assert main(eval_args(shipped, out, "--self-contained")) == 0
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"<img\b[^>]*\bsrc='([^']*)'", page)
+    assert len(sources) == 3 * 12 and all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "href='edits/" not in page and "thumbs/" not in page
 
 
 class Oracle:

@@ -19,7 +19,7 @@ from arr.evaluation.preference_benchmarks import (
     load_mmrb2,
     load_preference_suite,
 )
-from arr.evaluation.preference_report import svg_bar_chart, write_report
+from arr.evaluation.preference_report import write_report
 from arr.judge import PairItem, RubricJudge
 from arr.rubrics import GuideCategory
 from arr.shapes.pairs import make_pairs
@@ -94,10 +94,12 @@ def test_plain_and_guide_configurations(shapes_pairs):
     pairs = shapes_pairs[:20]
     guide = [GuideCategory("Objects and counts", ["count every object"])]
     result = evaluate_preference(pairs, load_backend("pixel"), guide=guide)
-    assert set(result["configs"]) == {"plain", "rubric", "rubric+guide"}
-    # The pixel judge needs checkable criteria: the plain configuration fails every pair, and says why.
-    assert result["configs"]["plain"]["failure_rate"] == 1.0 and result["configs"]["plain"]["accuracy"] == 0.0
-    assert "no criterion the pixel judge can evaluate" in result["configs"]["plain"]["first_error"]
+    assert set(result["configs"]) == {"rubric", "rubric+guide"}
+    # The pixel judge needs checkable criteria: it cannot judge the plain configuration at all, so that
+    # configuration is skipped with the reason, not reported as an accuracy of 0.
+    assert "plain" not in result["configs"]
+    assert result["skipped"]["plain"].startswith("the pixel judge could not judge any pair")
+    assert "no criterion the pixel judge can evaluate" in result["skipped"]["plain"]
     assert result["configs"]["rubric+guide"]["accuracy"] == 1.0
     no_guide = evaluate_preference(pairs, load_backend("pixel"), configs=["rubric", "rubric+guide"])
     assert "rubric+guide" in no_guide["skipped"] and "rubric+guide" not in no_guide["configs"]
@@ -172,10 +174,23 @@ def test_load_hpdv3_positions(tmp_path):
 def test_suite_and_report(tmp_path):
     suite, pairs, ties = load_preference_suite(EVAL / "editreward_sample.yaml")
     assert suite["schema"] == "editreward" and len(pairs) == 6 and ties == 1
-    result = evaluate_preference(pairs, load_backend("pixel"), configs=["plain"])
+    result = evaluate_preference(pairs, CountingChat(), configs=["plain"])
     json_path, html_path = write_report(result, tmp_path, "test")
     assert json.loads(json_path.read_text())["configs"]["plain"]["n"] == 6
     page = html_path.read_text()
     assert "<svg" in page and "flip rate" in page and "Per category" in page
-    svg = svg_bar_chart({"a": {"accuracy": 0.5, "flip rate": None}}, "t")
-    assert svg.count("<rect") == 1 + 2  # one bar (the missing value is left out) + two legend swatches
+    assert ">fraction of pairs<" in page and ">judge configuration<" in page  # the chart's axes are labelled
+    assert (
+        "<div class='v'>0.000</div><div class='k'>accuracy (plain)</div>" in page
+    )  # a real 0: every pair flips
+
+
+def test_report_headlines_a_skipped_configuration_as_skipped(tmp_path):
+    result = evaluate_preference(
+        make_pairs(6, seed=3, task="t2i"), load_backend("pixel"), configs=["plain", "rubric"]
+    )
+    assert set(result["configs"]) == {"rubric"} and set(result["skipped"]) == {"plain"}
+    page = write_report(result, tmp_path, "test")[1].read_text()
+    assert "<div class='v'>skipped</div><div class='k'>accuracy (plain)</div>" in page
+    assert "accuracy (plain)</div>" in page and "0.000</div><div class='k'>accuracy (plain)" not in page
+    assert "no criterion the pixel judge can evaluate" in page

@@ -73,3 +73,28 @@ def test_after_a_signal_every_rank_is_waited_for():
 
 def test_exit_codes_are_shell_style():
     assert (_exit_code(0), _exit_code(130), _exit_code(-15), _exit_code(-9)) == (0, 130, 143, 137)
+
+
+def test_the_fsdp_launch_config_gives_the_engine_the_trainer_is_tested_under(monkeypatch):
+    """recipes/accelerate/8gpu_fsdp.yaml, read as `accelerate launch` reads it, sets up FSDP version 2 with the
+    settings of the CPU tests' FSDP engine (tests/test_distributed.py): per-block wrapping, resharding after forward,
+    sharded checkpoints."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import StateDictType
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from tests.conftest import ROOT
+
+    config = ROOT / "recipes" / "accelerate" / "8gpu_fsdp.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(config), "train.py"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.use_fsdp and args.num_processes == 8
+    for key, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy
+    assert plugin.reshard_after_forward is True
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT

@@ -74,6 +74,24 @@ def test_judge_pairs_tie_and_uncheckable_rubric():
     assert failed.prob_first is None and "no criterion the pixel judge can evaluate" in failed.error
 
 
+def test_judge_pairs_reads_each_image_once_per_batch(monkeypatch):
+    import arr.backends.pixel as pixel
+
+    rubric = rubric_for_prompt(SPEC)
+    group = [GOOD, SWAPPED, EXTRA]
+    queries = [PairQuery(SPEC.text, (a, b), rubric) for a in group for b in group if a is not b]
+    one_by_one = [PixelBackend().judge_pairs([q])[0] for q in queries]
+    calls = []
+    real = pixel.analyze
+    monkeypatch.setattr(pixel, "analyze", lambda image: calls.append(image) or real(image))
+    batched = PixelBackend().judge_pairs(queries)
+    assert len(calls) == 3  # 6 ordered pairs of 3 images: one detection pass per image
+    assert [(v.prob_first, v.reason, v.raw) for v in batched] == [
+        (v.prob_first, v.reason, v.raw) for v in one_by_one
+    ]
+    assert [v.prob_first for v in batched[:2]] == [1.0, 1.0]  # GOOD beats both
+
+
 def test_scores_are_weighted_fractions_with_penalties():
     backend = PixelBackend()
     rubric = rubric_for_prompt(SPEC)  # 2 counts, 2 colours, relation: 0.15 each; exact 0.25

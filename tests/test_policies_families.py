@@ -4,6 +4,7 @@ Each family is also checked against its diffusers pipeline: with eta = 0 and the
 policy's final latents equal the pipeline's (output_type="latent") for the same components and noise.
 """
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -32,7 +33,7 @@ def perturb_lora(policy, scale=0.2):
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_recomputed_log_probs_give_ratio_one(family, cfg, reduction):
-    policy = build_family_policy(family, guidance_scale=cfg, eta=0.7, reduction=reduction)
+    policy = build_family_policy(family, cfg=cfg, eta=0.7, reduction=reduction)
     assert isinstance(policy, FlowPolicy)
     policy.add_lora(r=4, alpha=8)
     perturb_lora(policy)  # a non-zero LoRA, so the recomputation really goes through it
@@ -113,7 +114,7 @@ def test_lora_state_round_trips(family):
 
 @pytest.mark.parametrize("family", ["flux", "qwen_image"])
 def test_editing_with_source_images(family):
-    policy = build_family_policy(family, guidance_scale=2.0)
+    policy = build_family_policy(family, cfg=2.0)
     policy.add_lora(r=2, alpha=2)
     perturb_lora(policy)
     sources = [Image.new("RGB", (16, 16), (200, 30, 30)), Image.new("RGB", (16, 16), (30, 30, 200))]
@@ -198,9 +199,85 @@ def pipeline_latents(family, policy, cond, noise, cfg):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ode_sampling_matches_the_diffusers_pipeline(family):
     cfg = 1.0 if family == "flux" else 3.0
-    policy = build_family_policy(family, guidance_scale=cfg, shift=None, scheduler_config={"shift": 3.0})
+    policy = build_family_policy(family, cfg=cfg, shift=None, scheduler_config={"shift": 3.0})
     cond = policy.encode(PROMPTS)
     noise = policy._initial_noise(2, 16, 16, torch.Generator().manual_seed(0))
     traj = policy.sample(cond, eta=0.0, noise=noise)
     expected = pipeline_latents(family, policy, cond, noise, cfg)
     torch.testing.assert_close(traj.final, expected.float(), atol=2e-5, rtol=1e-4)
+
+
+def test_flux_recipe_guidance_is_the_embedded_guidance_of_the_flux_pipeline():
+    """The FLUX.1-dev recipe's guidance (guidance_scale 3.5, true_cfg_scale 1 from the paper preset) samples what
+    FluxPipeline(guidance_scale=3.5) samples: one transformer call per step with the embedded guidance, no CFG."""
+    from arr.rpo.build import policy_settings
+    from arr.rpo.recipe import parse_recipe
+
+    recipe = parse_recipe(["recipes/flux_dev_t2i_rpo.yaml", "--num_sampling_steps", "3"])
+    settings = policy_settings(recipe)
+    assert (settings["guidance_scale"], settings["true_cfg_scale"]) == (3.5, 1.0)
+    # The pipeline feeds sigma itself; integer timesteps (the release's) are checked separately.
+    settings["integer_timesteps"] = False
+    policy = build_family_policy("flux", **settings)
+    assert policy.guidance_scale == 3.5 and policy.cfg_scale(policy.guidance_scale) == 1.0
+    cond = policy.encode(PROMPTS)
+    assert cond.negative is None  # no negative prompt is encoded: there is no second call
+    noise = policy._initial_noise(2, 16, 16, torch.Generator().manual_seed(0))
+    ours = policy.sample(cond, eta=0.0, noise=noise, guidance_scale=recipe.rpo.guidance_scale).final
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=recipe.rpo.shift),
+        vae=policy.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=policy.transformer,
+    )
+    expected = pipe(
+        prompt_embeds=cond.embeds["prompt_embeds"],
+        pooled_prompt_embeds=cond.embeds["pooled_prompt_embeds"],
+        guidance_scale=3.5,
+        num_inference_steps=3,
+        height=16,
+        width=16,
+        latents=noise,
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(ours, expected.float(), atol=2e-5, rtol=1e-4)
+    # True CFG is its own key: with true_cfg_scale 3.5 the sample is another one.
+    with_cfg = build_family_policy("flux", **{**settings, "true_cfg_scale": 3.5})
+    other = with_cfg.sample(with_cfg.encode(PROMPTS), eta=0.0, noise=noise, guidance_scale=3.5).final
+    assert (other - expected.float()).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_integer_timesteps_feed_the_transformer_the_releases_timesteps(family, monkeypatch):
+    policy = build_family_policy(family, num_steps=4, shift=3.0, integer_timesteps=True)
+    seen = []
+    forward = policy._forward
+
+    def spy(latents, sigma, embeds, extras):
+        seen.append(sigma.tolist())
+        return forward(latents, sigma, embeds, extras)
+
+    monkeypatch.setattr(policy, "_forward", spy)
+    traj = policy.sample(policy.encode(PROMPTS[:1]), seed=0, eta=0.3, convention="dance_grpo")
+    # int(1000 sigma) / 1000 of the float32 grid, as the release computes it; the SDE itself uses sigma.
+    expected = [float(np.floor(np.float32(s) * np.float32(1000))) / 1000 for s in traj.sigmas[:4].tolist()]
+    assert [row[0] for row in seen] == pytest.approx(expected, abs=1e-7)
+    if family != "sd3":  # SD3's grid ends at the scheduler's sigma_min instead of 1 / T
+        assert expected == pytest.approx([1.0, 0.9, 0.75, 0.5])
+    assert traj.convention == "dance_grpo"
+
+
+def test_qwen_image_refuses_a_guidance_scale_it_cannot_apply():
+    with pytest.raises(ValueError, match="no guidance embedding.*true_cfg_scale"):
+        build_family_policy("qwen_image", guidance_scale=4.0)
+    policy = build_family_policy("qwen_image")
+    with pytest.raises(ValueError, match="guidance_scale=3.5"):
+        policy.sample(policy.encode(PROMPTS), guidance_scale=3.5)
+
+
+def test_sd3_takes_no_true_cfg_scale():
+    with pytest.raises(ValueError, match="classifier-free guidance is guidance_scale"):
+        build_family_policy("sd3", true_cfg_scale=2.0)

@@ -23,7 +23,13 @@ import pytest
 
 from tests.conftest import ROOT, TIMING
 
-CHECKPOINT_FILES = {"lora.safetensors", "optimizer.pt", "rng.json", "rng.safetensors", "trainer_state.json"}
+CHECKPOINT_FILES = {
+    "lora.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "trainer_state.json",
+}
 
 ZYGOTE = r"""
 import json, os, sys, time, traceback
@@ -157,7 +163,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
         assert zygote.wait(pid) == 0, (tmp_path / "zygote.log").read_text()[-3000:]
 
         run = tmp_path / "crash"
-        # A leftover temporary folder that even claims a later step must be ignored by resume.
+        # A leftover temporary folder that even claims a later step must be ignored by resume (and cleared).
         fake = run / "checkpoints" / ".tmp_step_999_1"
         fake.mkdir(parents=True)
         (fake / "trainer_state.json").write_text(json.dumps({"step": 999}))
@@ -196,7 +202,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
         zygote.close()
 
     assert kills == n_kills and in_checkpoint >= n_kills // 2 - 1, (kills, in_checkpoint)
-    assert (run / "checkpoints" / ".tmp_step_999_1").is_dir()  # ignored, never picked
+    assert not (run / "checkpoints" / ".tmp_step_999_1").exists()  # never picked, and cleared on resume
     a, b = rows(tmp_path / "full"), rows(run)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, max_steps + 1))
     for ra, rb in zip(a, b, strict=True):

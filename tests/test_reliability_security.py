@@ -88,6 +88,7 @@ def test_hostile_ordinal_criterion_and_guide_stay_in_their_fields(hostile):
         "3",
         "4",
         "5",
+        "unknown",
     )  # $levels in text changed nothing
 
 
@@ -149,7 +150,14 @@ def test_api_key_never_reaches_run_files_logs_or_output(tmp_path, monkeypatch, c
     assert set(auth) == {f"Bearer {secret}"}  # the key was sent, and only in the header
     files = [p for p in run.rglob("*") if p.is_file()]
     names = {p.name for p in files}
-    assert {"config.yaml", "metrics.jsonl", "judge_cache.sqlite", "lora.safetensors", "optimizer.pt"} <= names
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "judge_cache.sqlite",
+        "lora.safetensors",
+        "optimizer.bin",
+        "random_states_0.pkl",
+    } <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     for key in (secret, other):
         for p in files:
@@ -226,20 +234,53 @@ def test_no_pickle_in_the_library():
     assert not offenders, "\n".join(offenders)
 
 
+def _hostile_pickle(marker: Path) -> bytes:
+    """A pickle that, loaded without restrictions, creates `marker`."""
+    import pickle  # only in the test: the library never imports it
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    return pickle.dumps({"step": 0, "random_state": Payload()})
+
+
 def test_checkpoints_load_without_pickle(tmp_path):
-    """A trainer checkpoint's only torch.save file loads with weights_only=True; the rest is safetensors/JSON."""
-    import torch
+    """A checkpoint's torch-serialized files (accelerate's optimizer, scheduler and RNG states) load with
+    weights_only=True; the rest is safetensors, JSON and the model card. A checkpoint whose RNG file carries code
+    (sealed into its manifest, as a hostile copy would be) is refused at resume, and the code never runs."""
+    from accelerate.utils.other import load as accelerate_load
 
     from arr.rewards import RubricPairwiseReward
     from arr.rpo import RPOTrainer
+    from arr.rpo.checkpoint import STATE_FILE, CheckpointError, manifest
     from arr.shapes.training import t2i_records
     from tests.conftest import make_args, tiny_policy
     from tests.fakes import BrightnessBackend
 
-    args = make_args(tmp_path, max_steps=1)
-    RPOTrainer(
-        tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args, t2i_records(4, "train")
-    ).train()
-    ckpt = Path(args.output_dir) / "checkpoints" / "step_1"
-    assert {p.suffix for p in ckpt.iterdir()} == {".safetensors", ".json", ".pt"}
-    torch.load(ckpt / "optimizer.pt", weights_only=True)
+    def trainer(max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, max_steps=max_steps, resume_from_checkpoint=resume, save_steps=1)
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        return RPOTrainer(tiny_policy(), reward, args, t2i_records(4, "train"))
+
+    trainer(1).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_1"
+    assert {p.suffix for p in ckpt.iterdir() if p.is_file()} <= {
+        ".safetensors",
+        ".json",
+        ".bin",
+        ".pkl",
+        ".md",
+    }
+    for path in ckpt.iterdir():
+        if path.suffix in (".bin", ".pkl"):
+            # accelerate's loader: torch.load with weights_only=True, numpy's RNG state types allowed
+            accelerate_load(path)
+
+    marker = tmp_path / "code_ran"
+    (ckpt / "random_states_0.pkl").write_bytes(_hostile_pickle(marker))
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    (ckpt / STATE_FILE).write_text(json.dumps({**state, "files": manifest(ckpt)}))
+    with pytest.raises(CheckpointError, match="random_states_0.pkl does not load as plain data"):
+        trainer(2, resume="latest").train()
+    assert not marker.exists()

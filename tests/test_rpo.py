@@ -4,7 +4,9 @@ judge failures stop training with a checkpoint, and two processes compute what o
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ import torch
 from arr import RubricJudge
 from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
 from arr.rpo import ConfigError, RPOConfig, RPOTrainer, TrainingStopped
+from arr.rpo.checkpoint import CheckpointError
 from arr.shapes.training import t2i_records
 from tests.conftest import (
     TIMING,
@@ -149,6 +152,110 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert (Path(part) / "checkpoints" / "step_2" / "lora.safetensors").is_file()
     run(part, 4, resume="latest")
     assert_same_rows(Path(full), Path(part), steps=[0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("damaged", ["lora.safetensors", "optimizer.bin", "random_states_0.pkl"])
+def test_a_cut_short_checkpoint_is_named_and_latest_resumes_from_the_one_before(tmp_path, damaged, caplog):
+    def trainer(out: Path, max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, output_dir=str(out), max_steps=max_steps, save_steps=1,
+                         resume_from_checkpoint=resume, eval_steps=100)  # fmt: skip
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        return RPOTrainer(tiny_policy(), reward, args, t2i_records(16, "train"))
+
+    out = tmp_path / "run"
+    trainer(out, 2).train()
+    file = out / "checkpoints" / "step_2" / damaged
+    file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])  # a copy or a full disk cut it short
+
+    named = trainer(out, 3, resume=str(out / "checkpoints" / "step_2"))
+    with pytest.raises(CheckpointError, match=re.escape(str(file))):
+        named.load_checkpoint(str(out / "checkpoints" / "step_2"))
+    assert named.step == 0  # nothing of the damaged checkpoint was applied
+
+    latest = trainer(out, 3, resume="latest")
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.checkpoint"):
+        latest.load_checkpoint("latest")
+    assert latest.step == 1 and str(file) in caplog.text
+
+
+def test_a_checkpoint_of_the_first_layout_still_resumes(tmp_path):
+    """Checkpoints written before the trainer saved through accelerate (tests/data/checkpoint_v1) keep resuming: the
+    LoRA, the optimizer's moments, the RNG and the step are those saved, and the run goes on in the new layout."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    saved = Path(__file__).parent / "data" / "checkpoint_v1" / "step_2"
+    out = tmp_path / "run"
+    shutil.copytree(saved, out / "checkpoints" / "step_2")
+    args = make_args(
+        tmp_path, output_dir=str(out), max_steps=3, save_steps=1, resume_from_checkpoint="latest"
+    )
+    trainer = RPOTrainer(
+        tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args, t2i_records(16, "train")
+    )
+    trainer.load_checkpoint("latest")
+    assert trainer.step == 2
+    lora = load_file(saved / "lora.safetensors")
+    assert trainer.policy.lora_state_dict().keys() == lora.keys()
+    for name, value in trainer.policy.lora_state_dict().items():
+        torch.testing.assert_close(value, lora[name], rtol=0, atol=0)
+    moments = torch.load(saved / "optimizer.pt", weights_only=True)["optimizer"]["state"]
+    state = trainer.optimizer.state_dict()["state"]
+    assert state.keys() == moments.keys()
+    for k in state:
+        assert int(state[k]["step"]) == int(moments[k]["step"]) > 0
+        torch.testing.assert_close(state[k]["exp_avg_sq"], moments[k]["exp_avg_sq"], rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), load_file(saved / "rng.safetensors")["torch"])
+    trainer.train()
+    assert [r["step"] for r in read_rows(out)] == [3]
+    new = out / "checkpoints" / "step_3"
+    assert (new / "optimizer.bin").is_file() and json.loads((new / "trainer_state.json").read_text())[
+        "format"
+    ] == 2
+
+
+def test_resuming_an_earlier_checkpoint_replaces_what_came_after_it(tmp_path, caplog):
+    """Resumed from step 1 of a run that reached step 3: the checkpoints after step 1 and a killed save's leftover
+    folder are removed, so that a later `latest` continues this run, not the one it replaced."""
+
+    def trainer(max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume,
+                         save_total_limit=5)  # fmt: skip
+        reward = RubricPairwiseReward(RubricJudge(BrightnessBackend()))
+        return RPOTrainer(tiny_policy(), reward, args, t2i_records(16, "train"))
+
+    trainer(3).train()
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / ".tmp_step_9").mkdir()
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.trainer"):
+        trainer(2, resume=str(folder / "step_1")).train()
+    assert sorted(p.name for p in folder.iterdir()) == ["step_1", "step_2"]
+    assert "step_3" in caplog.text and ".tmp_step_9" in caplog.text
+    assert [r["step"] for r in read_rows(tmp_path / "run")] == [1, 2]
+    resumed = trainer(2, resume="latest")
+    resumed.load_checkpoint("latest")
+    assert resumed.step == 2
+
+
+def test_a_checkpoint_of_another_number_of_processes_resumes_without_its_random_states(tmp_path, caplog):
+    from arr.rpo.checkpoint import STATE_FILE, manifest
+
+    def trainer(max_steps: int, resume: str | None = None) -> RPOTrainer:
+        args = make_args(tmp_path, max_steps=max_steps, save_steps=1, resume_from_checkpoint=resume)
+        return RPOTrainer(tiny_policy(), RubricPairwiseReward(RubricJudge(BrightnessBackend())), args,
+                          t2i_records(16, "train"))  # fmt: skip
+
+    trainer(1).train()
+    ckpt = tmp_path / "run" / "checkpoints" / "step_1"
+    # As if saved by 2 processes: rank 1's random states are not for this run (and rank 0's stays unread).
+    (ckpt / "random_states_0.pkl").rename(ckpt / "random_states_1.pkl")
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    (ckpt / STATE_FILE).write_text(json.dumps({**state, "num_processes": 2, "files": manifest(ckpt)}))
+    resumed = trainer(2, resume="latest")
+    with caplog.at_level(logging.WARNING, logger="arr.rpo.trainer"):
+        resumed.load_checkpoint("latest")
+    assert resumed.step == 1 and "saved by 2 processes and this run has 1" in caplog.text
 
 
 def test_missing_named_checkpoint_is_an_error(tmp_path):

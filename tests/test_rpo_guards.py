@@ -131,3 +131,19 @@ def test_a_recipe_that_makes_the_loss_nan_exits_non_zero_without_a_nan_checkpoin
     for ckpt in (out / "checkpoints").glob("step_*"):
         for name in ("lora.safetensors", "sampling_lora.safetensors"):
             assert all(bool(t.isfinite().all()) for t in load_file(ckpt / name).values()), (ckpt, name)
+
+
+@pytest.mark.parametrize(
+    ("engine", "fsdp2", "message"),
+    [("DEEPSPEED", False, "does not run under DeepSpeed"), ("FSDP", False, "fsdp_version: 2")],
+)
+def test_engines_the_trainer_does_not_drive_are_refused_with_what_to_launch_instead(engine, fsdp2, message):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from arr.rpo.trainer import _check_engine
+
+    with pytest.raises(ConfigError, match=message):
+        _check_engine(SimpleNamespace(distributed_type=DistributedType[engine], is_fsdp2=fsdp2))
+    _check_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True))  # version 2 runs

@@ -149,3 +149,95 @@ def test_float64_inputs_compute_in_float64_and_everything_else_in_float32():
         step = sde_step(t(v, dtype), t(x, torch.float32), s, s_next, eta, prev_latents=t(x_prev, dtype))
         assert step.mean.dtype == step.std.dtype == step.prev_latents.dtype == torch.float32
         assert ode_step(t(v, dtype), t(x, dtype), s, s_next).dtype == torch.float32
+
+
+def test_dance_grpo_step_matches_the_release_formula_by_hand():
+    # The release's step, written its own way with plain floats: the predicted clean sample, the score, the mean
+    # with the score term, std = eta * sqrt(sigma - sigma'), and the log-density averaged over dimensions.
+    xs = [[0.7, -1.2, 0.3], [0.1, 0.5, -0.4]]
+    vs = [[-0.4, 0.9, 1.1], [0.2, -0.3, 0.6]]
+    prevs = [[0.75, -1.1, 0.2], [0.05, 0.6, -0.5]]
+    s, s_next, eta = 0.6, 0.45, 0.3
+    ds = s_next - s
+    std = eta * math.sqrt(s - s_next)
+    means, log_probs = [], []
+    for x_row, v_row, p_row in zip(xs, vs, prevs, strict=True):
+        row_means, row_lp = [], []
+        for x, v, x_prev in zip(x_row, v_row, p_row, strict=True):
+            x0 = x - s * v
+            score = -(x - (1 - s) * x0) / s**2
+            mean = x + ds * v + ds * (-0.5 * eta**2 * score)
+            row_means.append(mean)
+            row_lp.append(
+                -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+            )
+        means.append(row_means)
+        log_probs.append(sum(row_lp) / len(row_lp))
+    out = sde_step(
+        torch.tensor(vs),
+        torch.tensor(xs),
+        s,
+        s_next,
+        eta,
+        prev_latents=torch.tensor(prevs),
+        reduction="mean",
+        convention="dance_grpo",
+    )
+    torch.testing.assert_close(out.mean, torch.tensor(means), atol=1e-6, rtol=0)
+    assert out.std.flatten().tolist() == pytest.approx([std, std], abs=1e-7)
+    assert out.log_prob.tolist() == pytest.approx(log_probs, abs=1e-5)
+
+
+def test_flow_grpo_step_on_a_tensor_matches_its_formula_by_hand():
+    # flow_grpo's sde_step_with_logprob: std_dev_t = eta * sqrt(sigma / (1 - sigma)), the mean with its correction
+    # terms, std = std_dev_t * sqrt(-dt); here summed over the dimensions (arr's default reduction).
+    xs = [[0.7, -1.2], [0.1, 0.5]]
+    vs = [[-0.4, 0.9], [0.2, -0.3]]
+    prevs = [[0.55, -1.3], [0.2, 0.4]]
+    s, s_next, eta = 0.75, 0.5, 0.7
+    dt = s_next - s
+    g = eta * math.sqrt(s / (1 - s))
+    std = g * math.sqrt(-dt)
+    expected = []
+    for x_row, v_row, p_row in zip(xs, vs, prevs, strict=True):
+        total = 0.0
+        for x, v, x_prev in zip(x_row, v_row, p_row, strict=True):
+            mean = x * (1 + g**2 / (2 * s) * dt) + v * (1 + g**2 * (1 - s) / (2 * s)) * dt
+            total += -((x_prev - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)
+        expected.append(total)
+    out = sde_step(torch.tensor(vs), torch.tensor(xs), s, s_next, eta, prev_latents=torch.tensor(prevs))
+    assert out.log_prob.tolist() == pytest.approx(expected, abs=1e-5)
+    assert out.std.flatten().tolist() == pytest.approx([std, std], abs=1e-7)
+
+
+def test_what_eta_means_in_each_convention_on_the_paper_grid():
+    # 8 steps on sigma = 3t / (1 + 2t), t = linspace(1, 0, 9), eta 0.3: flow_grpo's std over dance_grpo's, step by
+    # step (the first step's sigma = 1 uses the step length in place of 1 - sigma).
+    sigmas = [3 * t / (1 + 2 * t) for t in (1 - k / 8 for k in range(9))]
+    torch.testing.assert_close(flow_sigmas(8, 3.0), torch.tensor(sigmas), atol=1e-6, rtol=0)
+    like = torch.zeros(1, 4)
+    ratios = [
+        (
+            sde_std(sigmas[i], sigmas[i + 1], 0.3, like)
+            / sde_std(sigmas[i], sigmas[i + 1], 0.3, like, "dance_grpo")
+        ).item()
+        for i in range(8)
+    ]
+    assert ratios == pytest.approx([4.69, 4.58, 3.00, 2.24, 1.73, 1.34, 1.00, 0.65], abs=0.006)
+    dance = [sde_std(sigmas[i], sigmas[i + 1], 0.3, like, "dance_grpo").item() for i in range(8)]
+    assert dance == pytest.approx([0.3 * math.sqrt(sigmas[i] - sigmas[i + 1]) for i in range(8)], abs=1e-7)
+    with pytest.raises(ValueError, match="convention"):
+        sde_std(0.5, 0.4, 0.3, like, "ddim")
+
+
+def test_dance_grpo_keeps_the_data_marginal_of_a_gaussian():
+    # Its drift is the same reverse-time SDE with g(sigma) = eta, so it too must end with the data variance.
+    c = 0.5
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40000, 1, generator=gen)
+    sig = flow_sigmas(200, shift=1.0)
+    for i in range(200):
+        s, s_next = float(sig[i]), float(sig[i + 1])
+        v = (s - (1 - s) * c * c) / ((1 - s) ** 2 * c * c + s * s) * x
+        x = sde_step(v, x, s, s_next, 0.8, generator=gen, convention="dance_grpo").prev_latents
+    assert x.std().item() == pytest.approx(c, rel=0.04)

@@ -1,8 +1,10 @@
 """The judge-backend protocol: the one contract every judge (local VLM, HTTP server, pixel judge) implements.
 
 A backend answers two kinds of *semantic* questions, in batches:
-- `judge_pairs`: which of two images (in the order shown) better satisfies a rubric, with a probability;
-- `judge_criteria`: does one rubric criterion hold for one image, with a probability.
+- `judge_pairs`: which of two candidates (in the order shown) better satisfies a rubric, with a probability;
+- `judge_criteria`: does one rubric criterion hold for one candidate, with a probability.
+A candidate is an image, or a text (a `str`: e.g. a language model's response). Backends that judge texts declare
+`judges_text = True` (the chat backends, hf and openai); `RubricJudge` refuses texts for the others.
 `RubricJudge` (arr/judge.py) owns swapping, aggregation and caching; backends own how a question is asked.
 A backend whose judge is down raises `JudgeUnavailableError`; every other failure is a verdict with `error`.
 """
@@ -17,6 +19,9 @@ from PIL import Image
 
 from arr.rubrics import Criterion, Rubric
 
+#: What a judge judges: an image, or a text (a `str`, such as a language model's response).
+Candidate = Image.Image | str
+
 
 class JudgeUnavailableError(RuntimeError):
     """Every request of a batch failed to reach the judge (connection refused, timeouts): the server is down.
@@ -28,10 +33,11 @@ class JudgeUnavailableError(RuntimeError):
 
 @dataclass
 class PairQuery:
-    """Compare `images[0]` ("Image 1") with `images[1]` ("Image 2") for `prompt` under `rubric`."""
+    """Compare `images[0]` ("Image 1") with `images[1]` ("Image 2") for `prompt` under `rubric`; two texts are
+    compared the same way ("Response 1", "Response 2")."""
 
     prompt: str
-    images: tuple[Image.Image, Image.Image]
+    images: tuple[Candidate, Candidate]
     rubric: Rubric
     source: Image.Image | None = None  # editing: the source image ("Image BASE")
 
@@ -51,10 +57,10 @@ class PairVerdict:
 
 @dataclass
 class CriterionQuery:
-    """Does `criterion` (one item of `rubric`) hold for `image`?"""
+    """Does `criterion` (one item of `rubric`) hold for `image` (an image, or a text)?"""
 
     prompt: str
-    image: Image.Image
+    image: Candidate
     rubric: Rubric
     criterion: Criterion
     source: Image.Image | None = None

@@ -10,6 +10,10 @@ a template invalidates cached judgments). User-supplied text (the prompt or edit
 and the guide) is quoted as data inside delimited fields (<prompt>...</prompt>) after escaping `&`, `<` and `>`, so
 a hostile prompt can neither close its field nor smuggle in chat-control tokens such as `<|im_end|>`.
 
+Texts are judged too: a candidate that is a `str` (a language model's response) is asked about with the `*_text`
+templates, which quote it as data in a <response> field instead of showing an image; everything else (choices,
+answer parsing, probabilities) is the same.
+
 Ordinal criteria (`Criterion.levels = N`) are asked as "rate from 1 to N" questions (templates
 `user_criterion_ordinal_*`, `system_criterion_ordinal`) with the choices "1".."N". Their `CriterionVerdict.prob_yes`
 carries the criterion's *credit* in [0, 1] rather than a probability: the expected (level - 1) / (N - 1) under the
@@ -101,7 +105,7 @@ def format_criteria(criteria: Iterable[Criterion]) -> str:
     return "\n".join(lines) if lines else "- (no criteria: judge by the prompt alone)"
 
 
-def format_guide(guide: Sequence[GuideCategory]) -> str:
+def format_guide(guide: Sequence[GuideCategory], template: str = "guide") -> str:
     """The guide block for the system prompt, or "" when the rubric has no guide."""
     if not guide:
         return ""
@@ -109,14 +113,17 @@ def format_guide(guide: Sequence[GuideCategory]) -> str:
     for i, cat in enumerate(guide, 1):
         lines.append(f"{i}. Theme: {escape_field(cat.theme)}")
         lines.extend(f"   - Tip: {escape_field(tip)}" for tip in cat.tips)
-    return Template(load_template("guide")).substitute(guide="\n".join(lines))
+    return Template(load_template(template)).substitute(guide="\n".join(lines))
 
 
 def _system_message(
-    kind: str, guide: Sequence[GuideCategory], fields: Mapping[str, str] | None = None
+    kind: str, guide: Sequence[GuideCategory], fields: Mapping[str, str] | None = None, text: bool = False
 ) -> dict[str, Any]:
-    text = Template(load_template(f"system_{kind}")).substitute(dict(fields or {}), guide=format_guide(guide))
-    return {"role": "system", "content": [{"type": "text", "text": text.strip()}]}
+    """The system turn of a `kind` question ("pair", "criterion", ...); `text` picks the templates for texts."""
+    suffix = "_text" if text else ""
+    guide_block = format_guide(guide, "guide" + suffix)
+    body = Template(load_template(f"system_{kind}{suffix}")).substitute(dict(fields or {}), guide=guide_block)
+    return {"role": "system", "content": [{"type": "text", "text": body.strip()}]}
 
 
 def _user_message(
@@ -200,6 +207,21 @@ class TokenUsage:
         return TokenUsage(self.requests, self.prompt_tokens, self.completion_tokens, self.unknown)
 
 
+def _judges_texts(candidates: Sequence[Any], prompt: str, rubric_task: str, source: Any) -> bool:
+    """Whether the candidates are texts (all of them) rather than images; a mix, or texts for an editing rubric,
+    is an error."""
+    texts = [isinstance(c, str) for c in candidates]
+    if not any(texts):
+        return False
+    if not all(texts):
+        raise ValueError(f"for {prompt[:60]!r}: compare two images or two texts, not an image with a text")
+    if source is not None or rubric_task == "edit":
+        raise ValueError(
+            f"editing rubric for instruction {prompt[:60]!r}: edits are images, but the candidates are texts"
+        )
+    return True
+
+
 def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
     if source is not None:
         return True
@@ -211,12 +233,27 @@ def _is_edit(prompt: str, rubric_task: str, source: Image.Image | None) -> bool:
 
 
 def render_pair(q: PairQuery) -> ChatRequest:
-    """The pairwise question: Image BASE (editing), Image 1, Image 2, the prompt and the criteria as data."""
+    """The pairwise question: Image BASE (editing), Image 1, Image 2, the prompt and the criteria as data (for
+    texts: Response 1 and Response 2, quoted as data)."""
+    criteria = format_criteria(q.rubric.criteria)
+    if _judges_texts(q.images, q.prompt, q.rubric.task, q.source):
+        first, second = (escape_field(t) for t in q.images)
+        fields = {
+            "prompt": escape_field(q.prompt),
+            "criteria": criteria,
+            "response_1": first,
+            "response_2": second,
+        }
+        messages = [
+            _system_message("pair", q.rubric.guide, text=True),
+            _user_message(load_template("user_pair_text"), {}, fields),
+        ]
+        return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
     edit = _is_edit(q.prompt, q.rubric.task, q.source)
     images = {"1": q.images[0], "2": q.images[1]}
     if edit:
         images["base"] = q.source
-    fields = {"prompt": escape_field(q.prompt), "criteria": format_criteria(q.rubric.criteria)}
+    fields = {"prompt": escape_field(q.prompt), "criteria": criteria}
     template = load_template("user_pair_edit" if edit else "user_pair_t2i")
     messages = [_system_message("pair", q.rubric.guide), _user_message(template, images, fields)]
     return ChatRequest("pair", messages, PAIR_CHOICES, PAIR_ANSWER_PREFIX)
@@ -231,23 +268,32 @@ def render_criterion(q: CriterionQuery) -> ChatRequest:
     """The per-criterion question: (Image BASE,) the image, the prompt and one criterion as data.
 
     A binary criterion asks yes/no; an ordinal one (`levels` set) asks for a rating 1..levels; both may answer
-    "unknown" (`CANNOT_ASSESS_ANSWER`).
+    "unknown" (`CANNOT_ASSESS_ANSWER`). A text candidate is quoted as the <response> to judge.
     """
-    edit = _is_edit(q.prompt, q.rubric.task, q.source)
-    images = {"1": q.image}
+    text = _judges_texts([q.image], q.prompt, q.rubric.task, q.source)
+    edit = not text and _is_edit(q.prompt, q.rubric.task, q.source)
+    images: dict[str, Image.Image] = {}
+    fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    if text:
+        fields["response"] = escape_field(q.image)
+    else:
+        images["1"] = q.image
     if edit:
         images["base"] = q.source
-    fields = {"prompt": escape_field(q.prompt), "criterion": escape_field(q.criterion.text)}
+    variant = "text" if text else "edit" if edit else "t2i"
     levels = q.criterion.levels
     if levels is not None:
         fields["levels"] = str(levels)
-        template = load_template("user_criterion_ordinal_edit" if edit else "user_criterion_ordinal_t2i")
-        system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)})
+        template = load_template(f"user_criterion_ordinal_{variant}")
+        system = _system_message("criterion_ordinal", q.rubric.guide, {"levels": str(levels)}, text=text)
         messages = [system, _user_message(template, images, fields)]
         choices = (*ordinal_choices(levels), CANNOT_ASSESS_ANSWER)
         return ChatRequest("criterion", messages, choices, ORDINAL_ANSWER_PREFIX, levels=levels)
-    template = load_template("user_criterion_edit" if edit else "user_criterion_t2i")
-    messages = [_system_message("criterion", q.rubric.guide), _user_message(template, images, fields)]
+    template = load_template(f"user_criterion_{variant}")
+    messages = [
+        _system_message("criterion", q.rubric.guide, text=text),
+        _user_message(template, images, fields),
+    ]
     choices = (*CRITERION_CHOICES, CANNOT_ASSESS_ANSWER)
     return ChatRequest("criterion", messages, choices, CRITERION_ANSWER_PREFIX)
 
@@ -327,6 +373,15 @@ def _rank_number(value: Any) -> float | None:
 def _prob_from_ranks(r1: float, r2: float) -> float:
     # A lower rank is better; equal ranks are a tie.
     return 1.0 if r1 < r2 else 0.0 if r1 > r2 else 0.5
+
+
+def stated_ranks(text: str) -> tuple[float, float] | None:
+    """The ranks [r1, r2] a pairwise answer states (`{"rank": [1, 1], ...}`), or None when it states none.
+
+    A verdict's probability says which image won; the stated ranks also tell a tie of two good images ([1, 1])
+    from one of two bad ones ([2, 2]), which the release's rank rewards treat differently."""
+    m = _RANK_RE.search(_FENCE.sub("", text))
+    return (float(m.group(1)), float(m.group(2))) if m else None
 
 
 def parse_pair_answer(text: str) -> PairVerdict:
@@ -594,6 +649,8 @@ class ChatBackend(ABC):
     """
 
     name: str = "chat"
+    #: Chat judges read texts as well as images (`RubricJudge` asks the others about images only).
+    judges_text: bool = True
 
     @property
     def token_usage(self) -> TokenUsage:

@@ -16,12 +16,18 @@ without them (or with others) are never served.
 
 Yes/no questions are shown the `CriterionExample`s, ordinal questions (`Criterion.levels`) the `RatingExample`s,
 so each example is asked and answered in the format of the question that follows it.
+
+From a labelled set (`LabelledCriterion`: an image, a criterion and its human label), `select_examples` picks the
+examples automatically, balanced across labels (as many "no" as "yes", every level represented), so that the judge
+is not nudged toward the majority answer; the same labelled set validates the judge
+(`arr.evaluation.validation.validate_judge`), on items the examples do not use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +46,14 @@ from arr.backends.chat import (
 )
 from arr.rubrics import Criterion, Rubric
 
-__all__ = ["CriterionExample", "FewShotBackend", "PairExample", "RatingExample"]
+__all__ = [
+    "CriterionExample",
+    "FewShotBackend",
+    "LabelledCriterion",
+    "PairExample",
+    "RatingExample",
+    "select_examples",
+]
 
 
 @dataclass(frozen=True)
@@ -57,11 +70,12 @@ class CriterionExample:
 
 @dataclass(frozen=True)
 class RatingExample:
-    """An ordinal example: `criterion` is satisfied at `level` on a 1..`levels` scale for `image`."""
+    """An ordinal example: `criterion` is satisfied at `level` on a 1..`levels` scale for `image`; `level=None`
+    shows the cannot-assess answer ("unknown")."""
 
     image: Image.Image
     criterion: str
-    level: int
+    level: int | None
     levels: int
     reason: str = ""
     prompt: str = ""
@@ -69,13 +83,13 @@ class RatingExample:
     def __post_init__(self) -> None:
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
             raise ValueError(f"RatingExample.levels must be an integer >= 2, got {self.levels!r}")
-        if (
+        if self.level is not None and (
             isinstance(self.level, bool)
             or not isinstance(self.level, int)
             or not 1 <= self.level <= self.levels
         ):
             raise ValueError(
-                f"RatingExample.level must be an integer in 1..{self.levels}, got {self.level!r}"
+                f"RatingExample.level must be an integer in 1..{self.levels} or None (unknown), got {self.level!r}"
             )
 
 
@@ -162,7 +176,9 @@ class FewShotBackend:
         request = render_criterion(
             CriterionQuery(e.prompt, e.image, Rubric(e.prompt, [criterion]), criterion)
         )
-        answer = str(e.level) + (f": {e.reason}" if e.reason else "")
+        answer = (CANNOT_ASSESS_ANSWER if e.level is None else str(e.level)) + (
+            f": {e.reason}" if e.reason else ""
+        )
         return _turns(request.messages[-1], answer)
 
     @staticmethod
@@ -203,3 +219,102 @@ class FewShotBackend:
         return [
             criterion_verdict(r, req.choices, req.levels) for r, req in zip(results, requests, strict=True)
         ]
+
+
+@dataclass(frozen=True)
+class LabelledCriterion:
+    """A human label for one criterion on one image: `label` is True / False for a yes/no criterion, a level
+    1..levels for an ordinal one, or None where the image cannot show it (the cannot-assess answer).
+
+    `criterion` is the rubric item itself (its `check` lets the pixel judge answer it); `source` is the source image
+    of an edit.
+    """
+
+    image: Image.Image
+    criterion: Criterion
+    label: bool | int | None
+    prompt: str = ""
+    reason: str = ""
+    source: Image.Image | None = None
+
+    def __post_init__(self) -> None:
+        levels = self.criterion.levels
+        if levels is None and self.label is not None and not isinstance(self.label, bool):
+            raise ValueError(
+                f"label of yes/no criterion {self.criterion.id!r} must be True, False or None, got {self.label!r}"
+            )
+        if (
+            levels is not None
+            and self.label is not None
+            and (
+                isinstance(self.label, bool)
+                or not isinstance(self.label, int)
+                or not 1 <= self.label <= levels
+            )
+        ):
+            raise ValueError(
+                f"label of criterion {self.criterion.id!r} (levels={levels}) must be a level in 1..{levels} or "
+                f"None, got {self.label!r}"
+            )
+
+    @property
+    def answer(self) -> str | int:
+        """The label as an answer: "yes", "no", a level, or "unknown"."""
+        if self.label is None:
+            return CANNOT_ASSESS_ANSWER
+        if self.criterion.levels is None:
+            return "yes" if self.label else "no"
+        return int(self.label)
+
+    def example(self) -> CriterionExample | RatingExample:
+        """This labelled item as a worked example for `FewShotBackend`."""
+        c, label = self.criterion, self.label
+        if c.levels is None:
+            return CriterionExample(
+                self.image, c.text, None if label is None else bool(label), self.reason, self.prompt
+            )
+        level = None if label is None else int(label)
+        return RatingExample(self.image, c.text, level, c.levels, self.reason, self.prompt)
+
+
+def _balanced(items: list[LabelledCriterion], k: int, rng: random.Random) -> list[LabelledCriterion]:
+    """`k` items spread evenly over the label classes (the remainder to the first classes), then filled up from the
+    rest when a class runs short; classes and items are in a seeded random order."""
+    classes: dict[str, list[LabelledCriterion]] = {}
+    for item in items:
+        classes.setdefault(f"{item.criterion.levels}:{item.answer}", []).append(item)
+    keys = sorted(classes)
+    rng.shuffle(keys)
+    for key in keys:
+        rng.shuffle(classes[key])
+    share, extra = divmod(k, len(keys))
+    picked: list[LabelledCriterion] = []
+    rest: list[LabelledCriterion] = []
+    for i, key in enumerate(keys):
+        quota = share + (i < extra)
+        picked += classes[key][:quota]
+        rest += classes[key][quota:]
+    rng.shuffle(rest)
+    return picked + rest[: k - len(picked)]
+
+
+def select_examples(
+    labelled: Sequence[LabelledCriterion], k: int = 4, seed: int = 0
+) -> list[CriterionExample | RatingExample]:
+    """Up to `k` yes/no and up to `k` rating examples from a labelled set, balanced across labels, seeded.
+
+    Each kind of question sees only its own kind of example (`FewShotBackend`), so each kind gets its own `k`. With
+    labels 90% "yes", k=4 still shows two "no" examples: a judge shown the base rate learns to say "yes".
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"select_examples: k must be a positive integer, got {k!r}")
+    bad = [type(x).__name__ for x in labelled if not isinstance(x, LabelledCriterion)]
+    if bad:
+        raise TypeError(f"select_examples takes LabelledCriterion items, got {bad[0]}")
+    rng = random.Random(seed)
+    out: list[CriterionExample | RatingExample] = []
+    for ordinal in (False, True):
+        kind = [x for x in labelled if (x.criterion.levels is not None) == ordinal]
+        if kind:
+            out += [x.example() for x in _balanced(kind, k, rng)]
+    return out

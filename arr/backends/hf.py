@@ -12,6 +12,9 @@ Two ways to answer, chosen by `mode`:
   model) into a KV cache, and only each question's short suffix (criterion, answer instructions) runs per question,
   batched against copies of the cache: the same tokens at the same positions, so the same probabilities.
 - "generate": greedy `generate()` of up to `max_new_tokens`, parsed as text; slower, but with a reason.
+
+A text-only language model (any `AutoModelForCausalLM` with a chat template, its processor a tokenizer) judges
+texts the same way; image questions to it are answered with an error.
 """
 
 from __future__ import annotations
@@ -101,8 +104,22 @@ def _shipped_judge(name: str) -> tuple[str, Any] | None:
     return str(folder), load_judge_processor(folder)
 
 
+def _load_model(name: str, dtype: Any, *, trust_remote_code: bool = False) -> Any:
+    """A VLM by name, or, for a model whose config names no vision-language class, a text-only LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    kwargs = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    try:
+        return AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    except ValueError as e:  # "Unrecognized configuration class ... for AutoModelForImageTextToText"
+        if "Unrecognized configuration class" not in str(e):
+            raise
+    return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+
+
 class HFBackend(ChatBackend):
-    """A transformers VLM (any `AutoModelForImageTextToText` with a chat template) as a judge.
+    """A transformers VLM (any `AutoModelForImageTextToText` with a chat template) as a judge, or a text-only LM
+    (`AutoModelForCausalLM`) as a judge of texts.
 
     Args:
         model: a Hub id or local folder, "shapes-judge" (the shapes world's judge shipped with arr), or an already
@@ -133,7 +150,7 @@ class HFBackend(ChatBackend):
         share_prefix: bool = True,
     ) -> None:
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+        from transformers import AutoProcessor, PreTrainedModel
 
         if mode not in _MODES:
             raise ValueError(f"HFBackend mode must be one of {_MODES}, got {mode!r}")
@@ -164,12 +181,7 @@ class HFBackend(ChatBackend):
             self.device = _resolve_device(device)
             self.dtype = _resolve_dtype(dtype, self.device)
             try:
-                self.model = AutoModelForImageTextToText.from_pretrained(
-                    path,
-                    dtype=self.dtype,
-                    use_safetensors=True,
-                    trust_remote_code=trust_remote_code,
-                )
+                self.model = _load_model(path, self.dtype, trust_remote_code=trust_remote_code)
             except OSError as e:
                 raise ValueError(
                     f"HFBackend could not load judge model {self.model_name!r} (a Hub id or a folder with "
@@ -193,6 +205,8 @@ class HFBackend(ChatBackend):
                 ) from None
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        # A processor that is only a tokenizer belongs to a text-only model: it judges texts, not images.
+        self.text_only = getattr(processor, "image_processor", None) is None
         # Left padding keeps every sequence's last real token at position -1, where the choice logits are read
         # and where generation continues.
         self.tokenizer.padding_side = "left"
@@ -250,28 +264,47 @@ class HFBackend(ChatBackend):
             self._choice_ids[choices] = tuple(found)
         return self._choice_ids[choices]
 
+    def _render(self, request: ChatRequest) -> str:
+        """The request as the model's chat text, up to the assistant's turn."""
+        messages = request.messages
+        if self.text_only:  # plain chat templates take a string per message, not a list of parts
+            messages = [
+                {
+                    "role": m["role"],
+                    "content": "".join(p["text"] for p in m["content"] if p["type"] == "text"),
+                }
+                for m in messages
+            ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _tokenize(self, texts: list[str], images: list[list[Image.Image]]) -> Any:
+        if self.text_only:
+            return self.processor(text=texts, padding=True, return_tensors="pt")
+        return self.processor(
+            text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
+        )
+
     def _encode(self, requests: Sequence[ChatRequest]) -> Any:
         texts = []
         for req in requests:
-            text = self.processor.apply_chat_template(
-                req.messages, add_generation_prompt=True, tokenize=False
-            )
+            text = self._render(req)
             if self.mode == "probs":
                 text += req.answer_prefix
             texts.append(text)
-        images = [req.images for req in requests]
-        inputs = self.processor(
-            text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
-        )
-        return inputs.to(self.device)
+        return self._tokenize(texts, [req.images for req in requests]).to(self.device)
 
     def _chat(self, requests: Sequence[ChatRequest]) -> list[ChatResult]:
         # Free-text requests (rubric writing) are always generated, whatever the judging mode; requests without
-        # images (zero-shot rubrics, guide structuring) are batched apart, since the processor wants images in all
-        # rows of a batch or in none.
+        # images (zero-shot rubrics, guide structuring, texts to judge) are batched apart, since the processor wants
+        # images in all rows of a batch or in none.
         results: list[ChatResult | None] = [None] * len(requests)
         groups: dict[tuple[bool, bool], list[int]] = {}
         for i, r in enumerate(requests):
+            if self.text_only and r.images:
+                results[i] = ChatResult(
+                    error=f"judge model {self.model_name!r} is a text-only model: it sees no images"
+                )
+                continue
             generated = r.kind == "text" or self.mode == "generate"
             groups.setdefault((generated, bool(r.images)), []).append(i)
         for (generated, _), indices in groups.items():
@@ -360,19 +393,12 @@ class HFBackend(ChatBackend):
     def _probs_shared(self, requests: Sequence[ChatRequest]) -> list[ChatResult] | None:
         """Choice probabilities of requests with the same images: one prefix pass, then batched suffix passes."""
         torch = self._torch
-        texts = [
-            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-            + r.answer_prefix
-            for r in requests
-        ]
+        texts = [self._render(r) + r.answer_prefix for r in requests]
         split = self._split_prefix(texts)
         if split is None:
             return None
         prefix_text, suffixes = split
-        images = requests[0].images
-        prefix = self.processor(
-            text=[prefix_text], images=[images] if images else None, return_tensors="pt"
-        ).to(self.device)
+        prefix = self._tokenize([prefix_text], [requests[0].images]).to(self.device)
         pad = self.tokenizer.pad_token_id
         out: list[ChatResult] = []
         with torch.inference_mode():

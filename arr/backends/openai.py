@@ -9,6 +9,10 @@ fail at once with the server's message. A request that still fails becomes a ver
 `error` (RubricJudge masks it), so one bad request never sinks a batch; a batch in which *every* request failed to
 reach the server raises `JudgeUnavailableError`, so training can tell "server down" from "noisy answers".
 
+`base_url` may name several servers of the same model (a list, URLs separated by commas, or a file of URLs, one per
+line): requests are spread over them, and a server that looks down (connection refused or cut, HTTP 502-504) is taken out
+of the pool while the request moves to another at once (arr/backends/pool.py); when all are out, the retries above apply as for one server that is down.
+
 Probabilities: the backend asks for `logprobs` with 20 `top_logprobs`. Where the server returns them (vLLM,
 SGLang, OpenAI), the verdict is P(first choice) at the answer token (the rank digit after `"rank": [`, or the first
 yes/no/unknown token), summed over spelling variants; for an ordinal criterion it is the expected credit
@@ -49,6 +53,7 @@ from arr.backends.chat import (
     normalize_token,
     sum_choice_probs,
 )
+from arr.backends.pool import ServerPool, parse_base_urls
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +65,13 @@ _LEADING_YES_NO = re.compile(rf"^[\s\W]*(yes|no|{CANNOT_ASSESS_ANSWER})\b", re.I
 _ANSWER_TOKEN = {"pair": _RANK_DIGIT, "criterion": _LEADING_YES_NO, "ordinal": LEADING_RATING}
 # A server's Retry-After is honoured up to this many seconds (or the request timeout, if smaller).
 _MAX_RETRY_AFTER = 30.0
+# A health check of a server that was taken out of the pool waits at most this long (or the request timeout).
+_PROBE_TIMEOUT = 5.0
 # Server messages quoted in errors are shortened to this many characters (after redaction).
 _MESSAGE_CHARS = 300
+# Answers that say the server, not the request, is in trouble (a proxy without a backend, overloaded, gateway timeout):
+# such a server is taken out of a pool of several.
+_SERVER_DOWN_STATUSES = (502, 503, 504)
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -130,9 +140,10 @@ class OpenAIBackend(ChatBackend):
 
     Args:
         model: the model name the server knows (for `transformers serve`, the model folder).
-        base_url: the API root, ending in `/v1`.
+        base_url: the API root, ending in `/v1`; or several servers of the same model (a list, URLs separated by
+            commas, or the path of a text file with one URL per line), which share the requests.
         api_key_env: the environment variable holding the API key; unset means no Authorization header.
-        max_concurrency: requests in flight at once.
+        max_concurrency: requests in flight at once (over all servers together).
         timeout: seconds per HTTP attempt (connect, read, write and pool wait each).
         max_retries: retries after the first attempt on 429, 5xx, timeouts and connection errors.
         backoff: the first retry waits `backoff` seconds, doubling each time, times a random 1-1.5 (jitter).
@@ -148,7 +159,7 @@ class OpenAIBackend(ChatBackend):
     def __init__(
         self,
         model: str,
-        base_url: str = "http://127.0.0.1:8000/v1",
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1",
         api_key_env: str = "OPENAI_API_KEY",
         max_concurrency: int = 8,
         timeout: float = 60.0,
@@ -175,7 +186,10 @@ class OpenAIBackend(ChatBackend):
         if extra_body is not None and not isinstance(extra_body, dict):
             raise TypeError(f"OpenAIBackend extra_body must be a dict, got {type(extra_body).__name__}")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = parse_base_urls(base_url)
+        self.base_url = ",".join(self.base_urls)
+        # Which server each request goes to; `pool.stats()` counts requests and failures per server.
+        self.pool = ServerPool(self.base_urls, probe=self._alive)
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
@@ -189,7 +203,6 @@ class OpenAIBackend(ChatBackend):
         self._api_key = os.environ.get(api_key_env) or None
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._client = httpx.Client(
-            base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(self.timeout),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
@@ -263,40 +276,75 @@ class OpenAIBackend(ChatBackend):
             delay = max(delay, min(retry_after, _MAX_RETRY_AFTER, self.timeout))
         return delay
 
+    def _alive(self, server: str) -> bool:
+        """The pool's health check: the server answers `GET /models` (any answer below HTTP 500)."""
+        try:
+            resp = self._client.get(f"{server}/models", timeout=min(self.timeout, _PROBE_TIMEOUT))
+        except httpx.HTTPError:
+            return False
+        return resp.status_code < 500
+
+    def _post(self, server: str, body: dict[str, Any]) -> tuple[httpx.Response | None, str, bool]:
+        """One attempt at `server`: (the response, "", False), or (None, why no response came, whether the server
+        looks down: it refused or cut the connection, or did not accept it in time; a slow answer does not count)."""
+        url = f"{server}/chat/completions"
+        try:
+            return self._client.post(url, json=body), "", False
+        except httpx.TimeoutException as e:
+            down = isinstance(e, httpx.ConnectTimeout)
+            return None, f"timed out after {self.timeout:g} s ({type(e).__name__}) at {url}", down
+        except httpx.TransportError as e:
+            return None, f"cannot reach {url}: {type(e).__name__}: {self._redact(str(e))}", True
+
     def _send(self, body: dict[str, Any], request: ChatRequest) -> ChatResult:
-        """One request with retries; never raises for HTTP or network failures."""
-        url = f"{self.base_url}/chat/completions"
+        """One request with retries; never raises for HTTP or network failures.
+
+        A server that looks down (connection refused, cut or not accepted in time; HTTP 502, 503 or 504) is taken
+        out of the pool; where another server is up, the request moves there at once and that try is not counted
+        against `max_retries` (at most one move per server). A slow answer (read timeout), HTTP 500 or 429 is
+        retried as before without taking the server out: one bad request, or a busy server, must not empty the
+        pool."""
         error = "no attempt made"
         unreachable = False
         retry_after: float | None = None
         attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            if attempt:
+        attempt = moves = 0
+        while attempt < attempts:
+            lease = self.pool.acquire()
+            failure: str | None = None
+            resp = None
+            try:
+                resp, error, down = self._post(lease.url, body)
+                unreachable = resp is None
+                url = f"{lease.url}/chat/completions"
+                if resp is not None and (resp.status_code == 429 or resp.status_code >= 500):
+                    error = self._http_error(resp, url)
+                    try:
+                        retry_after = float(resp.headers["retry-after"])
+                    except (KeyError, ValueError):
+                        retry_after = None
+                    down = resp.status_code in _SERVER_DOWN_STATUSES
+                failure = error if down else None
+            finally:  # every lease is released, whatever is raised above
+                move = self.pool.release(lease, failure)
+            if move and moves < len(self.pool):
+                moves += 1
+                retry_after = None
+                continue
+            if resp is not None and resp.status_code != 429 and resp.status_code < 500:
+                if resp.status_code >= 400:
+                    return ChatResult(error=self._http_error(resp, url))
+                return self._read(resp, request, url)
+            attempt += 1
+            if attempt < attempts:
                 time.sleep(self._delay(attempt, retry_after))
                 retry_after = None
-            try:
-                resp = self._client.post("/chat/completions", json=body)
-            except httpx.TimeoutException as e:
-                error, unreachable = f"timed out after {self.timeout:g} s ({type(e).__name__}) at {url}", True
-                continue
-            except httpx.TransportError as e:
-                error, unreachable = f"cannot reach {url}: {type(e).__name__}: {self._redact(str(e))}", True
-                continue
-            unreachable = False
-            if resp.status_code == 429 or resp.status_code >= 500:
-                error = f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
-                try:
-                    retry_after = float(resp.headers["retry-after"])
-                except (KeyError, ValueError):
-                    retry_after = None
-                continue
-            if resp.status_code >= 400:
-                return ChatResult(
-                    error=f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
-                )
-            return self._read(resp, request, url)
-        logger.warning("judge request failed after %d attempts: %s", attempts, error)
+        logger.warning("judge request failed after %d attempts: %s", attempt + moves, error)
         return ChatResult(error=f"{error} (gave up after {attempts} attempts)", unreachable=unreachable)
+
+    def _http_error(self, resp: httpx.Response, url: str) -> str:
+        """An HTTP error answer, for the verdict's error: the status and the server's message, redacted, then cut."""
+        return f"HTTP {resp.status_code} from {url}: {self._redact(_server_message(resp))[:_MESSAGE_CHARS]}"
 
     def _read(self, resp: httpx.Response, request: ChatRequest, url: str) -> ChatResult:
         try:

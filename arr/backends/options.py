@@ -8,8 +8,10 @@ a setting the chosen backend does not take is an error rather than silently igno
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from arr.backends.pool import parse_base_urls
 
 # Which named settings each built-in backend takes (beyond `model`); a dotted-path backend gets every given one.
 BACKEND_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -31,7 +33,7 @@ def backend_kwargs(
     backend: str,
     *,
     model: str | None = None,
-    base_url: str | None = None,
+    base_url: str | Sequence[str] | None = None,
     api_key_env: str | None = None,
     dtype: str | None = None,
     device: str | None = None,
@@ -44,7 +46,8 @@ def backend_kwargs(
     """The keyword arguments of `load_backend(backend, ...)` for the settings that were given (None / False: not).
 
     `spell` turns a setting's name into what the user wrote (`"--base-url"` on the command line, `"judge_base_url"`
-    in a recipe), so that errors name the input to fix.
+    in a recipe), so that errors name the input to fix. `base_url` may name several servers (a list, URLs separated
+    by commas, or a file of URLs); it is passed on as one URL, or as the list of them.
     """
     given = {
         name: value
@@ -81,4 +84,10 @@ def backend_kwargs(
             f"{spell(name)} is a setting of the {where} backend, not of {spell('backend')}={backend}; "
             f"drop it or choose another backend"
         )
+    if "base_url" in given:
+        try:
+            urls = parse_base_urls(given["base_url"])
+        except ValueError as e:
+            raise BackendOptionError(f"{spell('base_url')}: {e}") from None
+        given["base_url"] = urls[0] if len(urls) == 1 else urls
     return given

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 # each subcommand's module (arr/cli/<name>.py) must import nothing heavy at module level.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
-        "train the built-in shapes model with RPO and the pixel judge on CPU (7-9 min on 2 cores)",
+        "train the built-in shapes model with RPO and the pixel judge on CPU (~21 CPU-minutes)",
         "arr.cli.train:register_demo",
     ),
     "train": (

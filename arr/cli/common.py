@@ -105,6 +105,17 @@ def positive_int(limit: int | None = None):
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse `type`: a TCP port, 0-65535 (0 lets the system pick a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """An argparse `type`: a finite number (nan and inf are refused: they would silently poison every output)."""
     try:
@@ -126,7 +137,11 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("judge backend")
     g.add_argument("--backend", default="pixel", help="hf | openai | pixel | module:Class (default: pixel)")
     g.add_argument("--model", help="the judge model: hf: model id or folder; openai: the served model name")
-    g.add_argument("--base-url", help="openai: server URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument(
+        "--base-url",
+        help="openai: server URL, e.g. http://127.0.0.1:8000/v1; several servers of the judge model share the "
+        "requests: URLs separated by commas, or a file with one URL per line",
+    )
     g.add_argument("--api-key-env", help="openai: environment variable that holds the API key")
     g.add_argument(
         "--max-concurrency", type=positive_int(), help="openai: requests in flight at once (default 8)"

@@ -1,14 +1,16 @@
-"""`arr eval`: evaluate editing models on benchmarks, and judges on labelled pairs.
+"""`arr eval`: evaluate editing and text-to-image models on benchmarks, and judges on labelled pairs.
 
     arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/shapes_geneval.yaml --policy shapes-t2i --lora runs/demo/checkpoints/step_200 --out runs/eval/rpo
     arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai --model Qwen/Qwen2.5-VL-72B-Instruct \
         --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
     arr eval preference eval/shapes_pairs.yaml --backend pixel --out runs/eval/shapes_pairs
     arr eval preference eval/mmrb2_sample.yaml --backend hf --model Qwen/Qwen2.5-VL-7B-Instruct \
         --rubrics rubrics.jsonl --guide guide.json
 
-`arr eval SUITE.yaml` is short for `arr eval edit SUITE.yaml` (arr/evaluation/editing.py): it writes samples.jsonl,
-summary.json and report.html to --out, resumes an interrupted run in the same --out, and prints the summary.
+`arr eval SUITE.yaml` is short for `arr eval edit SUITE.yaml`, which runs editing suites (arr/evaluation/editing.py)
+and text-to-image suites (`task: t2i`, arr/evaluation/t2i.py) alike: it writes samples.jsonl, summary.json and
+report.html to --out, resumes an interrupted run in the same --out, and prints the summary.
 `arr eval preference` writes results.json and report.html to --out and prints the results as JSON.
 """
 
@@ -27,6 +29,7 @@ from arr.cli.common import (
     cache_from_args,
     emit_json,
     finite_float,
+    judge_from_args,
     positive_int,
     writable_dir,
 )
@@ -187,24 +190,36 @@ def _run_preference(args: argparse.Namespace) -> int:
 def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit = esub.add_parser(
         "edit",
-        help="evaluate an editing model on a benchmark suite (GEdit-Bench, ImgEdit, MagicBrush, Emu Edit, shapes)",
-        description="Edit every sample of SUITE.yaml with --policy, score it with the suite's judge protocol and "
-        "metrics, and write samples.jsonl, summary.json and report.html to --out (resumable).",
+        help="evaluate an editing or text-to-image model on a benchmark suite (GEdit-Bench, ImgEdit, MagicBrush, "
+        "Emu Edit, shapes editing; GenEval-style text-to-image suites)",
+        description="Edit every sample of an editing SUITE.yaml (or generate every prompt of a text-to-image one) "
+        "with --policy, score it with the suite's judge protocol and metrics, and write samples.jsonl, summary.json "
+        "and report.html to --out (resumable).",
     )
-    edit.add_argument("suite", help="suite YAML (eval/shapes_edit.yaml, eval/gedit_bench.yaml, ...)")
+    edit.add_argument(
+        "suite",
+        help="suite YAML (eval/shapes_edit.yaml, eval/gedit_bench.yaml, eval/shapes_geneval.yaml, ...)",
+    )
     edit.add_argument(
         "--policy",
         required=True,
-        help="shapes-edit | shapes:FOLDER | FAMILY:MODEL_ID (qwen_image:..., flux:...) | a diffusers pipeline id",
+        help="shapes-edit | shapes-t2i | shapes:NAME_OR_FOLDER | FAMILY:MODEL_ID (qwen_image:..., flux:...) | "
+        "a diffusers pipeline id",
     )
     edit.add_argument(
         "--policy-kwargs", default="{}", help="JSON: policy settings or pipeline call arguments"
     )
     edit.add_argument("--policy-device", help="device of the editing model (default: cuda if available)")
     edit.add_argument("--policy-dtype", default="bfloat16", help="torch dtype of real editing models")
-    edit.add_argument("--lora", help="LoRA to apply: an RPO checkpoint folder (RUN/checkpoints/step_N)")
     edit.add_argument(
-        "--lora-alpha", type=finite_float, help="LoRA alpha (default: read from RUN/config.yaml)"
+        "--lora",
+        help="LoRA to apply: an RPO checkpoint folder (RUN/checkpoints/step_N, or its moving_average/) or a "
+        "diffusers LoRA folder",
+    )
+    edit.add_argument(
+        "--lora-alpha",
+        type=finite_float,
+        help="LoRA alpha (default: the one recorded in the LoRA file, or RUN/config.yaml's)",
     )
     add_backend_options(edit)
     _judge_alias(edit)
@@ -231,6 +246,11 @@ def _register_edit(esub: argparse._SubParsersAction) -> None:
     edit.add_argument("--data-dir", help="where generated suites write their data (default: OUT/data)")
     edit.add_argument("--out", help="output folder (default: runs/eval/<suite name>)")
     edit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    edit.add_argument(
+        "--self-contained",
+        action="store_true",
+        help="inline the report's images in report.html, so it is one file to share",
+    )
     edit.set_defaults(run=_run_edit)
 
 
@@ -296,10 +316,34 @@ def _edit_metrics_and_editor(args: argparse.Namespace, suite: dict, policy_kwarg
     return metrics, editor
 
 
+def _suite_task(path: str) -> str | None:
+    """The `task` a suite file declares (None when it cannot be read: the suite loader then names the problem)."""
+    import yaml
+
+    try:
+        suite = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return suite.get("task") if isinstance(suite, dict) else None
+
+
+def _emit_results(summary: dict[str, Any], out: Path) -> int:
+    """Print an evaluation's summary as JSON, with where its files are."""
+    summary["outputs"] = {
+        "summary": str(out / "summary.json"),
+        "samples": str(out / "samples.jsonl"),
+        "html": str(out / "report.html"),
+    }
+    emit_json(summary)
+    return 0
+
+
 def _run_edit(args: argparse.Namespace) -> int:
     from arr.backends.chat import JudgeUnavailableError
     from arr.evaluation.editing import evaluate_edits
 
+    if _suite_task(args.suite) == "t2i":
+        return _run_t2i(args)
     suite_path, out, suite, samples, policy_kwargs = _edit_suite(args)
     judge = _edit_judge(args, suite)
     metrics, editor = _edit_metrics_and_editor(args, suite, policy_kwargs)
@@ -322,6 +366,7 @@ def _run_edit(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.no_progress,
+            self_contained_report=args.self_contained,
         )
     except ValueError as e:
         raise CLIError(str(e)) from None
@@ -329,10 +374,86 @@ def _run_edit(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{e}; finished samples are saved in {out}: run the same command again to resume"
         ) from None
-    summary["outputs"] = {
-        "summary": str(out / "summary.json"),
-        "samples": str(out / "samples.jsonl"),
-        "html": str(out / "report.html"),
-    }
-    emit_json(summary)
-    return 0
+    return _emit_results(summary, out)
+
+
+def _t2i_scorer(args: argparse.Namespace, suite: dict, prompts: list) -> Any:
+    """The judge of a text-to-image suite: the suite's own (pixel for the shapes world) unless --backend is given."""
+    from arr.backends import load_backend
+    from arr.evaluation.t2i_suites import RubricT2IScorer
+
+    if args.backend is None:
+        args.backend = suite.get("judge", "pixel")
+    if args.backend == "pixel":
+        unchecked = [
+            p.id for p in prompts if p.rubric is not None and any(c.check is None for c in p.rubric.criteria)
+        ]
+        if unchecked:
+            raise CLIError(
+                f"suite {args.suite}: prompt {unchecked[0]} (and {len(unchecked) - 1} more) is not a shapes-world "
+                "prompt, which the pixel judge cannot check; use a VLM judge (--backend hf or openai)"
+            )
+        backend = load_backend("pixel", **(suite.get("judge_kwargs") or {}))
+    else:
+        backend = backend_from_args(args)
+    return RubricT2IScorer(judge_from_args(args, backend=backend))
+
+
+def _run_t2i(args: argparse.Namespace) -> int:
+    """`arr eval SUITE.yaml` for a text-to-image suite (task: t2i)."""
+    from arr.backends.chat import JudgeUnavailableError
+    from arr.evaluation.editors import build_generator
+    from arr.evaluation.t2i import evaluate_t2i
+    from arr.evaluation.t2i_suites import load_t2i_suite
+
+    for flag, given in (("--no-judge", args.no_judge), ("--clip", args.clip), ("--dino", args.dino)):
+        if given:
+            raise CLIError(f"{flag} is for editing suites; {args.suite} is a text-to-image suite")
+    try:
+        policy_kwargs = json.loads(args.policy_kwargs)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--policy-kwargs is not JSON ({e.msg}): {args.policy_kwargs!r}") from None
+    if not isinstance(policy_kwargs, dict):
+        raise CLIError(f"--policy-kwargs must be a JSON object, got {args.policy_kwargs!r}")
+    suite_path = Path(args.suite)
+    out = writable_dir(args.out or Path("runs") / "eval" / suite_path.stem, "--out")
+    try:
+        suite, prompts = load_t2i_suite(suite_path, Path(args.data_dir or out / "data"), args.limit)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if not prompts:
+        raise CLIError(f"suite {suite_path} has no prompts")
+    scorer = _t2i_scorer(args, suite, prompts)
+    try:
+        generator = build_generator(
+            args.policy,
+            device=args.policy_device,
+            torch_dtype=args.policy_dtype,
+            lora=args.lora,
+            lora_alpha=args.lora_alpha,
+            **policy_kwargs,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    info = {"suite": suite.get("name", suite_path.stem), "suite_path": str(suite_path), "schema": "geneval"}
+    info["source"] = suite["source"]
+    try:
+        summary = evaluate_t2i(
+            prompts,
+            generator,
+            scorer,
+            out,
+            samples_per_prompt=int(suite.get("samples_per_prompt", 1)),
+            info=info,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+            self_contained_report=args.self_contained,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    except JudgeUnavailableError as e:
+        raise CLIError(
+            f"{e}; finished images are saved in {out}: run the same command again to resume"
+        ) from None
+    return _emit_results(summary, out)

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from arr.cli.common import CLIError, add_backend_options, judge_from_args
+from arr.cli.common import CLIError, add_backend_options, judge_from_args, port_number
 
 
 def register(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -29,7 +29,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 
     add_backend_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--no-swap", action="store_true", help="pairwise: ask in the given order only")
     p.add_argument(
         "--token-env",

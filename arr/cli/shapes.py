@@ -1,6 +1,7 @@
 """`arr shapes ...`: sample and edit with the shipped shapes models, and pretrain them.
 
 arr shapes sample "a red circle and a blue square" --n 8 --out grid.png
+arr shapes sample "a red circle and a blue square" --lora runs/demo/checkpoints/step_200 --out grid_rpo.png
 arr shapes edit examples/source.png "make the red circle green" --n 8 --out edits.png
 arr shapes pretrain --task t2i --out DIR --steps 3500
 arr shapes pretrain-judge --out DIR --steps 6000
@@ -101,6 +102,10 @@ def _common(p: argparse.ArgumentParser, default_policy: str = "t2i") -> None:
         default=4,
         help="upscaling of the grid (nearest neighbour; default %(default)s)",
     )
+    p.add_argument(
+        "--lora",
+        help="a LoRA trained on this model: an RPO checkpoint folder (RUN/checkpoints/step_N, or its moving_average/)",
+    )
     p.add_argument("--out", default="grid.png", help="output image, e.g. grid.png (default: %(default)s)")
 
 
@@ -143,13 +148,28 @@ def _model_config(name: str) -> dict:
     )
 
 
-def _load(name: str):
+def _load(name: str, lora: str | None = None):
+    """The shapes model `name`, with the LoRA in `lora` added to its transformer."""
     from arr.shapes.models import load_pretrained
 
     try:
-        return load_pretrained(name)
+        model = load_pretrained(name)
     except (FileNotFoundError, ValueError) as e:
         raise CLIError(str(e)) from None
+    if lora is not None:
+        from arr.policies.shapes import ShapesPolicy
+
+        try:
+            ShapesPolicy(model).load_lora_weights(lora)  # the policy adds the adapter to model.transformer
+        except ValueError as e:
+            raise CLIError(f"--lora: {e}") from None
+    return model
+
+
+def _check_lora(lora: str | None) -> None:
+    """A missing --lora path fails before the model loads."""
+    if lora is not None and not Path(lora).exists():
+        raise CLIError(f"--lora {lora}: no such folder or file (expected RUN/checkpoints/step_N)")
 
 
 def _sampler_kwargs(args: argparse.Namespace) -> dict:
@@ -214,12 +234,15 @@ def _run_sample(args: argparse.Namespace) -> int:
     from arr.shapes.rubrics import rubric_for_prompt
     from arr.shapes.sample import sample
 
-    model = _load(args.policy)
+    _check_lora(args.lora)
+    model = _load(args.policy, args.lora)
     images = sample(
         model, [args.prompt] * args.n, list(range(args.seed, args.seed + args.n)), **_sampler_kwargs(args)
     )
     captions = None
     result: dict = {"prompt": args.prompt, "out": str(out), "n": args.n, "scored": spec is not None}
+    if args.lora:
+        result["lora"] = args.lora
     if spec is not None:
         pixel = PixelBackend()
         rubric = rubric_for_prompt(spec)
@@ -254,6 +277,7 @@ def _run_edit(args: argparse.Namespace) -> int:
         source = load_image(args.source)
     except ImageLoadError as e:
         raise CLIError(str(e)) from None
+    _check_lora(args.lora)
     size = config["image_size"]
     if source.size != (size, size):
         raise CLIError(
@@ -264,7 +288,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     from arr.report import image_grid
     from arr.shapes.sample import sample
 
-    model = _load(args.policy)
+    model = _load(args.policy, args.lora)
     images = sample(
         model,
         [args.instruction] * args.n,
@@ -279,7 +303,8 @@ def _run_edit(args: argparse.Namespace) -> int:
         scale=args.scale,
     )
     _save(grid, out)
-    emit_json({"instruction": args.instruction, "source": args.source, "out": str(out), "n": args.n})
+    result = {"instruction": args.instruction, "source": args.source, "out": str(out), "n": args.n}
+    emit_json({**result, "lora": args.lora} if args.lora else result)
     return 0
 
 

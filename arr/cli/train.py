@@ -1,8 +1,9 @@
 """`arr train` and `arr demo`: thin layers over `parse_recipe` + `build_trainer`.
 
 arr train recipes/shapes_t2i_rpo.yaml --max_steps 4
+arr train recipes/flux_dev_t2i_rpo.yaml --print_config   # every resolved value (preset included), then exit
 accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml -m arr train recipes/shapes_t2i_rpo.yaml
-arr demo                      # the shapes-world demo on CPU: one rank per core, 7-9 minutes on 2 cores
+arr demo                      # the shapes-world demo on CPU: one rank per core, ~21 CPU-minutes
 arr demo --judge vlm          # the same with the shipped VLM judge (shapes-judge) instead of the pixel judge
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -78,7 +80,8 @@ def recipe_help() -> str:
         usage="arr train RECIPE.yaml [--key value ...]",
         description="Train a policy with RPO from a YAML recipe. Every recipe key below can also be given on the "
         "command line (`--key value`, as `--max_steps` or `--max-steps`); command-line values override the "
-        "recipe's, and unknown keys are errors.",
+        "recipe's, a preset (`rpo_preset`) fills the keys neither sets, and unknown keys are errors. "
+        "`--print_config` prints every resolved value as a recipe and exits without training.",
         formatter_class=_OneSpellingFormatter,
     ).format_help()
 
@@ -88,7 +91,25 @@ def _run_train(args: argparse.Namespace) -> int:
     if not argv or "-h" in argv or "--help" in argv:
         sys.stdout.write(recipe_help())
         return 0
+    if PRINT_CONFIG in argv or PRINT_CONFIG.replace("_", "-") in argv:
+        return _print_config([a for a in argv if a not in (PRINT_CONFIG, PRINT_CONFIG.replace("_", "-"))])
     return _train(argv)
+
+
+PRINT_CONFIG = "--print_config"
+
+
+def _print_config(argv: list[str]) -> int:
+    """Print the recipe as it resolves (defaults, preset, YAML, command line): what the run's config.yaml records."""
+    from arr.cli.common import CLIError
+    from arr.rpo.config import ConfigError
+    from arr.rpo.recipe import parse_recipe
+
+    try:
+        sys.stdout.write(parse_recipe(argv).to_yaml())
+    except (ConfigError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -100,6 +121,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     argv = [str(demo_recipe_path(args.judge)), "--output_dir", args.output_dir, *args.overrides]
     if launched_as_a_rank():
         return _train(argv, demo=True)
+    start = time.perf_counter()
     try:
         rpo = parse_recipe(argv).rpo
     except ConfigError as e:
@@ -107,21 +129,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     n = _demo_processes(args.num_processes, rpo.prompts_per_step, rpo.cpu)
     writable_dir(rpo.output_dir, "--output-dir")
     if n == 1:
-        return _train(argv, demo=True)
-    print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
-    return launch_cpu_processes(
-        n,
-        [
-            "demo",
-            "--judge",
-            args.judge,
-            "--output_dir",
-            args.output_dir,
-            "--num_processes",
-            str(n),
-            *args.overrides,
-        ],
-    )
+        code = _train(argv, demo=True)
+    else:
+        print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
+        code = launch_cpu_processes(
+            n, ["demo", "--judge", args.judge, "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
+        )
+    if code == 0:
+        from arr.rpo.trainer import format_duration
+
+        print(f"arr demo: finished in {format_duration(time.perf_counter() - start)}", flush=True)
+    return code
 
 
 def _demo_processes(requested: str, prompts_per_step: int, cpu: bool) -> int:
@@ -205,14 +223,18 @@ def _train(argv: list[str], demo: bool = False) -> int:
             summary["eval_change_noise_band"] = round(band, 4)
         if demo and evals:
             change = evals[-1]["eval_score"] - evals[0]["eval_score"]
+            paired = "eval_change_se" in evals[-1]
             noise = (
-                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%)"
+                f" ({change:+.3f}; changes within ±{band:.3f} are evaluation noise at 95%"
+                f"{', the same prompts and seeds compared one by one' if paired else ''})"
                 if band is not None
                 else ""
             )
             print(
                 f"held-out shapes-GenEval score: {evals[0]['eval_score']:.3f} before -> "
-                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}"
+                f"{evals[-1]['eval_score']:.3f} after {trainer.step} RPO steps{noise}\n"
+                "Rerun on this machine with the same number of ranks, it gives this result exactly; on another CPU "
+                "or rank count float rounding differs, and the result varies as it does from seed to seed."
             )
         print(json.dumps(summary, indent=2))
     return 0

@@ -1,7 +1,6 @@
 """A run's alignment curves: read them from metrics.jsonl, correlate them with the eval score, draw them as a PNG.
 
-The PNG is drawn with PIL alone (no plotting library): alignment metrics on top, the eval score below, on one
-step axis.
+The figure (`arr.plots`) has the alignment metrics on top and the eval score below, on one step axis.
 """
 
 from __future__ import annotations
@@ -12,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from arr.jsonl import read_jsonl
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+from arr.plots import COLORS, Panel, panel_figure, save_figure
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -83,78 +80,21 @@ def plot_alignment(
     title: str = "Policy-judge alignment",
     target: str = "eval_score",
 ) -> Path:
-    """Draw the align/* curves (top) and `target` (bottom) against the step; returns the PNG path."""
+    """Draw the align/* curves (top) and `target` (bottom) against the training step, on one step axis; writes a
+    PNG (or SVG, from the suffix) and returns its path."""
     keys = alignment_keys(rows)
     if not keys:
         raise ValueError(
             "no align/* metrics in these rows: train with an AlignmentProbe callback to log them"
         )
-    width, panel_h, margin_l, margin_r, top = 760, 240, 64, 170, 30
-    height = top + 2 * panel_h + 40
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    draw.text((margin_l, 8), title, fill="black", font=font)
-    steps = [s for k in [*keys, target] for s, _ in series(rows, k)]
-    x0, x1 = (min(steps), max(steps)) if steps else (0.0, 1.0)
-    if x1 == x0:
-        x1 = x0 + 1
+    # The target's line takes the colour after the alignment lines', so that no two lines share one.
+    colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate([*(k[6:] for k in keys), target])}
     panels = [
-        ({k[len("align/") :]: series(rows, k) for k in keys}, top),
-        ({target: series(rows, target)}, top + panel_h + 20),
+        Panel(title, {k[len("align/") :]: series(rows, k) for k in keys}, "alignment (similarity)"),
+        Panel(f"held-out {target}", {target: series(rows, target)}, target),
     ]
-    for i, (named, y_top) in enumerate(panels):
-        box = (margin_l, y_top, width - margin_r, y_top + panel_h - 30)
-        # The eval curve takes the colour after the alignment curves', so no two lines share one.
-        _panel(draw, font, named, box, (x0, x1), first_colour=0 if i == 0 else len(keys))
-    draw.text(((margin_l + width - margin_r) // 2 - 10, height - 18), "step", fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
-def _panel(
-    draw: ImageDraw.ImageDraw,
-    font: Any,
-    named: dict[str, list[tuple[float, float]]],
-    box: tuple[int, int, int, int],
-    xrange: tuple[float, float],
-    first_colour: int = 0,
-) -> None:
-    left, top, right, bottom = box
-    x0, x1 = xrange
-    ys = [y for pts in named.values() for _, y in pts]
-    if not ys:
-        draw.text((left + 8, (top + bottom) // 2), f"{', '.join(named)}: no data", fill="#777", font=font)
-        return
-    y0, y1 = min(ys), max(ys)
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = (y1 - y0) * 0.08
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (right - left)
-
-    def sy(y: float) -> float:
-        return bottom - (y - y0) / (y1 - y0) * (bottom - top)
-
-    for k in range(5):
-        yv = y0 + (y1 - y0) * k / 4
-        draw.line([(left, sy(yv)), (right, sy(yv))], fill="#eeeeee")
-        draw.text((4, sy(yv) - 6), f"{yv:.3g}".rjust(8), fill="black", font=font)
-        xv = x0 + (x1 - x0) * k / 4
-        draw.text((sx(xv) - 8, bottom + 4), f"{xv:.4g}", fill="black", font=font)
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill="#999999")
-    for i, (name, pts) in enumerate(named.items()):
-        color = PALETTE[(first_colour + i) % len(PALETTE)]
-        xy = [(sx(x), sy(y)) for x, y in pts]
-        if len(xy) > 1:
-            draw.line(xy, fill=color, width=2)
-        for px, py in xy if len(xy) <= 60 else []:
-            draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=color)
-        draw.text((right + 10, top + 14 * i), name, fill=color, font=font)
+    fig = panel_figure(panels, cols=1, panel_size=(7.2, 2.8), colors=colors)
+    return save_figure(fig, path)
 
 
 __all__ = ["alignment_keys", "correlations", "plot_alignment", "read_metrics", "series"]

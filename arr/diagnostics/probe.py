@@ -86,7 +86,13 @@ def judge_layers(output: Any) -> dict[str, Any]:
 
 def backend_features(trainer: RPOTrainer) -> JudgeFeatures:
     """The judge backend's `features` method, looking through wrappers (`.inner`, `.backend`)."""
-    obj: Any = getattr(trainer.reward, "judge", None)
+    return judge_features_of(getattr(trainer.reward, "judge", None))
+
+
+def judge_features_of(judge: Any) -> JudgeFeatures:
+    """`judge`'s `features` method, looking through wrappers (`.inner`, `.backend`); TypeError if it has none (a
+    remote judge behind an OpenAI-compatible server shows no image features)."""
+    obj: Any = judge
     seen = []
     while obj is not None and len(seen) < 8:
         seen.append(type(obj).__name__)

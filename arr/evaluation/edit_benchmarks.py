@@ -325,7 +325,7 @@ def suite_schema(suite: dict[str, Any]) -> str:
     return schema
 
 
-def _generate(data: dict[str, Any], data_dir: Path, where: Path) -> Path:
+def generate_suite_data(data: dict[str, Any], data_dir: Path, where: Path) -> Path:
     """Run a suite's `data.generator` (one of arr's own, deterministic) into `data_dir`, once."""
     from arr.shapes.benchmarks import suite_generator
 
@@ -353,7 +353,7 @@ def load_edit_suite(
     data = suite["data"]
     schema = suite_schema(suite)
     if "generator" in data:
-        source = str(_generate(data, Path(data_dir), path))
+        source = str(generate_suite_data(data, Path(data_dir), path))
     else:
         source = str(data["path"])
         local = path.parent / source
@@ -555,6 +555,7 @@ __all__ = [
     "LOADERS",
     "SCHEMAS",
     "EditSample",
+    "generate_suite_data",
     "load_edit_suite",
     "load_emu_edit",
     "load_gedit",

@@ -234,7 +234,7 @@ class PixelEditJudge:
                         "scores": None,
                         "reason": "",
                         "error": f"sample {s.id}: the pixel judge scores shapes-world edits only (no exact edit "
-                        "attached); use --judge hf or openai for this benchmark",
+                        "attached); use --backend hf or openai for this benchmark",
                     }
                 )
                 continue
@@ -270,7 +270,7 @@ def make_edit_judge(protocol: str, backend: Any) -> EditJudge:
         if protocol != "viescore":
             raise ValueError(
                 f"the pixel judge scores shapes-world edits on GEdit's SC/PQ scales only; protocol {protocol!r} "
-                "needs a VLM judge (--judge hf or openai)"
+                "needs a VLM judge (--backend hf or openai)"
             )
         return PixelEditJudge(strict=getattr(backend, "strict", True))
     return (VIEScoreJudge if protocol == "viescore" else ImgEditJudge)(backend)

@@ -1,7 +1,7 @@
 """Run an editing benchmark: edit every sample, judge and measure it, summarise per category, write a report.
 
-    arr eval eval/shapes_edit.yaml --policy shapes-edit --judge pixel --out runs/eval/shapes_edit
-    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --judge openai \
+    arr eval eval/shapes_edit.yaml --policy shapes-edit --backend pixel --out runs/eval/shapes_edit
+    arr eval eval/gedit_bench.yaml --policy Qwen/Qwen-Image-Edit --backend openai \
         --model Qwen/Qwen2.5-VL-72B-Instruct --base-url http://127.0.0.1:8000/v1 --out runs/eval/gedit
 
 Outputs in OUT: `samples.jsonl` (one row per finished sample, append-only, keyed by sample id), `edits/` (the
@@ -22,13 +22,20 @@ from pathlib import Path
 from typing import IO, Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from arr.evaluation.edit_benchmarks import EditSample
 from arr.evaluation.edit_judges import EditJudge
 from arr.evaluation.edit_metrics import EditMetrics
 from arr.evaluation.edit_report import write_edit_report
-from arr.evaluation.edit_results import ROWS, SETTINGS, SUMMARY, file_stem, read_rows, summarize
+from arr.evaluation.edit_results import (
+    ROWS,
+    SUMMARY,
+    claim_folder,
+    file_stem,
+    run_pending,
+    save_image,
+    summarize,
+)
 from arr.evaluation.editors import Editor
 from arr.jsonl import write_text_atomic
 
@@ -36,27 +43,6 @@ from arr.jsonl import write_text_atomic
 def sample_seed(sample_id: str, seed: int = 0) -> int:
     """A seed that depends only on the sample and the run seed (stable across processes, unlike hash())."""
     return (zlib.crc32(sample_id.encode("utf-8")) + 1_000_003 * int(seed)) % 2**31
-
-
-def _save_image(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
-
-
-def _claim_folder(out: Path, settings: dict[str, Any]) -> None:
-    """Record what this evaluation is in OUT/settings.json, or check that OUT holds results of the same one."""
-    path = out / SETTINGS
-    if not path.is_file():
-        write_text_atomic(path, json.dumps(settings, indent=1) + "\n")
-        return
-    previous = json.loads(path.read_text(encoding="utf-8"))
-    if previous != settings:
-        changed = sorted(k for k in settings if previous.get(k) != settings[k])
-        raise ValueError(
-            f"{out} holds results of another evaluation (different {', '.join(changed)}); "
-            "use a new --out or delete that folder to start over"
-        )
 
 
 def _edit_missing(editor: Editor, batch: Sequence[EditSample], paths: list[Path], seeds: list[int]) -> float:
@@ -71,7 +57,7 @@ def _edit_missing(editor: Editor, batch: Sequence[EditSample], paths: list[Path]
             [seeds[k] for k in todo],
         )
         for k, image in zip(todo, made, strict=True):
-            _save_image(image.convert("RGB"), paths[k])
+            save_image(image.convert("RGB"), paths[k])
     return (time.perf_counter() - t0) / max(len(todo), 1)
 
 
@@ -143,10 +129,12 @@ def evaluate_edits(
     seed: int = 0,
     progress: bool = True,
     report: bool = True,
+    self_contained_report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `editor` on `samples` into `out_dir` (resumable, see the module docstring); returns the summary.
 
-    `info` (suite name, schema, ...) is copied into the summary. Samples with `error` (corrupt rows) are skipped and
+    `info` (suite name, schema, ...) is copied into the summary. `report` writes report.html, with its thumbnails
+    inlined when `self_contained_report` (one file to share). Samples with `error` (corrupt rows) are skipped and
     listed; a sample whose judgment failed is written with its error and judged again on the next run.
     """
     if batch_size < 1:
@@ -159,7 +147,7 @@ def evaluate_edits(
         "metrics": metrics.fingerprint() if metrics is not None else None,
         "seed": int(seed),
     }
-    _claim_folder(out, settings)
+    claim_folder(out, settings)
     info = {
         **(info or {}),
         "policy": editor.name,
@@ -168,32 +156,20 @@ def evaluate_edits(
     }
     valid = [s for s in samples if not s.error]
     skipped = [{"id": s.id, "reason": s.error or ""} for s in samples if s.error]
-    rows_path = out / ROWS
-    done = {k for k, r in read_rows(rows_path).items() if not r.get("error")}
-    pending = [s for s in valid if s.id not in done]
-
-    bar = tqdm(
-        total=len(valid),
-        initial=len(valid) - len(pending),
-        desc="arr eval",
+    rows = run_pending(
+        valid,
+        out / ROWS,
+        lambda batch, fh: _run_batch(batch, editor, judge, metrics, out, seed, fh),
+        item_id=lambda s: s.id,
+        batch_size=batch_size,
         unit="edit",
-        disable=not progress,
+        progress=progress,
     )
-    with rows_path.open("a", encoding="utf-8") as fh:
-        if fh.tell() > 0 and not rows_path.read_bytes().endswith(b"\n"):
-            fh.write("\n")  # end a row torn by a kill, so the next row starts on its own line
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
-            _run_batch(batch, editor, judge, metrics, out, seed, fh)
-            bar.update(len(batch))
-    bar.close()
 
-    final = read_rows(rows_path)
-    rows = [final[s.id] for s in valid if s.id in final]
     summary = summarize(rows, skipped, info)
     write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     if report:
-        write_edit_report(summary, rows, valid, out)
+        write_edit_report(summary, rows, valid, out, self_contained=self_contained_report)
     return summary
 
 

@@ -1,15 +1,19 @@
-"""Editing models behind one call, `edit(sources, instructions, seeds) -> images`, for the benchmark runner.
+"""The models under evaluation behind one call each: `edit(sources, instructions, seeds) -> images` for editing
+benchmarks, `generate(prompts, seeds) -> images` for text-to-image suites.
 
-`build_editor(spec)` turns `arr eval --policy SPEC` into an editor:
-- `shapes-edit`: the shipped shapes editing model (arr/shapes/assets/edit); `shapes:FOLDER` or a folder with
-  `shapes_config.json`: a shapes model written by `arr.shapes.models.save_pretrained`.
+`build_editor(spec)` turns `arr eval --policy SPEC` into an editor (`build_generator(spec)` into a generator):
+- `shapes-edit` / `shapes-t2i`: the shipped shapes editing / text-to-image model (arr/shapes/assets); `shapes:NAME`
+  or `shapes:FOLDER` or a folder with `shapes_config.json`: a shipped name or a shapes model written by
+  `arr.shapes.models.save_pretrained`.
 - `FAMILY:MODEL_ID` with a family of `arr.policies.POLICIES` (`qwen_image:Qwen/Qwen-Image-Edit`,
-  `flux:black-forest-labs/FLUX.1-Kontext-dev`): our FlowPolicy adapter, sampled with the ODE (eta 0).
-- anything else: a diffusers pipeline id or folder (`Qwen/Qwen-Image-Edit-2509`,
-  `black-forest-labs/FLUX.1-Kontext-dev`), called as users call it: `pipe(image=..., prompt=..., generator=...,
-  **policy_kwargs)`, one image at a time so every source keeps its own size.
-Each sample's noise depends only on its seed, so results do not depend on batching and a resumed run regenerates
-exactly what it lost.
+  `flux:black-forest-labs/FLUX.1-dev`): our FlowPolicy adapter, sampled with the ODE (eta 0).
+- anything else: a diffusers pipeline id or folder (`Qwen/Qwen-Image-Edit-2509`, `black-forest-labs/FLUX.1-dev`),
+  called as users call it: `pipe(prompt=..., generator=..., **policy_kwargs)` (editing: `image=...` too), one image
+  at a time so every source keeps its own size.
+`lora` is a LoRA folder: an RPO checkpoint `RUN/checkpoints/step_N` (or its `moving_average/`) or any diffusers LoRA;
+policies load it with `load_lora_weights`, pipelines with diffusers' own `load_lora_weights`, and either way a LoRA
+that loads nothing is an error. Each sample's noise depends only on its seed, so results do not depend on batching
+and a resumed run regenerates exactly what it lost.
 """
 
 from __future__ import annotations
@@ -33,8 +37,19 @@ class Editor(Protocol):
     ) -> list[Image.Image]: ...
 
 
+class Generator(Protocol):
+    """A text-to-image model under evaluation."""
+
+    name: str
+
+    def fingerprint(self) -> str: ...
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]: ...
+
+
 class PolicyEditor:
-    """Any `FlowPolicy` (shapes, Qwen-Image-Edit, FLUX-Kontext adapters): encode, sample the ODE, decode."""
+    """Any `FlowPolicy` (shapes, SD3, FLUX, Qwen-Image adapters): encode, sample the ODE, decode; it edits or
+    generates as its model does."""
 
     def __init__(self, policy: Any, name: str, eta: float = 0.0, **sample_kwargs: Any) -> None:
         self.policy, self.name, self.eta, self.sample_kwargs = policy, name, float(eta), sample_kwargs
@@ -54,17 +69,28 @@ class PolicyEditor:
     def edit(
         self, sources: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int]
     ) -> list[Image.Image]:
-        cond = self.policy.encode(list(instructions), list(sources))
+        return self._sample(list(instructions), list(sources), seeds)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
+        return self._sample(list(prompts), None, seeds)
+
+    def _sample(
+        self, prompts: list[str], sources: list[Image.Image] | None, seeds: Sequence[int]
+    ) -> list[Image.Image]:
+        cond = self.policy.encode(prompts, sources)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         traj = self.policy.sample(cond, eta=self.eta, generators=generators, **self.sample_kwargs)
         return self.policy.decode(traj.final)
 
 
 class DiffusersEditor:
-    """A diffusers editing pipeline (QwenImageEditPipeline, FluxKontextPipeline, ...), called per image."""
+    """A diffusers pipeline, called per image: an editing one (QwenImageEditPipeline, FluxKontextPipeline, ...)
+    edits, a text-to-image one generates."""
 
     def __init__(self, pipeline: Any, name: str, **call_kwargs: Any) -> None:
         self.pipeline, self.name, self.call_kwargs = pipeline, name, call_kwargs
+        self.lora: str | None = None  # stamp of loaded LoRA weights (see load_pipeline_lora)
 
     @classmethod
     def from_pretrained(
@@ -85,55 +111,59 @@ class DiffusersEditor:
         return cls(pipe, model_id, **call_kwargs)
 
     def fingerprint(self) -> str:
-        return f"diffusers:{self.name}:{json.dumps(self.call_kwargs, sort_keys=True, default=str)}"
+        settings = {**self.call_kwargs, "lora": self.lora} if self.lora else self.call_kwargs
+        return f"diffusers:{self.name}:{json.dumps(settings, sort_keys=True, default=str)}"
 
     def edit(
         self, sources: Sequence[Image.Image], instructions: Sequence[str], seeds: Sequence[int]
     ) -> list[Image.Image]:
+        return [
+            self._call(seed, image=source, prompt=instruction)
+            for source, instruction, seed in zip(sources, instructions, seeds, strict=True)
+        ]
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
+        return [self._call(seed, prompt=prompt) for prompt, seed in zip(prompts, seeds, strict=True)]
+
+    def _call(self, seed: int, **inputs: Any) -> Image.Image:
         device = getattr(self.pipeline, "device", torch.device("cpu"))
-        out = []
-        for source, instruction, seed in zip(sources, instructions, seeds, strict=True):
-            generator = torch.Generator(device=device).manual_seed(int(seed))
-            result = self.pipeline(image=source, prompt=instruction, generator=generator, **self.call_kwargs)
-            out.append(result.images[0])
-        return out
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        return self.pipeline(generator=generator, **inputs, **self.call_kwargs).images[0]
 
 
 def load_lora(policy: Any, checkpoint: str | Path, alpha: float | None = None) -> str:
-    """Load an RPO checkpoint's LoRA (`checkpoints/step_N/lora.safetensors`) into `policy`; returns a stamp for the
-    fingerprint. The rank and target modules are read from the weights; alpha from the run's config.yaml beside
-    `checkpoints/` unless given."""
-    import hashlib
+    """Add the LoRA in `checkpoint` to `policy` (see `FlowPolicy.load_lora_weights`); returns a stamp of its weights
+    and alpha for the evaluation's fingerprint."""
+    from arr.policies.lora import lora_stamp
 
-    import yaml
-    from safetensors.torch import load_file
+    return lora_stamp(policy.load_lora_weights(checkpoint, alpha))
 
-    path = Path(checkpoint)
-    file = path / "lora.safetensors" if path.is_dir() else path
-    if not file.is_file():
+
+def load_pipeline_lora(pipeline: Any, lora: str | Path) -> str:
+    """Load a LoRA folder or file into a diffusers pipeline with its own `load_lora_weights`; returns a stamp.
+
+    diffusers only warns when a file matches none of the pipeline's modules, which would score the base model
+    under the LoRA's name: here that is an error."""
+    from arr.policies.lora import LORA_WEIGHTS_NAME, lora_stamp, read_lora_weights
+
+    path = Path(lora)
+    if path.is_dir() and not (path / LORA_WEIGHTS_NAME).is_file():
         raise ValueError(
-            f"--lora {checkpoint}: no lora.safetensors there (expected an RPO checkpoints/step_N folder)"
+            f"--lora {lora}: no {LORA_WEIGHTS_NAME} there; a diffusers pipeline loads that file (RPO checkpoints "
+            "hold one)"
         )
-    state = load_file(str(file))
-    a_keys = [k for k in state if ".lora_A." in k]
-    if not a_keys:
-        raise ValueError(f"--lora {file}: no LoRA weights (no '.lora_A.' keys)")
-    rank = int(state[a_keys[0]].shape[0])
-    targets = sorted({k.split(".lora_A.")[0] for k in a_keys})
-    if alpha is None:
-        config = file.parent.parent.parent / "config.yaml"
-        try:
-            alpha = float(yaml.safe_load(config.read_text(encoding="utf-8"))["lora_alpha"])
-        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
-            raise ValueError(
-                f"--lora {file}: cannot read lora_alpha from {config}; pass it with --lora-alpha"
-            ) from None
-    policy.add_lora(rank, alpha, targets)
-    policy.load_lora_state_dict(state)
-    return f"lora:{hashlib.sha256(file.read_bytes()).hexdigest()[:16]}:r{rank}:a{alpha:g}"
+    weights = read_lora_weights(path)  # the file diffusers picks, for the stamp
+    before = sum(len(v) for v in pipeline.get_list_adapters().values())
+    pipeline.load_lora_weights(str(lora))
+    if sum(len(v) for v in pipeline.get_list_adapters().values()) == before:
+        raise ValueError(
+            f"--lora {lora}: the pipeline loaded no LoRA layers from it (a LoRA of another model?)"
+        )
+    return lora_stamp(weights)
 
 
 SHAPES_DEFAULTS = {"num_steps": 20, "guidance_scale": 1.5}  # arr.shapes.sample's defaults
+SHAPES_SHIPPED = {"shapes-edit": "edit", "shapes-t2i": "t2i"}
 
 
 def build_editor(
@@ -142,30 +172,18 @@ def build_editor(
     torch_dtype: str = "bfloat16",
     lora: str | Path | None = None,
     lora_alpha: float | None = None,
+    task: str = "edit",
     **kwargs: Any,
-) -> Editor:
-    """An editor for `arr eval --policy SPEC` (see the module docstring); `kwargs` are policy settings
-    (shapes / FlowPolicy: num_steps, guidance_scale, ...) or pipeline call arguments (diffusers). `lora` is an RPO
-    checkpoint folder (FlowPolicy editors) or LoRA weights diffusers' `load_lora_weights` reads (pipelines)."""
+) -> Any:
+    """The model for `arr eval --policy SPEC` (see the module docstring), an `Editor` for `task` "edit" and a
+    `Generator` for "t2i"; `kwargs` are policy settings (shapes / FlowPolicy: num_steps, guidance_scale, ...) or
+    pipeline call arguments (diffusers). `lora` is a LoRA folder (an RPO checkpoint, or diffusers LoRA weights)."""
     from arr.policies import POLICIES
     from arr.shapes.models import CONFIG_NAME
 
     family, _, model_id = spec.partition(":")
-    shapes_folder = Path(spec) / CONFIG_NAME
-    if spec == "shapes-edit" or family == "shapes" or shapes_folder.is_file():
-        from arr.policies.shapes import ShapesPolicy
-
-        model = "edit" if spec == "shapes-edit" else (model_id if family == "shapes" else spec)
-        settings = {**SHAPES_DEFAULTS, **kwargs}
-        try:
-            policy = ShapesPolicy.from_pretrained(model, device=device or "cpu", **settings)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load the shapes editing model {model!r}: {e}") from None
-        if policy.model.task != "edit":
-            raise ValueError(
-                f"shapes model {model!r} is a text-to-image model; --policy needs an editing model"
-            )
-        return _with_lora(PolicyEditor(policy, spec), lora, lora_alpha)
+    if spec in SHAPES_SHIPPED or family == "shapes" or (Path(spec) / CONFIG_NAME).is_file():
+        return _with_lora(_shapes_editor(spec, family, model_id, device, task, kwargs), lora, lora_alpha)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if model_id and family in POLICIES:
         from arr.policies import make_policy
@@ -178,9 +196,34 @@ def build_editor(
         return _with_lora(PolicyEditor(policy, spec), lora, lora_alpha)
     editor = DiffusersEditor.from_pretrained(spec, torch_dtype=torch_dtype, device=device, **kwargs)
     if lora is not None:
-        editor.pipeline.load_lora_weights(str(lora))
+        editor.lora = load_pipeline_lora(editor.pipeline, lora)
         editor.name = f"{spec}+{lora}"
     return editor
+
+
+def build_generator(spec: str, **kwargs: Any) -> Generator:
+    """A text-to-image model for `arr eval --policy SPEC` on a text-to-image suite (`build_editor`'s arguments)."""
+    return build_editor(spec, task="t2i", **kwargs)
+
+
+def _shapes_editor(
+    spec: str, family: str, model_id: str, device: str | None, task: str, kwargs: dict[str, Any]
+) -> PolicyEditor:
+    from arr.policies.shapes import ShapesPolicy
+
+    model = SHAPES_SHIPPED.get(spec) or (model_id if family == "shapes" else spec)
+    settings = {**SHAPES_DEFAULTS, **kwargs}
+    try:
+        policy = ShapesPolicy.from_pretrained(model, device=device or "cpu", **settings)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the shapes model {model!r}: {e}") from None
+    if policy.model.task != task:
+        kind = {"edit": "an editing", "t2i": "a text-to-image"}
+        raise ValueError(
+            f"shapes model {model!r} is {kind.get(policy.model.task, policy.model.task)} model; this suite needs "
+            f"{kind.get(task, task)} model (e.g. --policy {'shapes-edit' if task == 'edit' else 'shapes-t2i'})"
+        )
+    return PolicyEditor(policy, spec)
 
 
 def _with_lora(editor: PolicyEditor, lora: str | Path | None, alpha: float | None) -> PolicyEditor:
@@ -190,4 +233,13 @@ def _with_lora(editor: PolicyEditor, lora: str | Path | None, alpha: float | Non
     return editor
 
 
-__all__ = ["DiffusersEditor", "Editor", "PolicyEditor", "build_editor", "load_lora"]
+__all__ = [
+    "DiffusersEditor",
+    "Editor",
+    "Generator",
+    "PolicyEditor",
+    "build_editor",
+    "build_generator",
+    "load_lora",
+    "load_pipeline_lora",
+]

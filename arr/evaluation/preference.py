@@ -1,6 +1,6 @@
 """Judge evaluation on labelled preference pairs: accuracy, position bias, ties, per-category accuracy and cost.
 
-    arr eval preference eval/shapes_pairs.yaml --judge pixel --out runs/eval/shapes_pairs
+    arr eval preference eval/shapes_pairs.yaml --backend pixel --out runs/eval/shapes_pairs
 
 Every pair is asked in both image orders, each order on its own, so one run gives:
 - `single_order_accuracy`: how often one question in one order picks the labelled winner (averaged over the two
@@ -10,10 +10,18 @@ Every pair is asked in both image orders, each order on its own, so one run give
 - `accuracy` (swap-consistent, what `RubricJudge(swap=True)` reports): the winner must be picked in both orders;
   a verdict that flips, or an exact tie, is a tie and is not correct. `tie_rate` counts those.
 Failed questions (backend errors, unparseable answers, rubrics the judge cannot use) count against accuracy and
-are reported as `failure_rate`. Each judge configuration is evaluated on the same pairs:
+are reported as `failure_rate`; a configuration in which every question failed is reported as skipped, with the
+first error as the reason, not as an accuracy of 0. Each judge configuration is evaluated on the same pairs:
 - `plain`: no criteria, no guide (the judge decides from the prompt alone);
 - `rubric`: the pair's prompt-specific rubric (from the data, or generated zero-shot: `arr rubric prompts`);
 - `rubric+guide`: the same rubric plus an ARR rubric guide as the system prompt (`arr rubric generate`).
+Against the labels, each configuration also reports `cohen_kappa` and `krippendorff_alpha` (nominal) between the
+swap-consistent verdict (A, B or tie) and the labelled winner, over the pairs judged, and bootstrap intervals
+(`accuracy_ci`, and `low` / `high` with each agreement figure).
+
+Pairs that carry per-criterion labels (`PreferencePair.labels`; shapes pairs do) also validate the judge criterion
+by criterion on both images of every pair (`criteria_validation`: accuracy, Cohen's kappa and Krippendorff's alpha
+per criterion, with intervals; see `arr.evaluation.validation`).
 
 The pairs and suites are loaded by `arr.evaluation.preference_benchmarks` (HPDv3, MMRB2, EditReward-Bench) and the
 report is written by `arr.evaluation.preference_report`; both are importable from here too.
@@ -27,7 +35,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
+from arr.agreement import cohen_kappa, krippendorff_alpha
 from arr.backends.base import JudgeBackend
+from arr.backends.fewshot import LabelledCriterion
 from arr.evaluation.preference_benchmarks import (
     SCHEMAS,
     load_editreward_bench,
@@ -36,10 +48,12 @@ from arr.evaluation.preference_benchmarks import (
     load_pairs,
     load_preference_suite,
 )
-from arr.evaluation.preference_report import svg_bar_chart, write_report
+from arr.evaluation.preference_report import write_report
+from arr.evaluation.validation import validate_judge
 from arr.judge import PairItem, PairJudgment, RubricJudge
 from arr.rubrics import GuideCategory, Rubric
 from arr.shapes.pairs import PreferencePair
+from arr.stats import bootstrap_items
 
 CONFIGS: tuple[str, ...] = ("plain", "rubric", "rubric+guide")
 
@@ -71,6 +85,47 @@ def _rubric_for(
 
 def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
+
+
+def _agreement_with_labels(
+    rows: list[dict[str, Any]], resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Accuracy's bootstrap interval and chance-corrected agreement between the swap-consistent verdict (A, B or
+    tie) and the labelled winner; failed pairs count against accuracy and are left out of the agreement."""
+    correct = np.array(
+        [
+            float("picks" in r and r["picks"][0] == r["picks"][1] == (0 if r["winner"] == "A" else 1))
+            for r in rows
+        ]
+    )
+    ok = [r for r in rows if "picks" in r]
+    labels = [r["winner"] for r in ok]
+    verdicts = [
+        ("AB"[r["picks"][0]] if r["picks"][0] == r["picks"][1] and r["picks"][0] is not None else "tie")
+        for r in ok
+    ]
+    out: dict[str, Any] = {}
+    ci = bootstrap_items(len(rows), lambda idx: float(correct[idx].mean()), resamples, seed=seed)
+    out["accuracy_ci"] = None if ci is None else [ci.low, ci.high]
+    stats = {
+        "cohen_kappa": lambda idx: cohen_kappa([labels[i] for i in idx], [verdicts[i] for i in idx]),
+        "krippendorff_alpha": lambda idx: krippendorff_alpha([(labels[i], verdicts[i]) for i in idx]),
+    }
+    for name, stat in stats.items():
+        ci = bootstrap_items(len(ok), stat, resamples, seed=seed)
+        out[name] = None if ci is None else {"value": ci.value, "low": ci.low, "high": ci.high}
+    return out
+
+
+def labelled_criteria(pairs: Sequence[PreferencePair]) -> list[LabelledCriterion]:
+    """Every labelled criterion of both images of every pair (pairs without `labels` give none)."""
+    out = []
+    for p in pairs:
+        by_id = {c.id: c for c in p.rubric.criteria}
+        for side, image in (("chosen", p.chosen), ("rejected", p.rejected)):
+            for cid, label in ((p.labels or {}).get(side) or {}).items():
+                out.append(LabelledCriterion(image, by_id[cid], label, p.prompt, source=p.source))
+    return out
 
 
 def evaluate_config(
@@ -142,6 +197,7 @@ def evaluate_config(
         }
 
     result = summarise(rows)
+    result.update(_agreement_with_labels(rows))
     by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_cat[r["category"] or "(none)"].append(r)
@@ -171,8 +227,10 @@ def evaluate_preference(
 ) -> dict[str, Any]:
     """Evaluate each judge configuration on the same pairs; configurations that cannot run are listed as skipped.
 
-    "rubric+guide" without a guide is skipped; "rubric" configurations judge pairs without a rubric (none in the data
-    and none in `rubrics`) as failures.
+    "rubric+guide" without a guide is skipped, and so is a configuration in which every judgment failed (its
+    reason is the first error: e.g. the pixel judge cannot judge without criteria, so it skips "plain"); otherwise
+    pairs without a rubric (none in the data and none in `rubrics`) count as failures. Pairs with per-criterion
+    labels add `criteria_validation`.
     """
     out: dict[str, Any] = {
         "n_pairs": len(pairs),
@@ -184,7 +242,20 @@ def evaluate_preference(
         if config == "rubric+guide" and not guide:
             out["skipped"][config] = "no rubric guide given (run `arr rubric generate` and pass --guide)"
             continue
-        out["configs"][config] = evaluate_config(pairs, backend, config, rubrics, guide, cache, batch_size)
+        metrics = evaluate_config(pairs, backend, config, rubrics, guide, cache, batch_size)
+        if metrics["n"] and metrics["failure_rate"] == 1.0:
+            # Nothing was judged (e.g. the pixel judge has no criteria to check in the plain configuration): an
+            # accuracy of 0 would read as a judge that is always wrong.
+            first = metrics.get("first_error", "").split("; ")[0]
+            out["skipped"][config] = f"the {backend.name} judge could not judge any pair: {first}"
+            continue
+        out["configs"][config] = metrics
+    labelled = labelled_criteria(pairs)
+    if labelled:
+        judge = RubricJudge(backend, cache=cache)
+        report = validate_judge(judge, labelled, batch_size=batch_size)
+        report.pop("items")  # one row per image and criterion: too long for a summary
+        out["criteria_validation"] = report
     return out
 
 
@@ -199,11 +270,11 @@ __all__ = [
     "binomial_stderr",
     "evaluate_config",
     "evaluate_preference",
+    "labelled_criteria",
     "load_editreward_bench",
     "load_hpdv3",
     "load_mmrb2",
     "load_pairs",
     "load_preference_suite",
-    "svg_bar_chart",
     "write_report",
 ]

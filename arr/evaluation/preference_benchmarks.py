@@ -20,7 +20,7 @@ from PIL import Image
 
 from arr.jsonl import read_jsonl
 from arr.rubrics import Rubric, as_rubric
-from arr.shapes.pairs import PreferencePair
+from arr.shapes.pairs import PreferencePair, pair_labels
 
 SCHEMAS: tuple[str, ...] = ("hpdv3", "mmrb2", "editreward")
 
@@ -96,8 +96,9 @@ def load_hpdv3(
     Assumed from HPDv3's test.json (MizzenAI/HPDv3): path1 is always the preferred image, paths relative to the
     dataset folder (`image_root`, default the file's folder). Because path1 always wins, the order shown to the
     judge is taken from our optional "position" field ("A": winner first) or, when absent, from a hash of the pair,
-    so that half the pairs show the winner second. Our optional fields "id", "task", "category", "rubric" and
-    "source_image" (the shapes fixtures) are read when present.
+    so that half the pairs show the winner second. Our optional fields "id", "task", "category", "rubric",
+    "source_image" and "labels" (per-criterion labels, {"chosen": {id: label}, "rejected": {...}}; the shapes
+    fixtures) are read when present.
     """
     records, folder = _rows(source, split, hub_kwargs)
     root = Path(image_root) if image_root is not None else folder
@@ -129,6 +130,7 @@ def load_hpdv3(
                 winner=winner,
                 rubric=rubric,
                 source=source_image,
+                labels=pair_labels(r.get("labels"), rubric, where),
             )
         )
     return out

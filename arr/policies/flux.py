@@ -2,7 +2,9 @@
 
 Latents are packed 2x2 into tokens [B, (h/2)*(w/2), 4C] with img_ids (0, row, col) and all-zero txt_ids; the
 transformer takes timestep = sigma (the pipeline's t / 1000 after a cast to the latents' dtype) and, for
-FLUX.1-dev, the distilled guidance as an embedding; "true" CFG with a negative prompt is a second call. For
+FLUX.1-dev, the distilled guidance as an embedding. As in FluxPipeline, `guidance_scale` is that embedded guidance
+(3.5 for FLUX.1-dev, 2.5 for Kontext; one transformer call per step), and "true" CFG with a negative prompt is a
+separate setting, `true_cfg_scale` (a second call per step; 1 turns it off, the pipeline's default). For
 Kontext the source image's packed latents follow the noisy ones in the sequence with ids (1, row, col), and the
 output is cut back to the noisy tokens.
 """
@@ -33,11 +35,14 @@ def image_ids(h2: int, w2: int, first: float = 0.0) -> Tensor:
 class FluxPolicy(LatentFlowPolicy):
     """FLUX-family policy (FLUX.1-dev/schnell text-to-image, FLUX.1-Kontext editing when given source images).
 
-    `guidance` is FLUX.1-dev's embedded (distilled) guidance, unused by transformers without guidance_embeds;
-    `guidance_scale` > 1 adds "true" CFG. Keyword arguments beyond these are `LatentFlowPolicy`'s."""
+    `guidance_scale` is FLUX.1-dev's embedded (distilled) guidance, unused by transformers without guidance_embeds
+    (FLUX.1-schnell); `true_cfg_scale` > 1 adds "true" CFG. Keyword arguments beyond these are `LatentFlowPolicy`'s.
+    """
 
     batch_cfg = False
     latent_patch = 2
+    guidance_is_cfg = False
+    lora_loader = "FluxLoraLoaderMixin"
 
     def __init__(
         self,
@@ -46,14 +51,19 @@ class FluxPolicy(LatentFlowPolicy):
         encode_fn: FluxEncodeFn,
         *,
         num_steps: int = 8,
-        guidance: float = 3.5,
-        guidance_scale: float = 1.0,
+        guidance_scale: float = 3.5,
+        true_cfg_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            transformer, vae, encode_fn, num_steps=num_steps, guidance_scale=guidance_scale, **kwargs
+            transformer,
+            vae,
+            encode_fn,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            true_cfg_scale=true_cfg_scale,
+            **kwargs,
         )
-        self.guidance = float(guidance)
         if self.device.type == "cuda":
             # cuDNN SDPA crashes the backward pass of FLUX-shaped LoRA training on H100/H200 ("illegal memory
             # access" inside mha_graph.execute); the forward is fine. This switch is process-wide.
@@ -86,9 +96,6 @@ class FluxPolicy(LatentFlowPolicy):
 
         return cls._from_pipeline(pipe, encode_fn, device, **kwargs)
 
-    def _sample_extras(self, height: int, width: int) -> dict[str, Any]:
-        return {"height": height, "width": width, "guidance": self.guidance}
-
     def _forward(
         self, latents: Tensor, sigma: Tensor, embeds: dict[str, Tensor], extras: dict[str, Any]
     ) -> Tensor:
@@ -101,7 +108,7 @@ class FluxPolicy(LatentFlowPolicy):
             guidance = torch.full(
                 (latents.shape[0],), extras["guidance"], device=self.device, dtype=torch.float32
             )
-        out = self.transformer(
+        out = self.network(
             hidden_states=hidden,
             timestep=(sigma * 1000).to(self.dtype) / 1000,
             guidance=guidance,

@@ -3,8 +3,9 @@ QwenImagePipeline / QwenImageEditPipeline do, with AutoencoderKLQwenImage.
 
 Latents are packed 2x2 into tokens [B, (h/2)*(w/2), 4C] (the VAE's single frame dropped); the transformer takes
 timestep = sigma, the text states of Qwen2.5-VL with their mask (None when nothing is padded), and `img_shapes`
-(frames, h/2, w/2) per sample. CFG ("true_cfg_scale") is a second call whose result is rescaled to the
-conditional prediction's norm. For editing, the source image's packed latents follow the noisy ones in the
+(frames, h/2, w/2) per sample. CFG is `true_cfg_scale`, as QwenImagePipeline names it: a second call whose result
+is rescaled to the conditional prediction's norm. `guidance_scale` is, as in the pipeline, the embedded guidance of
+guidance-distilled checkpoints only; Qwen-Image and Qwen-Image-Edit have none, so it must stay 1. For editing, the source image's packed latents follow the noisy ones in the
 sequence, its shape is appended to img_shapes, and the output is cut back to the noisy tokens; the source is
 resized to `edit_area` pixels at its aspect ratio, like the pipeline.
 """
@@ -40,6 +41,8 @@ class QwenImagePolicy(LatentFlowPolicy):
 
     batch_cfg = False
     latent_patch = 2
+    guidance_is_cfg = False
+    lora_loader = "QwenImageLoraLoaderMixin"
 
     def __init__(
         self,
@@ -48,7 +51,8 @@ class QwenImagePolicy(LatentFlowPolicy):
         encode_fn: QwenEncodeFn,
         *,
         num_steps: int = 10,
-        guidance_scale: float = 4.0,
+        guidance_scale: float = 1.0,
+        true_cfg_scale: float = 4.0,
         negative_prompt: str = " ",
         edit_area: int = 1024 * 1024,
         **kwargs: Any,
@@ -59,10 +63,20 @@ class QwenImagePolicy(LatentFlowPolicy):
             encode_fn,
             num_steps=num_steps,
             guidance_scale=guidance_scale,
+            true_cfg_scale=true_cfg_scale,
             negative_prompt=negative_prompt,
             **kwargs,
         )
         self.edit_area = int(edit_area)
+        self.check_guidance(self.guidance_scale)
+
+    def check_guidance(self, guidance_scale: float) -> None:
+        if guidance_scale != 1.0 and not self.transformer.config.get("guidance_embeds", False):
+            raise ValueError(
+                f"guidance_scale={guidance_scale}: this Qwen-Image transformer has no guidance embedding, so "
+                "guidance_scale has no effect (QwenImagePipeline ignores it too); set guidance_scale to 1, and "
+                "true_cfg_scale for classifier-free guidance"
+            )
 
     @classmethod
     def from_pretrained(
@@ -146,16 +160,22 @@ class QwenImagePolicy(LatentFlowPolicy):
     ) -> Tensor:
         hidden, grids = self._image_sequence(latents, embeds, extras)
         mask = embeds["prompt_embeds_mask"]
-        out = self.transformer(
+        out = self.network(
             hidden_states=hidden,
             timestep=(sigma * 1000).to(self.dtype) / 1000,
-            guidance=None,
+            guidance=self._guidance_embedding(latents, extras),
             encoder_hidden_states_mask=None if bool(mask.all()) else mask,
             encoder_hidden_states=embeds["prompt_embeds"],
             img_shapes=[[(1, rows, cols) for rows, cols in grids]] * latents.shape[0],
             return_dict=False,
         )[0]
         return out[:, : latents.shape[1]]
+
+    def _guidance_embedding(self, latents: Tensor, extras: dict[str, Any]) -> Tensor | None:
+        # Only guidance-distilled checkpoints embed it (as QwenImagePipeline passes it).
+        if not self.transformer.config.get("guidance_embeds", False):
+            return None
+        return torch.full((latents.shape[0],), extras["guidance"], device=self.device, dtype=torch.float32)
 
 
 __all__ = ["QwenEncodeFn", "QwenImagePolicy", "edit_size"]

@@ -24,6 +24,8 @@ class SD3Policy(LatentFlowPolicy):
     """SD3-family policy (text-to-image). Tests pass tiny modules and an `encode_fn`; real use goes through
     `from_pretrained`. Keyword arguments beyond these are `LatentFlowPolicy`'s (height, width, eta, shift, ...)."""
 
+    lora_loader = "SD3LoraLoaderMixin"
+
     def __init__(
         self,
         transformer: nn.Module,
@@ -88,7 +90,7 @@ class SD3Policy(LatentFlowPolicy):
         self, latents: Tensor, sigma: Tensor, embeds: dict[str, Tensor], extras: dict[str, Any]
     ) -> Tensor:
         n_train = float(self.scheduler_config.get("num_train_timesteps", 1000))
-        return self.transformer(
+        return self.network(
             hidden_states=latents.to(self.dtype),
             timestep=sigma * n_train,
             encoder_hidden_states=embeds["prompt_embeds"],

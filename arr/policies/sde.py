@@ -11,6 +11,18 @@ possible, Flow-GRPO-style trainers replace it with the reverse-time SDE that has
 each transition x_t -> x_{t-1} is Gaussian with a mean that depends on the network and a fixed std, so its
 log-density is exact and cheap. Everything here is a pure function of tensors; every model family shares it.
 
+Two conventions give `eta` a different meaning (`SDEConvention`):
+
+- "flow_grpo" (Flow-GRPO): g(sigma) = eta * sqrt(sigma / (1 - sigma)), so std = eta * sqrt(sigma / (1 - sigma))
+  * sqrt(sigma - sigma'). The noise grows without bound towards sigma = 1.
+- "dance_grpo" (DanceGRPO, and the Auto-Rubric-as-Reward release built on it): g(sigma) = eta, so
+  std = eta * sqrt(sigma - sigma'). The release writes the step with the predicted clean sample
+  x0_hat = x - sigma v and the score -(x - (1 - sigma) x0_hat) / sigma^2 as
+  mean = x + dsigma v + dsigma (-eta^2 / 2) score, which is the drift above with g = eta.
+
+At eta = 0.3 on the 8-step shift-3 grid, flow_grpo's std is 4.7x to 0.65x dance_grpo's, step by step (up to 22x
+the variance), so the same eta is a different sampler.
+
 Shapes: `latents`, `velocity`, `prev_latents` are [B, ...] with any trailing dims (SD3 [B, C, h, w], FLUX and
 Qwen-Image packed [B, N, C*4], pixel models [B, 3, H, W]); `sigma`, `sigma_next` are floats or [B] tensors; the
 log-probability is [B].
@@ -29,6 +41,8 @@ import torch
 from torch import Tensor
 
 Reduction = Literal["sum", "mean"]
+SDEConvention = Literal["flow_grpo", "dance_grpo"]
+SDE_CONVENTIONS: tuple[str, ...] = ("flow_grpo", "dance_grpo")
 
 #: Default reduction of the per-dimension log-density to one number per sample: "sum", the exact log-density of
 #: the transition. Then exp(new - old) is the true importance ratio and a PPO clip range such as 0.2 is a real
@@ -82,24 +96,40 @@ def _reduce(per_dim: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
 
 
-def sde_std(sigma: float | Tensor, sigma_next: float | Tensor, eta: float, like: Tensor) -> Tensor:
-    """Std of the transition sigma -> sigma_next: eta * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next).
+def _diffusion(s: Tensor, dt: Tensor, eta: float, convention: SDEConvention) -> Tensor:
+    """The diffusion coefficient g(sigma) [B, 1, ...] of a step of length -dt from s (see `sde_std`)."""
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0 for a stochastic step (use ode_step for eta = 0), got {eta}")
+    if bool((dt >= 0).any()):
+        raise ValueError(
+            f"sigma_next must be < sigma, got sigma={s.flatten().tolist()} "
+            f"sigma_next={(s + dt).flatten().tolist()}"
+        )
+    if convention == "dance_grpo":
+        return torch.full_like(s, eta)
+    if convention != "flow_grpo":
+        raise ValueError(f"convention must be one of {SDE_CONVENTIONS}, got {convention!r}")
+    one_minus = torch.where(s >= 1.0, -dt, 1.0 - s)
+    return eta * torch.sqrt(s / one_minus)
 
-    At sigma = 1 the diffusion coefficient is infinite, so 1 - sigma is replaced by the step length
+
+def sde_std(
+    sigma: float | Tensor,
+    sigma_next: float | Tensor,
+    eta: float,
+    like: Tensor,
+    convention: SDEConvention = "flow_grpo",
+) -> Tensor:
+    """Std of the transition sigma -> sigma_next: g(sigma) * sqrt(sigma - sigma_next), with the diffusion coefficient
+    g = eta * sqrt(sigma / (1 - sigma)) ("flow_grpo") or g = eta ("dance_grpo").
+
+    flow_grpo: at sigma = 1 the diffusion coefficient is infinite, so 1 - sigma is replaced by the step length
     sigma - sigma_next (flow_grpo uses the next schedule sigma the same way); the first step's std is then
     exactly eta * sqrt(sigma) = eta, whatever the schedule. Returns [B, 1, ...] in `like`'s compute dtype.
     """
-    if eta <= 0:
-        raise ValueError(f"eta must be > 0 for a stochastic step (use ode_step for eta = 0), got {eta}")
     s = _per_sample(sigma, like)
-    s_next = _per_sample(sigma_next, like)
-    dt = s_next - s  # negative: sigma decreases
-    if bool((dt >= 0).any()):
-        raise ValueError(
-            f"sigma_next must be < sigma, got sigma={s.flatten().tolist()} sigma_next={s_next.flatten().tolist()}"
-        )
-    one_minus = torch.where(s >= 1.0, -dt, 1.0 - s)
-    return eta * torch.sqrt(s / one_minus) * torch.sqrt(-dt)
+    dt = _per_sample(sigma_next, like) - s  # negative: sigma decreases
+    return _diffusion(s, dt, eta, convention) * torch.sqrt(-dt)
 
 
 def sde_step(
@@ -113,10 +143,12 @@ def sde_step(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: Reduction = DEFAULT_REDUCTION,
+    convention: SDEConvention = "flow_grpo",
 ) -> SDEStep:
     """One Euler-Maruyama step of the flow SDE with the log-probability of the transition.
 
-    With `prev_latents` the step evaluates that given x_{t-1} (recomputing the log-probability of a stored
+    `convention` sets what `eta` means (see the module docstring); the release of Auto-Rubric-as-Reward ran
+    "dance_grpo" with `reduction="mean"`. With `prev_latents` the step evaluates that given x_{t-1} (recomputing the log-probability of a stored
     transition under current weights); otherwise it samples x_{t-1} = mean + std * noise, with `noise` if given
     (same shape as `latents`) or drawn with `generator` (on the generator's device, so a CPU generator gives the
     same noise on every accelerator).
@@ -131,7 +163,9 @@ def sde_step(
         raise ValueError(f"velocity {tuple(v.shape)} and latents {tuple(x.shape)} must have the same shape")
     s = _per_sample(sigma, x)
     dt = _per_sample(sigma_next, x) - s
-    std_dev_t = sde_std(sigma, sigma_next, eta, x) / torch.sqrt(-dt)  # eta * sqrt(sigma / (1 - sigma))
+    # The diffusion coefficient g(sigma): eta * sqrt(sigma / (1 - sigma)) (flow_grpo) or eta (dance_grpo). Both
+    # conventions share the drift v + g^2 / (2 sigma) * (x + (1 - sigma) v), written as flow_grpo writes it.
+    std_dev_t = _diffusion(s, dt, eta, convention)
     mean = x * (1 + std_dev_t**2 / (2 * s) * dt) + v * (1 + std_dev_t**2 * (1 - s) / (2 * s)) * dt
     std = std_dev_t * torch.sqrt(-dt)
 
@@ -232,6 +266,8 @@ def flow_sigmas(
 
 __all__ = [
     "DEFAULT_REDUCTION",
+    "SDE_CONVENTIONS",
+    "SDEConvention",
     "SDEStep",
     "compute_dtype",
     "flow_sigmas",

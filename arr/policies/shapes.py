@@ -17,12 +17,19 @@ from PIL import Image
 from torch import Tensor
 
 from arr.policies.base import FlowMatchingPolicy, images_to_pil, pil_to_tensor
-from arr.policies.sde import Reduction, flow_sigmas
+from arr.policies.lora import LoraWeights
+from arr.policies.sde import Reduction, SDEConvention, flow_sigmas
 from arr.shapes.models import ShapesFlowModel, load_pretrained
+
+# The shipped models by name; their task has the same name.
+SHIPPED_TASKS = ("t2i", "edit")
 
 
 class ShapesPolicy(FlowMatchingPolicy):
     """The shapes text-to-image or editing model (task "t2i" / "edit") as a FlowPolicy."""
+
+    # The network is an SD3Transformer2DModel: its LoRA files have SD3's layout (`transformer.<peft name>`).
+    lora_loader = "SD3LoraLoaderMixin"
 
     def __init__(
         self,
@@ -34,6 +41,9 @@ class ShapesPolicy(FlowMatchingPolicy):
         shift: float | None = 1.0,
         negative_prompt: str = "",
         reduction: Reduction | None = None,
+        sde_convention: SDEConvention = "flow_grpo",
+        true_cfg_scale: float = 1.0,
+        integer_timesteps: bool = False,
         gradient_checkpointing: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
@@ -49,6 +59,9 @@ class ShapesPolicy(FlowMatchingPolicy):
             gradient_checkpointing=gradient_checkpointing,
             device=device,
             reduction=reduction,
+            sde_convention=sde_convention,
+            true_cfg_scale=true_cfg_scale,
+            integer_timesteps=integer_timesteps,
         )
         self.model = model.to(self.device).requires_grad_(False)
         self.negative_prompt = negative_prompt
@@ -59,6 +72,17 @@ class ShapesPolicy(FlowMatchingPolicy):
     ) -> ShapesPolicy:
         """A shipped shapes model by name ("t2i", "edit") or a folder written by arr.shapes.models.save_pretrained."""
         return cls(load_pretrained(model_id), device=device, **kwargs)
+
+    def load_lora_weights(self, path: str | Path, alpha: float | None = None) -> LoraWeights:
+        """`FlowMatchingPolicy.load_lora_weights`, refusing a LoRA recorded as trained on the other shipped model:
+        the text-to-image and editing models share their attention layers, so it would load without complaint."""
+        weights = super().load_lora_weights(path, alpha)
+        if weights.base_model in SHIPPED_TASKS and weights.base_model != self.model.task:
+            raise ValueError(
+                f"LoRA {weights.path} was trained on the shapes {weights.base_model!r} model, but this is the "
+                f"{self.model.task!r} model; load it into the {weights.base_model!r} model"
+            )
+        return weights
 
     def _embed(self, prompts: list[str], images: list[Image.Image] | None) -> dict[str, Tensor]:
         states, pooled = self.model.encode_text(prompts)
@@ -95,7 +119,12 @@ class ShapesPolicy(FlowMatchingPolicy):
     ) -> Tensor:
         x = latents.to(self.dtype)
         return self.model.velocity(
-            x, sigma.to(self.dtype), embeds["token_states"], embeds["pooled"], embeds.get("source")
+            x,
+            sigma.to(self.dtype),
+            embeds["token_states"],
+            embeds["pooled"],
+            embeds.get("source"),
+            network=self.network,
         )
 
     @torch.no_grad()

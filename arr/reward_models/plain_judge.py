@@ -40,8 +40,14 @@ def plain_rubric(prompt: str, task: str = "t2i") -> Rubric:
 class PlainJudgeReward(RubricPairwiseReward):
     """RPO's pairwise reward with no rubric: the judge sees only the prompt and the two images."""
 
-    def __init__(self, judge: RubricJudge, win_reward: float = 1.0, lose_reward: float = -0.1) -> None:
-        super().__init__(judge, win_reward=win_reward, lose_reward=lose_reward)
+    def __init__(
+        self,
+        judge: RubricJudge,
+        win_reward: float = 1.0,
+        lose_reward: float = -0.1,
+        mapping: str = "win_rate",
+    ) -> None:
+        super().__init__(judge, win_reward=win_reward, lose_reward=lose_reward, mapping=mapping)
 
     def __call__(self, *, prompts, images, rubrics, source_images=None) -> GroupRewardOutput:
         plain = [plain_rubric(p, getattr(r, "task", "t2i")) for p, r in zip(prompts, rubrics, strict=True)]

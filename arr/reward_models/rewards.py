@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from arr.rewards import GroupReward, GroupRewardOutput, completion_images
+from arr.rewards import GroupReward, GroupRewardOutput, completion_candidates
 
 
 @runtime_checkable
@@ -90,13 +90,14 @@ class RewardModelTRLReward:
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> list[float | None]:
-        _, images, sources, _ = completion_images(
+        _, images, sources, _ = completion_candidates(
             prompts,
             completions,
             kwargs,
             to_image=self.to_image,
             image_column=self.image_column,
             source_column=self.source_column,
+            judge_as="image",
             name=self.__name__,
         )
         todo = [i for i, image in enumerate(images) if image is not None]

@@ -5,6 +5,7 @@ This is the only place where recipe names become objects, so `arr train`, `arr d
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from arr.data import PromptRecord, load_records
 from arr.rpo.config import ConfigError
 from arr.rpo.recipe import DataArguments, JudgeArguments, PolicyArguments, Recipe
 from arr.rpo.trainer import RPOTrainer
+
+logger = logging.getLogger(__name__)
 
 EVAL_SEED = (
     1234  # held-out prompts are drawn with their own seed, so the eval set never depends on the run seed
@@ -32,6 +35,21 @@ def policy_device(cpu: bool) -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
+def policy_settings(recipe: Recipe) -> dict[str, Any]:
+    """The sampler settings a recipe gives its policy's constructor (every family takes them)."""
+    rpo, args = recipe.rpo, recipe.policy
+    return dict(
+        num_steps=rpo.num_sampling_steps,
+        eta=rpo.eta,
+        shift=rpo.shift,
+        reduction=rpo.logprob_reduction,
+        sde_convention=rpo.sde_convention,
+        guidance_scale=rpo.guidance_scale,
+        true_cfg_scale=args.true_cfg_scale,
+        integer_timesteps=args.integer_timesteps,
+    )
+
+
 def build_policy(args: PolicyArguments, recipe: Recipe):
     import torch
 
@@ -43,34 +61,33 @@ def build_policy(args: PolicyArguments, recipe: Recipe):
         raise ConfigError(
             f"torch_dtype={args.torch_dtype!r} is not a torch dtype; use float32, bfloat16 or float16"
         )
-    common = dict(
-        num_steps=rpo.num_sampling_steps,
-        eta=rpo.eta,
-        shift=rpo.shift,
-        reduction=rpo.logprob_reduction,
-        guidance_scale=rpo.guidance_scale,
-        device=policy_device(rpo.cpu),
-    )
+    common = {**policy_settings(recipe), "device": policy_device(rpo.cpu)}
     if args.policy == "shapes":
         from arr.policies.shapes import ShapesPolicy
 
         try:
-            return ShapesPolicy.from_pretrained(args.model_name_or_path, **common)
+            policy = ShapesPolicy.from_pretrained(args.model_name_or_path, **common)
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot load shapes model {args.model_name_or_path!r}: {e}") from None
+    else:
+        try:
+            # A recipe is a data file: it names a registered family, never a module to import.
+            policy = make_policy(
+                args.policy,
+                allow_import_path=False,
+                model_id=args.model_name_or_path,
+                torch_dtype=dtype,
+                **common,
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot load policy {args.policy!r} from {args.model_name_or_path!r}: {e}"
+            ) from None
     try:
-        # A recipe is a data file: it names a registered family, never a module to import.
-        return make_policy(
-            args.policy,
-            allow_import_path=False,
-            model_id=args.model_name_or_path,
-            torch_dtype=dtype,
-            **common,
-        )
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot load policy {args.policy!r} from {args.model_name_or_path!r}: {e}"
-        ) from None
+        policy.check_guidance(rpo.guidance_scale)
+    except ValueError as e:
+        raise ConfigError(f"policy {args.policy!r}: {e}") from None
+    return policy
 
 
 def build_judge(args: JudgeArguments, output_dir: str):
@@ -135,11 +152,15 @@ def build_reward(judge, recipe: Recipe):
 
         if rpo.reward_mode != "pairwise":
             raise ConfigError("reward=plain is a pairwise judge; set reward_mode: pairwise")
-        return PlainJudgeReward(judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward)
+        return PlainJudgeReward(
+            judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward, mapping=rpo.pairwise_reward
+        )
     if kind != "rubric":
         raise ConfigError(f"reward={kind!r}: choose rubric, plain or reward_model")
     if rpo.reward_mode == "pairwise":
-        return RubricPairwiseReward(judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward)
+        return RubricPairwiseReward(
+            judge, win_reward=rpo.win_reward, lose_reward=rpo.lose_reward, mapping=rpo.pairwise_reward
+        )
     return RubricPointwiseReward(judge)
 
 
@@ -201,6 +222,30 @@ def build_monitor(judge, recipe: Recipe):
     return sample_monitor(judge)
 
 
+def build_sample_notes(args: DataArguments) -> Any:
+    """The verdict and score under each held-out sample of the report: the shapes worlds' exact checks, else None
+    (the report then asks the reward's judge)."""
+    if args.dataset == "shapes":
+        from arr.shapes.training import geneval_notes
+
+        return geneval_notes
+    if args.dataset == "shapes_edit":
+        from arr.shapes.training import edit_notes
+
+        return edit_notes
+    return None
+
+
+def _judge_has_features(judge: Any) -> bool:
+    from arr.diagnostics.probe import judge_features_of
+
+    try:
+        judge_features_of(judge)
+    except TypeError:
+        return False
+    return True
+
+
 def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     from arr.rpo.report import ReportCallback
 
@@ -210,7 +255,14 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
     train, evals, evaluator = build_data(recipe.data, recipe)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
     diag = recipe.diagnostics
-    if diag.align_every > 0:
+    if diag.align_every > 0 and not _judge_has_features(judge):
+        logger.warning(
+            "align_every %d: the %s judge shows no image features, so policy-judge alignment is not measured "
+            "(set align_every 0 to silence this)",
+            diag.align_every,
+            recipe.judge.judge_backend,
+        )
+    elif diag.align_every > 0:
         from arr.diagnostics.probe import AlignmentProbe
 
         metrics = diag.align_metrics if diag.align_metrics == "all" else diag.align_metrics.split(",")
@@ -218,6 +270,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
             num_prompts=diag.align_num_prompts, align_every=diag.align_every, metrics=metrics
         )
         callbacks = [probe, *callbacks]
+    report = ReportCallback(build_sample_notes(recipe.data), diag.report_self_contained)
     return RPOTrainer(
         policy,
         reward,
@@ -226,7 +279,7 @@ def build_trainer(recipe: Recipe, callbacks=()) -> RPOTrainer:
         eval_dataset=evals,
         evaluator=evaluator,
         monitor=build_monitor(judge, recipe),
-        callbacks=[ReportCallback(), *callbacks],
+        callbacks=[report, *callbacks],
         lora_target_modules=targets or None,
         run_config=recipe.to_dict(),
     )

@@ -1,15 +1,31 @@
-"""Checkpoints and the run directory: atomic saves, loading, pruning, RNG state, and metrics rows after a resume.
+"""Checkpoints and the run directory: atomic saves, finding the newest loadable checkpoint, pruning, and metrics
+rows after a resume.
 
-A checkpoint is `checkpoints/step_N/`: the LoRA (`lora.safetensors`, peft names), the moving average that samples
-(`sampling_lora.safetensors`, when one is kept), optimizer and scheduler state (`optimizer.pt`, loadable with
-`weights_only=True`), RNG states (`rng.safetensors`, `rng.json`) and `trainer_state.json`. It is written into a
-`.tmp_step_N_PID` folder and renamed into place once complete, so a crash leaves either the old checkpoint or the
-new one; only folders holding `trainer_state.json` count.
+A checkpoint is `checkpoints/step_N/`, written by `accelerator.save_state` into a `.tmp_step_N` folder (every
+process writes its part there) and renamed into place once complete, so a crash leaves either the old checkpoint or
+the new one. It holds:
+
+- `lora.safetensors` (peft names) and, when one is kept, `sampling_lora.safetensors` (the moving average that
+  samples), written by the trainer's save hook in place of the whole network, whose frozen base is the pretrained
+  model;
+- accelerate's state: `optimizer.bin`, `scheduler.bin`, `random_states_<rank>.pkl` (torch files that accelerate
+  loads with `weights_only=True`); under FSDP the sharded network and optimizer (`pytorch_model_fsdp_0/`,
+  `optimizer_0/`, torch.distributed.checkpoint folders, one shard per process);
+- for use outside arr, the LoRA in diffusers' format (`pytorch_lora_weights.safetensors`, `moving_average/`
+  likewise) and a model card `README.md`;
+- `trainer_state.json`, written last: the step, data position and timings, and a manifest of every other file with
+  its size and, for files up to `HASH_LIMIT`, its SHA-256. Only folders holding it count as checkpoints, and a
+  checkpoint whose files do not match it (a truncated or damaged file) is not loaded.
+
+Checkpoints of arr's first layout (`optimizer.pt`, `rng.safetensors`, `rng.json`, no manifest) still load
+(`read_legacy_checkpoint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -23,13 +39,38 @@ import torch
 from arr.jsonl import read_jsonl, write_text_atomic
 from arr.rpo.config import ConfigError
 
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
+LORA_FILE = "lora.safetensors"
+SAMPLING_LORA_FILE = "sampling_lora.safetensors"
+# The checkpoint layout trainer_state.json declares; the first layout had no such key.
+CHECKPOINT_FORMAT = 2
+# Files up to this size are hashed into the manifest; larger ones (FSDP's shards of the frozen base) are checked by
+# size, which is what a cut write changes, without reading gigabytes at every save and resume.
+HASH_LIMIT = 256 * 1024 * 1024
+LEGACY_FILES = (LORA_FILE, "optimizer.pt", "rng.safetensors", "rng.json")
 # The trackers' project name; TensorBoard writes its event files to output_dir/TRACKER_PROJECT.
 TRACKER_PROJECT = "rpo"
 # What a run writes into its output directory; `clear_run` removes these. The judgment cache stays: its entries
 # are keyed by everything that decides a judgment, so they are valid for any run.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "report.html", "samples", TRACKER_PROJECT)
+# The images of report.html live in REPORT_FILES beside it.
+REPORT_FILES = "report_files"
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "report.html",
+    REPORT_FILES,
+    "samples",
+    TRACKER_PROJECT,
+)
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be resumed: a file cut short (a full disk, an interrupted copy) or damaged; the
+    message names the file."""
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -49,45 +90,60 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 def resolve_checkpoint(folder: Path, which: str) -> Path | None:
-    """'latest' (None when there is none: a fresh run) or a checkpoint folder, absolute or inside `folder`; a
-    checkpoint asked for by name must exist."""
+    """The checkpoint to resume from: for 'latest', the newest complete one whose files are intact (a damaged one is
+    skipped with a warning naming its bad file; None when `folder` holds no checkpoint: a fresh run); else the
+    checkpoint folder named, absolute or inside `folder`, which must exist and be intact."""
     if which == "latest":
-        found = complete_checkpoints(folder)
-        return found[-1] if found else None
+        problems = []
+        for path in reversed(complete_checkpoints(folder)):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                if problems:
+                    logger.warning("resuming from %s, the newest checkpoint that is intact", path)
+                return path
+            logger.warning("skipping checkpoint %s: %s; trying the one before it", path, problem)
+            problems.append(problem)
+        if problems:
+            raise CheckpointError(f"no intact checkpoint in {folder}; the newest: {problems[0]}")
+        return None
     path = Path(which)
     if not path.is_absolute() and not path.exists():
         path = folder / which
     if not (path / STATE_FILE).is_file():
         raise ConfigError(f"resume_from_checkpoint={which!r}: no complete checkpoint at {path}")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(
+            f"resume_from_checkpoint={which!r}: {problem}; resume from another checkpoint (or 'latest', which "
+            "takes the newest intact one) or delete this one"
+        )
     return path
 
 
-def write_checkpoint(
-    folder: Path,
-    step: int,
-    *,
-    lora: dict[str, torch.Tensor],
-    sampling_lora: dict[str, torch.Tensor] | None,
-    optimizer: dict[str, Any],
-    state: dict[str, Any],
-) -> Path:
-    """Write `folder/step_N` atomically: a temporary folder renamed into place once complete."""
-    from safetensors.torch import save_file
+def temporary_path(folder: Path, step: int) -> Path:
+    """Where every process writes its part of checkpoint `step` before it is renamed into place (the same name on
+    every process and node, so it carries no process id)."""
+    return folder / f".tmp_{CHECKPOINT_PREFIX}{step}"
 
-    final = checkpoint_path(folder, step)
-    tmp = folder / f".tmp_{CHECKPOINT_PREFIX}{step}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(lora, tmp / "lora.safetensors")
-    if sampling_lora is not None:
-        # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
-        save_file(sampling_lora, tmp / "sampling_lora.safetensors")
-    torch.save(optimizer, tmp / "optimizer.pt")
-    save_rng_state(tmp)
+
+def clear_temporary(path: Path) -> None:
+    """An empty temporary checkpoint folder (a crashed save may have left a partial one); main process only."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def finish_checkpoint(folder: Path, step: int, tmp: Path, state: dict[str, Any]) -> Path:
+    """Seal `tmp` (the manifest and `state` into trainer_state.json, flushed to disk) and rename it to `step_N`;
+    main process only, after every process wrote its part."""
+    state = {**state, "format": CHECKPOINT_FORMAT, "files": manifest(tmp)}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        with open(path, "rb") as f:  # data reaches the disk before the state file that vouches for it
+            os.fsync(f.fileno())
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     with open(tmp / STATE_FILE, "rb") as f:
         os.fsync(f.fileno())
+    final = checkpoint_path(folder, step)
     if final.exists():  # re-saving a step: move the old copy aside first, never half-delete it in place
         old = folder / f".old_{final.name}_{os.getpid()}"
         os.replace(final, old)
@@ -98,57 +154,101 @@ def write_checkpoint(
     return final
 
 
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `folder` (relative path) with its size, and its SHA-256 up to `HASH_LIMIT` bytes."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STATE_FILE):
+        size = path.stat().st_size
+        entry: dict[str, Any] = {"size": size}
+        if size <= HASH_LIMIT:
+            entry["sha256"] = _sha256(path)
+        out[path.relative_to(folder).as_posix()] = entry
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json."""
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def is_legacy(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint whose trainer_state.json holds `state` is of arr's first layout (optimizer.pt and RNG
+    files, no manifest)."""
+    return "format" not in state
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if the checkpoint at `path` is intact, else what is wrong, naming the file."""
+    try:
+        state = read_state(path)
+    except (OSError, ValueError) as e:
+        return f"{path / STATE_FILE} is unreadable ({e})"
+    if is_legacy(state):
+        return _verify_legacy(path)
+    for name, entry in state.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        size = file.stat().st_size
+        if size != entry["size"]:
+            return f"{file} has {size} bytes, {entry['size']} were written (a cut or damaged write)"
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            return f"{file} does not match the SHA-256 recorded when it was written (the file is damaged)"
+    return None
+
+
+def _verify_legacy(path: Path) -> str | None:
+    """A first-layout checkpoint has no manifest: each file must load."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    names = [*LEGACY_FILES, *([SAMPLING_LORA_FILE] if (path / SAMPLING_LORA_FILE).is_file() else [])]
+    for name in names:
+        file = path / name
+        try:
+            if name.endswith(".safetensors"):
+                load_file(file)
+            elif name.endswith(".json"):
+                json.loads(file.read_text())
+            else:
+                torch.load(file, map_location="cpu", weights_only=True)
+        except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as e:
+            return f"{file} does not load ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
 @dataclass
-class LoadedCheckpoint:
-    """A checkpoint's contents, read to `device`."""
+class LegacyCheckpoint:
+    """A first-layout checkpoint's LoRA and optimizer state, read to `device` (its trainer_state.json is
+    `read_state`'s, its moving average is read where it is loaded, its RNG files `load_legacy_rng_state`'s)."""
 
     path: Path
-    state: dict[str, Any]
     lora: dict[str, torch.Tensor]
-    sampling_lora: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any]
 
 
-def read_checkpoint(path: Path, device: torch.device | str) -> LoadedCheckpoint:
+def read_legacy_checkpoint(path: Path, device: torch.device | str) -> LegacyCheckpoint:
+    """Read a checkpoint of arr's first layout (`is_legacy`)."""
     from safetensors.torch import load_file
 
-    ema = path / "sampling_lora.safetensors"
-    return LoadedCheckpoint(
+    return LegacyCheckpoint(
         path=path,
-        state=json.loads((path / STATE_FILE).read_text()),
-        lora=load_file(path / "lora.safetensors", device=str(device)),
-        sampling_lora=load_file(ema, device=str(device)) if ema.is_file() else None,
+        lora=load_file(path / LORA_FILE, device=str(device)),
         optimizer=torch.load(path / "optimizer.pt", map_location=device, weights_only=True),
     )
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints."""
-    for old in complete_checkpoints(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def save_rng_state(folder: Path) -> None:
-    """RNG states without pickle: torch's as safetensors, numpy's and Python's as JSON."""
-    from safetensors.torch import save_file
-
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(tensors, folder / "rng.safetensors")
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, py_gauss = random.getstate()
-    (folder / "rng.json").write_text(
-        json.dumps(
-            {
-                "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-                "python": [version, list(internal), py_gauss],
-            }
-        )
-    )
-
-
-def load_rng_state(folder: Path) -> None:
+def load_legacy_rng_state(folder: Path) -> None:
+    """Restore the RNG states a first-layout checkpoint saved (torch's as safetensors, numpy's and Python's as
+    JSON)."""
     from safetensors.torch import load_file
 
     tensors = load_file(folder / "rng.safetensors")
@@ -162,6 +262,28 @@ def load_rng_state(folder: Path) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = data["python"]
     random.setstate((version, tuple(internal), py_gauss))
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints."""
+    for old in complete_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clear_stale(folder: Path, step: int) -> list[Path]:
+    """On resume from `step`: remove what no longer belongs to the run, and return it. That is the temporary folders
+    of saves that were killed (`.tmp_step_N`, `.old_step_N_*`; under FSDP each can hold a copy of the whole model),
+    and the checkpoints after `step`, which a continuation that this run replaces wrote (as `truncate_metrics` drops
+    its metrics rows); left in place, a later `latest` would resume that continuation. Main process only."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    later = {p for p in complete_checkpoints(folder) if int(p.name[len(CHECKPOINT_PREFIX) :]) > step}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and (path.name.startswith((".tmp_", ".old_")) or path in later):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -195,19 +317,31 @@ def clear_run(output_dir: Path) -> None:
 
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "CHECKPOINT_PREFIX",
+    "LORA_FILE",
+    "REPORT_FILES",
     "RUN_OUTPUTS",
+    "SAMPLING_LORA_FILE",
+    "STATE_FILE",
     "TRACKER_PROJECT",
-    "LoadedCheckpoint",
+    "CheckpointError",
+    "LegacyCheckpoint",
     "checkpoint_path",
     "clear_run",
+    "clear_stale",
+    "clear_temporary",
     "complete_checkpoints",
-    "load_rng_state",
+    "finish_checkpoint",
+    "is_legacy",
+    "load_legacy_rng_state",
+    "manifest",
     "prune_checkpoints",
-    "read_checkpoint",
+    "read_legacy_checkpoint",
+    "read_state",
     "resolve_checkpoint",
     "run_outputs",
-    "save_rng_state",
+    "temporary_path",
     "truncate_metrics",
-    "write_checkpoint",
+    "verify_checkpoint",
 ]

@@ -1,9 +1,12 @@
 """RPOConfig: every hyperparameter of Rubric Policy Optimization, with the paper's defaults.
 
 Defaults follow the ARR/RPO paper's FLUX.1-dev text-to-image setting: groups of 2 from the same
-initial noise, winner +1.0 / loser -0.1, advantages clamped to +-5, PPO clip 0.2, KL beta 0.01 on transition means
-against the LoRA-disabled reference, flow SDE eta 0.3, timestep shift 3, 8 sampling steps, LoRA r16/alpha32,
-AdamW lr 5e-5, grad-norm clip 1.0. Validation happens in `__post_init__`, with messages that name the rule, the
+initial noise, winner +1.0 / loser -0.1, advantages clamped to +-5, PPO clip 0.2, KL beta 0.01 against the
+LoRA-disabled reference, flow SDE eta 0.3, timestep shift 3, 8 sampling steps, LoRA r16/alpha32, AdamW lr 5e-5,
+grad-norm clip 1.0. Where the authors' released code made another choice of how the update is computed (what eta
+means, how log-probabilities are reduced, how the KL is estimated, which transitions train, how pairs are judged
+and rewarded), the default is arr's and the release's is one key away; a recipe's `rpo_preset: paper`
+(arr.rpo.presets) sets all of them. Validation happens in `__post_init__`, with messages that name the rule, the
 values received and the fix.
 """
 
@@ -17,7 +20,9 @@ from typing import Any
 from arr.errors import ConfigError
 
 REWARD_MODES = ("pairwise", "pointwise")
+PAIRWISE_REWARDS = ("win_rate", "rank")
 LOGPROB_REDUCTIONS = ("mean", "sum")
+KL_ESTIMATORS = ("analytic", "sample")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 NAN_POLICIES = ("stop", "skip_step")
 
@@ -51,12 +56,19 @@ class RPOConfig:
             Flow SDE (or ODE) steps per sample.
         eta (`float`, *optional*, defaults to `0.3`):
             SDE noise level; 0 samples the ODE (only for objectives without log-probabilities).
+        sde_convention (`str`, *optional*, defaults to `"flow_grpo"`):
+            What `eta` means: `"flow_grpo"`, std = eta * sqrt(sigma / (1 - sigma)) * sqrt(dsigma), or
+            `"dance_grpo"` (the release), std = eta * sqrt(dsigma). At eta 0.3 on 8 shift-3 steps flow_grpo's std
+            is 0.65-4.7x dance_grpo's.
         shift (`float`, *optional*, defaults to `3.0`):
             Timestep shift of the sigma schedule.
         guidance_scale (`float`, *optional*, defaults to `3.5`):
             Guidance while sampling (classifier-free or FLUX's embedded guidance).
         train_timestep_fraction (`float`, *optional*, defaults to `1.0`):
             Fraction of the sampling steps that are stochastic and trained (the high-noise ones); the rest are ODE.
+        stochastic_last_step (`bool`, *optional*, defaults to `True`):
+            The last sampling step is stochastic and trained; `False` (the release): it is the Euler step to the
+            predicted clean sample, so no noise is added after the last network call and that step is not trained.
         shared_noise (`bool`, *optional*, defaults to `True`):
             A group's samples start from the same initial noise (RPO); `False`: each from its own (flow-GRPO).
         sample_batch_size (`int`, *optional*, defaults to `16`):
@@ -73,6 +85,10 @@ class RPOConfig:
             Reward of a pairwise win.
         lose_reward (`float`, *optional*, defaults to `-0.1`):
             Reward of a pairwise loss (a tie gives 0).
+        pairwise_reward (`str`, *optional*, defaults to `"win_rate"`):
+            Pairwise verdicts to rewards: `"win_rate"`, each sample's mean outcome over its pairs (win, lose, 0 for
+            a tie), or `"rank"` (the release), ranks mapped linearly from `win_reward` (best) to `lose_reward`
+            (worst), equal ranks sharing a reward: a pair the judge ranks [1, 1] gives both `win_reward`.
         center_rewards (`bool`, *optional*, defaults to `False`):
             Pairwise: subtract each group's mean reward (a baseline: same expected gradient, lower variance).
         adv_clip (`float`, *optional*, defaults to `5.0`):
@@ -98,8 +114,14 @@ class RPOConfig:
             Policy gradient: the PPO clip epsilon of the importance ratio.
         beta (`float`, *optional*, defaults to `0.01`):
             Weight of the KL penalty to the LoRA-disabled reference (0 turns it off).
+        kl_estimator (`str`, *optional*, defaults to `"analytic"`):
+            Policy gradient: the KL term, `"analytic"` (the KL between the policy's and the reference's Gaussian
+            transitions) or `"sample"` (the release: log p_policy(x') - log p_ref(x') at the stored transition).
         logprob_reduction (`str`, *optional*, defaults to `"sum"`):
             Reduce transition log-probabilities (and the KL) over dimensions: `"sum"` (exact) or `"mean"`.
+        timestep_sample_fraction (`float`, *optional*, defaults to `1.0`):
+            Policy gradient: the fraction of each sample's stochastic transitions that train in an update, a fresh
+            random subset per sample and step (the release's timestep_fraction); 1 trains them all.
 
         > Optimisation
 
@@ -189,6 +211,13 @@ class RPOConfig:
     )
     num_sampling_steps: int = field(default=8, metadata={"help": "flow SDE steps per sample"})
     eta: float = field(default=0.3, metadata={"help": "SDE noise level"})
+    sde_convention: str = field(
+        default="flow_grpo",
+        metadata={
+            "help": "what eta means: flow_grpo (std = eta sqrt(sigma / (1 - sigma)) sqrt(dsigma)) or dance_grpo "
+            "(the release: std = eta sqrt(dsigma))"
+        },
+    )
     shift: float = field(default=3.0, metadata={"help": "timestep shift of the sigma schedule"})
     guidance_scale: float = field(
         default=3.5, metadata={"help": "guidance while sampling (CFG or FLUX guidance)"}
@@ -196,6 +225,13 @@ class RPOConfig:
     train_timestep_fraction: float = field(
         default=1.0,
         metadata={"help": "fraction of the sampling steps that are stochastic and trained (the rest ODE)"},
+    )
+    stochastic_last_step: bool = field(
+        default=True,
+        metadata={
+            "help": "the last sampling step is stochastic and trained; false (the release): it is the Euler step "
+            "to the predicted clean sample, untrained"
+        },
     )
     shared_noise: bool = field(
         default=True,
@@ -222,6 +258,13 @@ class RPOConfig:
     )
     win_reward: float = field(default=1.0, metadata={"help": "reward of a pairwise win"})
     lose_reward: float = field(default=-0.1, metadata={"help": "reward of a pairwise loss (ties give 0)"})
+    pairwise_reward: str = field(
+        default="win_rate",
+        metadata={
+            "help": "pairwise verdicts to rewards: win_rate (mean outcome over a sample's pairs, ties 0) or rank "
+            "(the release: ranks mapped from win_reward to lose_reward, equal ranks share a reward)"
+        },
+    )
     center_rewards: bool = field(
         default=False,
         metadata={
@@ -278,9 +321,23 @@ class RPOConfig:
             "on velocities at the noised samples (forward)"
         },
     )
+    kl_estimator: str = field(
+        default="analytic",
+        metadata={
+            "help": "policy gradient KL: analytic (Gaussian KL of the transition means) or sample (the release: "
+            "log p_policy(x') - log p_ref(x') at the stored transition)"
+        },
+    )
     logprob_reduction: str = field(
         default="sum",
         metadata={"help": "reduce transition log-probs (and the KL) over dimensions: sum (exact) or mean"},
+    )
+    timestep_sample_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "policy gradient: fraction of each sample's stochastic transitions trained per update, a "
+            "random subset per sample and step (the release's timestep_fraction)"
+        },
     )
 
     # ---- optimisation ----
@@ -376,6 +433,8 @@ class RPOConfig:
             self._fail(name, f"must be one of {tuple(choices)}", "choose one of them")
 
     def _check_sampling(self) -> None:
+        from arr.policies.sde import SDE_CONVENTIONS
+
         if self.group_size < 2:
             self._fail(
                 "group_size",
@@ -392,6 +451,14 @@ class RPOConfig:
             self._fail("num_sampling_steps", "must be positive", "the paper uses 8 (FLUX) or 10 (editing)")
         if self.eta < 0:
             self._fail("eta", "the SDE noise level cannot be negative", "the paper uses 0.3")
+        self._choice("sde_convention", SDE_CONVENTIONS)
+        if not self.stochastic_last_step and self.num_sampling_steps < 2:
+            self._fail(
+                "stochastic_last_step",
+                f"with num_sampling_steps={self.num_sampling_steps} and a deterministic last step no step is "
+                "stochastic",
+                "use num_sampling_steps >= 2 or stochastic_last_step: true",
+            )
         self._choice("overlap_judging", ("auto", "on", "off"))
         for name in ("sample_batch_size", "train_batch_size"):
             if getattr(self, name) < 1:
@@ -399,6 +466,7 @@ class RPOConfig:
 
     def _check_reward(self) -> None:
         self._choice("reward_mode", REWARD_MODES)
+        self._choice("pairwise_reward", PAIRWISE_REWARDS)
         if self.adv_clip <= 0:
             self._fail("adv_clip", "must be positive", "the paper clamps advantages to +-5")
         if not 0 <= self.max_judge_failure_rate <= 1:
@@ -425,6 +493,11 @@ class RPOConfig:
                 "set shared_noise: false (or eta > 0)",
             )
         self._choice("logprob_reduction", LOGPROB_REDUCTIONS)
+        self._choice("kl_estimator", KL_ESTIMATORS)
+        if not 0.0 < self.timestep_sample_fraction <= 1.0:
+            self._fail(
+                "timestep_sample_fraction", "must be in (0, 1]", "1 trains every stochastic transition"
+            )
         if self.forward_beta <= 0:
             self._fail("forward_beta", "must be > 0", "the default is 1.0")
         if self.forward_timesteps < 1:

@@ -8,7 +8,10 @@ Every other term is a statistic for metrics.jsonl, reduced over timesteps, micro
 processes as the objective declares in `statistics` (`Statistics` does the bookkeeping).
 
 - `PolicyGradient` ("policy_gradient"): the paper's PPO-clipped ratio of SDE transition log-probabilities plus
-  beta x KL(policy || LoRA-disabled reference) on the transition means.
+  beta x KL(policy || LoRA-disabled reference): the Gaussian KL of the transition means, or (`kl_estimator:
+  sample`, as the authors' release computes it) log p_policy(x') - log p_ref(x') at the stored transition;
+  optionally on a random subset of each sample's transitions (`timestep_sample_fraction`, the release's
+  timestep_fraction). The release's whole update is this class with `rpo_preset: paper`'s settings.
 - `ForwardNFT` ("forward"): DiffusionNFT's negative-aware, reward-weighted flow matching on the final samples.
 
 A new objective subclasses `Objective` (or one of these) and is passed to the trainer
@@ -32,7 +35,7 @@ from torch import Tensor
 from arr.policies.base import FlowPolicy, Trajectory
 from arr.policies.sde import gaussian_kl
 from arr.rpo.rollout import Rollout
-from arr.rpo.seeds import FORWARD_DRAWS_SALT, seed_for
+from arr.rpo.seeds import FORWARD_DRAWS_SALT, TIMESTEP_SUBSET_SALT, seed_for
 
 #: How a named statistic is reduced over all the per-sample terms of one RPO step (its timesteps, micro-batches,
 #: minibatches, inner epochs and processes): the mean per (sample, timestep) term, the total, or the maximum.
@@ -58,12 +61,16 @@ class TrainingContext:
 
     policy: FlowPolicy
     seed: int
-    #: samples per forward pass, for work an objective does outside `loss_terms` (e.g. fixed targets)
+    #: images per forward pass without gradients, for work an objective does outside `loss_terms` (e.g. fixed
+    #: targets): the sampling batch size, since such passes keep no activations
     micro_batch_size: int
     #: the accelerator's autocast context (mixed precision)
     autocast: Callable[[], AbstractContextManager[Any]]
     #: within it the policy holds the weights that sampled the rollout (see `Objective.sampling_ema_decay`)
     sampling_policy: Callable[[], AbstractContextManager[None]]
+    #: whether every process must run the same forward and backward passes: under a sharded engine (FSDP) each
+    #: pass gathers the weights collectively, so a process may not skip a timestep that another one runs
+    lockstep: bool = False
 
 
 class Objective(ABC):
@@ -116,12 +123,20 @@ class Objective(ABC):
     def timesteps(self, rollout: Rollout) -> int:
         """How many term dicts `loss_terms` yields per sample (the loss is averaged over them)."""
 
+    def num_terms(self, rollout: Rollout, members: Tensor) -> int:
+        """How many term dicts `loss_terms(rollout, advantages, members)` yields. The trainer synchronises gradients
+        over processes in the backward pass of a minibatch's last term, so it must know which one that is before
+        asking for it; by default every timestep yields one."""
+        return self.timesteps(rollout)
+
     @abstractmethod
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
     ) -> Iterator[dict[str, Tensor]]:
-        """Per timestep, the per-sample terms [len(members)] of the samples `members` (indices into the rollout):
-        "loss" carrying the gradient, and the declared statistics. `advantages` is [B], for the whole rollout."""
+        """Per timestep, the per-sample terms [K] of the samples of `members` (indices into the rollout) that train
+        at it (all K = len(members) unless the objective trains each sample on a subset of `timesteps(rollout)`
+        timesteps): "loss" carrying the gradient, and the declared statistics. `advantages` is [B], for the whole
+        rollout."""
 
 
 def _at_least_float32(x: Tensor) -> Tensor:
@@ -132,40 +147,97 @@ def _at_least_float32(x: Tensor) -> Tensor:
 @dataclass
 class PolicyGradient(Objective):
     """The paper's update: per stochastic transition, the PPO-clipped importance ratio of its log-probability under
-    the current weights to the one recorded while sampling, plus `beta` x KL to the LoRA-disabled reference on the
-    transition means (`gaussian_kl`)."""
+    the current weights to the one recorded while sampling, plus `beta` x KL to the LoRA-disabled reference.
+
+    `kl_estimator`: "analytic", the KL between the two Gaussian transitions (`gaussian_kl` of their means), or
+    "sample", log p_policy(x') - log p_ref(x') at the stored transition x' (the authors' release; its expectation
+    under the sampling policy is the same KL while the update is on-policy, and it is reduced over dimensions as
+    the log-probabilities are). `timestep_sample_fraction` < 1 trains each sample on floor(fraction x T') of its T'
+    stochastic transitions, a subset drawn per sample and step (the release's per-sample random permutation, cut
+    to its timestep_fraction); the order a sample's transitions are back-propagated in does not change the
+    accumulated gradient, so only the subset matters.
+    """
 
     statistics: ClassVar[dict[str, Reduction]] = {**BASE_STATISTICS, "ratio_mean": "mean", "ratio_max": "max"}
     needs_log_probs: ClassVar[bool] = True
 
     clip_range: float = 0.2
     beta: float = 0.01
+    kl_estimator: Literal["analytic", "sample"] = "analytic"
+    timestep_sample_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in ("analytic", "sample"):
+            raise ValueError(f"kl_estimator must be 'analytic' or 'sample', got {self.kl_estimator!r}")
+        if not 0.0 < self.timestep_sample_fraction <= 1.0:
+            raise ValueError(
+                f"timestep_sample_fraction must be in (0, 1], got {self.timestep_sample_fraction}"
+            )
 
     def timesteps(self, rollout: Rollout) -> int:
-        return len(rollout.trajectory.train_steps)
+        n = len(rollout.trajectory.train_steps)
+        return n if self.timestep_sample_fraction >= 1.0 else max(1, int(n * self.timestep_sample_fraction))
+
+    def trained_steps(self, rollout: Rollout, members: Tensor) -> Tensor:
+        """[len(members), T'] bool: which of its T' stochastic transitions each sample of `members` trains.
+
+        A subset is drawn from a generator seeded by (seed, step, global group index, member of the group), so it
+        does not depend on how samples are split over processes or micro-batches."""
+        n = len(rollout.trajectory.train_steps)
+        k = self.timesteps(rollout)
+        chosen = torch.zeros(len(members), n, dtype=torch.bool)
+        if k == n:
+            return chosen.fill_(True)
+        g = rollout.group_size
+        for row, b in enumerate(members.tolist()):
+            gen = torch.Generator("cpu").manual_seed(
+                seed_for(
+                    self.context.seed,
+                    rollout.step,
+                    rollout.group_indices[b // g],
+                    b % g,
+                    TIMESTEP_SUBSET_SALT,
+                )
+            )
+            chosen[row, torch.randperm(n, generator=gen)[:k]] = True
+        return chosen
+
+    def num_terms(self, rollout: Rollout, members: Tensor) -> int:
+        if self.context.lockstep:
+            return len(rollout.trajectory.train_steps)
+        return int(self.trained_steps(rollout, members).any(dim=0).sum())
 
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
     ) -> Iterator[dict[str, Tensor]]:
         ctx, traj = self.context, rollout.trajectory
         policy = ctx.policy
-        adv = advantages[members].to(policy.device)
-        old = traj.log_probs[members.to(traj.log_probs.device)]
-        for j in traj.train_steps:
+        chosen = self.trained_steps(rollout, members)
+        for pos, j in enumerate(traj.train_steps):
+            # In lockstep every member runs every timestep and the terms keep the members trained there: the
+            # forward and backward passes are then the same on every process, whichever subsets they drew.
+            rows = chosen[:, pos]
+            sub = members if ctx.lockstep else members[rows]
+            if len(sub) == 0:
+                continue
+            adv = advantages[sub].to(policy.device)
+            old = traj.log_probs[sub.to(traj.log_probs.device), j]
             with ctx.autocast():
-                tr = policy.transition(traj, j, members)
+                tr = policy.transition(traj, j, sub)
                 if self.beta > 0:
                     with torch.no_grad(), policy.reference():
-                        ref = policy.transition(traj, j, members)
+                        ref = policy.transition(traj, j, sub)
             # In the transition's precision (float32, float64 for float64 models): log-probs are float64 sums.
-            ratio = torch.exp((tr.log_prob - old[:, j].to(tr.log_prob.device)).to(tr.mean.dtype))
+            ratio = torch.exp((tr.log_prob - old.to(tr.log_prob.device)).to(tr.mean.dtype))
             clipped_ratio = torch.clamp(ratio, 1.0 - self.clip_range, 1.0 + self.clip_range)
             policy_loss = torch.maximum(-adv * ratio, -adv * clipped_ratio)
-            if self.beta > 0:
-                kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).to(tr.mean.dtype)
-            else:
+            if self.beta == 0:
                 kl = torch.zeros_like(policy_loss)
-            yield {
+            elif self.kl_estimator == "sample":
+                kl = (tr.log_prob - ref.log_prob).to(tr.mean.dtype)
+            else:
+                kl = gaussian_kl(tr.mean, ref.mean, tr.std, reduction=traj.reduction).to(tr.mean.dtype)
+            terms = {
                 "loss": policy_loss + self.beta * kl,
                 "policy_loss": policy_loss,
                 "kl": kl,
@@ -173,6 +245,9 @@ class PolicyGradient(Objective):
                 "ratio_mean": ratio,
                 "ratio_max": ratio,
             }
+            if ctx.lockstep and not bool(rows.all()):
+                terms = {k: v[rows.to(v.device)] for k, v in terms.items()}
+            yield terms
 
 
 @dataclass
@@ -259,18 +334,21 @@ class ForwardNFT(Objective):
         return ForwardTargets(t=t, x_t=x_t, target=noise - x0[:, None], v_old=v_old, v_ref=v_ref)
 
     def _velocities(self, traj: Trajectory, x_t: Tensor, t: Tensor) -> Tensor:
-        """The policy's velocity at x_t [B, K, ...] and noise levels t [B, K], in micro-batches."""
+        """The policy's velocity at x_t [B, K, ...] and noise levels t [B, K]: every (sample, level) pair, in
+        forward passes of `micro_batch_size` (a CPU forward costs a quarter less per image at 32 than at 16)."""
         ctx = self.context
-        out = torch.empty_like(x_t)  # float32, or float64 for a float64 policy; half-precision outputs upcast
-        for start in range(0, len(traj), ctx.micro_batch_size):
-            idx = torch.arange(start, min(start + ctx.micro_batch_size, len(traj)))
-            cond = traj.cond.index(idx)
-            for j in range(x_t.shape[1]):
-                with ctx.autocast():
-                    out[idx, j] = ctx.policy.velocity(
-                        x_t[idx, j], t[idx, j], cond, traj.guidance_scale, traj.extras
-                    )
-        return out
+        b, k = t.shape
+        flat_x, flat_t = x_t.reshape(b * k, *x_t.shape[2:]), t.reshape(b * k)
+        sample = torch.arange(b).repeat_interleave(k)  # pair i is sample i // k at level i % k
+        # float32, or float64 for a float64 policy; half-precision outputs upcast
+        out = torch.empty_like(flat_x)
+        for start in range(0, b * k, ctx.micro_batch_size):
+            idx = torch.arange(start, min(start + ctx.micro_batch_size, b * k))
+            with ctx.autocast():
+                out[idx] = ctx.policy.velocity(
+                    flat_x[idx], flat_t[idx], traj.cond.index(sample[idx]), traj.guidance_scale, traj.extras
+                )
+        return out.view_as(x_t)
 
     def loss_terms(
         self, rollout: Rollout, advantages: Tensor, members: Tensor
@@ -319,7 +397,9 @@ class Statistics:
 
     @torch.no_grad()
     def add(self, terms: Mapping[str, Tensor]) -> None:
-        """Add one timestep's per-sample terms."""
+        """Add one timestep's per-sample terms (none: a timestep no sample of a lockstep micro-batch trains at)."""
+        if terms["loss"].shape[0] == 0:
+            return
         for key, reduction in self.reductions.items():
             if key in terms:
                 value = terms[key]

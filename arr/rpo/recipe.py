@@ -2,8 +2,9 @@
 
     arr train recipes/shapes_t2i_rpo.yaml --max_steps 4 --learning_rate 1e-4
 
-Resolution order is dataclass defaults -> YAML -> command line (as in TRL scripts); an unknown key in either is an
-error. Callables stay out of recipes: the policy, judge and data are named by registry names and plain values.
+Resolution order is dataclass defaults -> preset (`rpo_preset`, arr/rpo/presets.py) -> YAML -> command line (as in
+TRL scripts, with the preset filling only the keys neither sets); an unknown key in either is an error. Callables
+stay out of recipes: the policy, judge and data are named by registry names and plain values.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ class PolicyArguments:
     torch_dtype: str = field(
         default="float32", metadata={"help": "weights dtype: float32 | bfloat16 | float16"}
     )
+    true_cfg_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "flux, qwen_image: classifier-free guidance with a negative prompt, a second transformer call "
+            "per step (the pipelines' true_cfg_scale); 1 turns it off. FLUX's guidance_scale is its embedded "
+            "guidance; sd3 and shapes use guidance_scale for CFG"
+        },
+    )
+    integer_timesteps: bool = field(
+        default=False,
+        metadata={
+            "help": "feed the transformer int(1000 sigma) / 1000 instead of sigma, as the authors' release did "
+            "(DanceGRPO's integer timesteps); the diffusers pipelines feed sigma"
+        },
+    )
 
 
 @dataclass
@@ -52,8 +68,14 @@ class JudgeArguments:
     judge_model: str | None = field(
         default=None, metadata={"help": "hf: model id/folder; openai: served name"}
     )
-    judge_base_url: str | None = field(
-        default=None, metadata={"help": "openai: e.g. http://127.0.0.1:8000/v1"}
+    # A YAML list or a string. In this order TRL's parser reads the option as one string (`--judge_base_url A,B`),
+    # while the recipe's own value, list or string, is kept as written.
+    judge_base_url: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "openai: the server, e.g. http://127.0.0.1:8000/v1; or several servers of the judge model "
+            "that share the requests (a YAML list, URLs separated by commas, or a file with one URL per line)"
+        },
     )
     judge_api_key_env: str | None = field(
         default=None, metadata={"help": "openai: env var holding the API key"}
@@ -120,7 +142,7 @@ class DataArguments:
 
 @dataclass
 class DiagnosticsArguments:
-    """Optional diagnostics logged during training."""
+    """Optional diagnostics logged during training, and the run report."""
 
     align_every: int = field(
         default=0,
@@ -131,6 +153,26 @@ class DiagnosticsArguments:
     )
     align_metrics: str = field(
         default="mutual_knn,cknna", metadata={"help": "comma-separated alignment metrics, or 'all'"}
+    )
+    report_self_contained: bool = field(
+        default=False,
+        metadata={
+            "help": "inline report.html's images, so the report is one file to share (default: PNG files in "
+            "report_files/ beside it)"
+        },
+    )
+
+
+@dataclass
+class PresetArguments:
+    """A named set of recipe values that fills every key the recipe and command line leave unset."""
+
+    rpo_preset: str = field(
+        default="",
+        metadata={
+            "help": "paper: RPO as the authors' released code runs it (arr/rpo/presets.py lists the keys it sets); "
+            "empty: none. Explicit keys win; `arr train RECIPE --print_config` shows the resolved values"
+        },
     )
 
 
@@ -179,7 +221,14 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-RECIPE_TYPES = (RPOConfig, PolicyArguments, JudgeArguments, DataArguments, DiagnosticsArguments)
+RECIPE_TYPES = (
+    RPOConfig,
+    PolicyArguments,
+    JudgeArguments,
+    DataArguments,
+    DiagnosticsArguments,
+    PresetArguments,
+)
 
 
 @dataclass
@@ -189,20 +238,25 @@ class Recipe:
     judge: JudgeArguments
     data: DataArguments
     diagnostics: DiagnosticsArguments = field(default_factory=DiagnosticsArguments)
+    preset: PresetArguments = field(default_factory=PresetArguments)
 
     def to_dict(self) -> dict[str, Any]:
-        """A flat mapping that is itself a valid recipe (saved as the run's config.yaml)."""
+        """A flat mapping that is itself a valid recipe (saved as the run's config.yaml): every resolved value."""
         out: dict[str, Any] = {}
-        for part in (self.policy, self.judge, self.data, self.diagnostics, self.rpo):
+        for part in (self.preset, self.policy, self.judge, self.data, self.diagnostics, self.rpo):
             out.update(asdict(part))
         return out
 
+    def to_yaml(self) -> str:
+        """`to_dict` as YAML, in declaration order (what `arr train RECIPE --print_config` prints)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
 
 def parse_recipe(argv: Sequence[str]) -> Recipe:
-    """Parse `[RECIPE.yaml] [--key value ...]` into the recipe's dataclasses."""
-    from trl import TrlParser
-
+    """Parse `[RECIPE.yaml] [--key value ...]` into the recipe's dataclasses, with its preset (if any) filling the keys
+    that neither the recipe nor the command line set."""
     args = list(argv)
+    data: dict[str, Any] = {}
     if args and not args[0].startswith("-"):
         path = Path(args[0])
         data = load_recipe_file(path)
@@ -216,6 +270,32 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
         for key, value in data.items():
             _check_type(path, key, value)
         args = ["--config", str(path), *args[1:]]
+    recipe = _parse(args, {})
+    if recipe.preset.rpo_preset:
+        from arr.rpo.presets import preset_fill
+
+        recipe = _parse(args, preset_fill(recipe.preset.rpo_preset, {*data, *_command_line_keys(args)}))
+    return recipe
+
+
+def _command_line_keys(args: Sequence[str]) -> set[str]:
+    """The recipe keys given on the command line (`--key value`, `--key=value`, `--key-name value`)."""
+    keys = set()
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--config":
+            skip = True
+        elif arg.startswith("--"):
+            keys.add(arg[2:].split("=", 1)[0].replace("-", "_"))
+    return keys
+
+
+def _parse(args: list[str], defaults: dict[str, Any]) -> Recipe:
+    """One pass of TRL's parser over `args`, with `defaults` replacing the dataclasses' (a preset's values)."""
+    from trl import TrlParser
 
     class RecipeParser(TrlParser):
         def error(self, message: str) -> typing.NoReturn:
@@ -223,8 +303,10 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
             raise ConfigError(f"{message}; see `arr train --help` for valid keys")
 
     parser = RecipeParser(RECIPE_TYPES)
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     try:
-        rpo, policy, judge, data, diagnostics = parser.parse_args_and_config(args)
+        rpo, policy, judge, data, diagnostics, preset = parser.parse_args_and_config(list(args))
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:  # HfArgumentParser: "Some specified arguments are not used ..."
@@ -236,7 +318,7 @@ def parse_recipe(argv: Sequence[str]) -> Recipe:
             f"align_num_prompts={diagnostics.align_num_prompts} exceeds eval_num_prompts={rpo.eval_num_prompts}: "
             "the alignment probe uses held-out prompts; lower align_num_prompts or raise eval_num_prompts"
         )
-    return Recipe(rpo, policy, judge, data, diagnostics)
+    return Recipe(rpo, policy, judge, data, diagnostics, preset)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

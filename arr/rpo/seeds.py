@@ -20,6 +20,8 @@ EVAL_NOISE_SALT = 0xE7A1
 # The forward objective's noise levels and noise per group, kept apart from the group's sampling noise, which is
 # seeded with the same (seed, step, group index) and no salt.
 FORWARD_DRAWS_SALT = 1_000_003
+# The policy gradient's random subset of each sample's transitions (timestep_sample_fraction < 1).
+TIMESTEP_SUBSET_SALT = 1_000_033
 
 
 def seed_for(*parts: int) -> int:
@@ -30,4 +32,11 @@ def seed_for(*parts: int) -> int:
     return h
 
 
-__all__ = ["DATA_ORDER_SALT", "EVAL_NOISE_SALT", "FORWARD_DRAWS_SALT", "LORA_INIT_SALT", "seed_for"]
+__all__ = [
+    "DATA_ORDER_SALT",
+    "EVAL_NOISE_SALT",
+    "FORWARD_DRAWS_SALT",
+    "LORA_INIT_SALT",
+    "TIMESTEP_SUBSET_SALT",
+    "seed_for",
+]

@@ -13,16 +13,22 @@ One RPO step runs five named stages, each a method that a subclass may override:
 With a remote judge, `sample_and_judge` sends each chunk of groups to the judge as soon as it is sampled and
 samples the next chunk meanwhile (`overlap_judging`), so network latency hides behind sampling.
 
-Distribution: each process samples and judges its share of the prompts; gradients of the LoRA parameters are
-all-reduced once per optimizer step (not per micro-batch), so N processes with the same global batch compute
-the same update as one. Every group's noise comes from a generator seeded by (seed, step, global group index),
-so results do not depend on how groups are split over processes or resumed. Checkpoints and the run directory
-are arr/rpo/checkpoint.py's.
+Distribution is accelerate's: the policy's network, the optimizer and the scheduler go through
+`accelerator.prepare`. Under DDP the network is wrapped and its bucketed all-reduce averages the LoRA gradients;
+under FSDP (version 2) it is sharded in place, the frozen base included, and the LoRA gradients are
+reduce-scattered. An optimizer step spans many backward passes (every trained timestep of every micro-batch), so
+all but its last run under `accelerator.no_sync`: one synchronisation per optimizer step. Each process samples and
+judges its share of the prompts, and N processes with the same global batch compute the same update as one. Every
+group's noise comes from a generator seeded by (seed, step, global group index), so results do not depend on how
+groups are split over processes or resumed. Under FSDP every forward and backward pass gathers weights
+collectively, so processes run in lockstep: the same number of passes, padded with zero-weight ones where a
+process has fewer samples. Checkpoints go through `accelerator.save_state` (arr/rpo/checkpoint.py has the layout).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -37,25 +43,38 @@ from PIL import Image
 
 from arr.backends.base import JudgeUnavailableError
 from arr.data import PromptRecord, as_record
-from arr.jsonl import append_jsonl
-from arr.policies.base import FlowPolicy
+from arr.jsonl import append_jsonl, read_jsonl
+from arr.policies.base import FlowMatchingPolicy, FlowPolicy
 from arr.rewards import GroupReward
 from arr.rpo.checkpoint import (
+    LORA_FILE,
+    SAMPLING_LORA_FILE,
+    STATE_FILE,
     TRACKER_PROJECT,
+    CheckpointError,
     checkpoint_path,
     clear_run,
-    load_rng_state,
+    clear_stale,
+    clear_temporary,
+    finish_checkpoint,
+    is_legacy,
+    load_legacy_rng_state,
     prune_checkpoints,
-    read_checkpoint,
+    read_legacy_checkpoint,
+    read_state,
     resolve_checkpoint,
     run_outputs,
+    temporary_path,
     truncate_metrics,
-    write_checkpoint,
 )
 from arr.rpo.config import ConfigError, RPOConfig
+from arr.rpo.model_card import MOVING_AVERAGE_DIR, model_card, run_settings, write_model_card
 from arr.rpo.objectives import Objective, Statistics, TrainingContext, make_objective
 from arr.rpo.rollout import Rollout, cat_rollouts
 from arr.rpo.seeds import DATA_ORDER_SALT, EVAL_NOISE_SALT, LORA_INIT_SALT, seed_for
+from arr.stats import PER_PROMPT_SCORES, paired_change_se
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingStopped(RuntimeError):
@@ -67,8 +86,16 @@ class NonFiniteLossError(TrainingStopped):
     """An update's loss or gradient norm was NaN or infinite (`nan_policy: stop`); that step was not checkpointed."""
 
 
-# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number.
-Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, float]]
+# Sample grids: training groups per grid, and the width in pixels of each image in it (small images are enlarged
+# with sharp pixels so that a caption fits under them, large ones shrunk).
+GRID_GROUPS = 8
+GRID_CELL = 128
+
+# An evaluation function maps (records, images) to metrics; "eval_score" is the headline number. It may also
+# return per-prompt scores under `arr.stats.PER_PROMPT_SCORES`: later evaluations then log their change since the
+# run's first one with a paired standard error (`eval_change`, `eval_change_se`), which on the same prompts and
+# seeds is far smaller than that of two independent evaluations.
+Evaluator = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], dict[str, Any]]
 
 
 class TrainerCallback:
@@ -101,7 +128,8 @@ class RPOTrainer:
             steps, logged as `train/<metric>`; e.g. an exact judge beside the training judge, to catch reward hacking.
         callbacks: `TrainerCallback`s.
         lora_target_modules: LoRA target names (default: the policy's).
-        accelerator: an `accelerate.Accelerator` (created from `args` when None).
+        accelerator: an `accelerate.Accelerator` (created from `args` when None); the trainer prepares the policy's
+            network, its optimizer and scheduler with it. DDP, FSDP version 2 and one process are supported.
         run_config: what `config.yaml` records (default: `args`).
         objective: the update, an `arr.rpo.objectives.Objective` (default: the one `args.objective` names, set up
             from `args`); an objective given here keeps its own settings.
@@ -122,8 +150,6 @@ class RPOTrainer:
         run_config: dict[str, Any] | None = None,
         objective: Objective | None = None,
     ) -> None:
-        from accelerate import Accelerator
-
         if not isinstance(reward, GroupReward):
             raise TypeError(
                 f"reward must be an arr.rewards.GroupReward (subclass it and implement __call__), got "
@@ -150,42 +176,46 @@ class RPOTrainer:
                 "which the deterministic (eta 0) sampler does not have; use eta > 0"
             )
 
-        log_with = None if args.report_to == "none" else args.report_to
-        self.accelerator = accelerator or Accelerator(
-            cpu=args.cpu,
-            mixed_precision=args.mixed_precision,
-            log_with=log_with,
-            project_dir=str(self.output_dir),
-        )
+        self.accelerator = accelerator or _make_accelerator(args)
         acc = self.accelerator
+        _check_engine(acc)
         if args.prompts_per_step % acc.num_processes:
             raise ConfigError(
                 f"RPOConfig.prompts_per_step={args.prompts_per_step} must be divisible by the number of processes "
                 f"({acc.num_processes}) so that every process judges whole groups; use a multiple of it"
             )
-        self.params = self._trainable_parameters(lora_target_modules)
+        self._prepare(self._trainable_parameters(lora_target_modules))
         # The weights that sample: a moving average of the trained LoRA when the objective keeps one (None: the
-        # LoRA itself).
+        # LoRA itself). Made after `prepare`, so that under FSDP they are shards like the parameters.
         self.sampling_params: list[torch.Tensor] | None = None
         if self.objective.sampling_ema_decay > 0:
             self.sampling_params = [p.detach().clone() for p in self.params]
         self.objective.bind(
-            TrainingContext(policy, args.seed, args.train_batch_size, acc.autocast, self.sampling_policy)
+            TrainingContext(
+                policy,
+                args.seed,
+                args.sample_batch_size,
+                acc.autocast,
+                self.sampling_policy,
+                lockstep=self.lockstep,
+            )
         )
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=args.learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.weight_decay,
-            eps=args.adam_epsilon,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
+        acc.register_save_state_pre_hook(self._save_lora_hook)
+        acc.register_load_state_pre_hook(self._load_lora_hook)
         self.step = 0
         self.phase_seconds: dict[str, float] = {"sample": 0.0, "judge": 0.0, "optimize": 0.0, "evaluate": 0.0}
         self._stop_signal: int | None = None
         self._last_eval_score: float | None = None
+        # Wall seconds of the training iterations this process ran (since the start or the resume; evaluations
+        # excluded) and of its last evaluation, for the time-left estimate (`remaining_seconds`).
+        self._iteration_seconds: list[float] = []
+        self._eval_wall_seconds = 0.0
+        # The run's first evaluation, per prompt (stratum, score): the baseline later evaluations pair with.
+        self._eval_baseline: list[tuple[str, float]] | None = None
         # The latest evaluation's (records, indices, images), for sample grids and the report.
         self.last_eval_images: tuple[list[PromptRecord], list[int], list[Image.Image]] | None = None
+        # The latest training grid's (records, images, rewards, group size, step), for the report.
+        self.last_train_samples: tuple[list[PromptRecord], list[Image.Image], list, int, int] | None = None
         self.history: list[dict[str, Any]] = []
         self._orders: dict[int, np.ndarray] = {}
 
@@ -201,6 +231,40 @@ class RPOTrainer:
         if not params:
             raise ConfigError(f"{type(policy).__name__} has no trainable parameters after add_lora")
         return params
+
+    def _prepare(self, params: list[torch.nn.Parameter]) -> None:
+        """Hand the network, its optimizer and scheduler to accelerate: DDP wraps the network, FSDP shards it in
+        place, one process keeps it as it is. The policy calls what `prepare` returned from then on."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        args, acc = self.args, self.accelerator
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.weight_decay,
+            eps=args.adam_epsilon,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self._lr_factor(s))
+        network, self.optimizer, _ = acc.prepare(self.policy.network, optimizer, scheduler)
+        if isinstance(network, DistributedDataParallel):
+            # The frozen base's buffers (position tables) never change; broadcasting them would also make every
+            # forward pass a collective, and processes run different numbers of them.
+            network.broadcast_buffers = False
+        self.policy.set_network(network)
+        self.network = network
+        # Stepped here once per RPO step; accelerate's wrapper of it (which would step it once per process) only
+        # saves and loads its state.
+        self.scheduler = scheduler
+        # FSDP replaced the parameters by sharded ones: the optimizer holds those now.
+        self.params = self.policy.trainable_parameters()
+
+    @property
+    def lockstep(self) -> bool:
+        """Whether processes must run the same forward and backward passes (FSDP: each one gathers weights)."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
 
     def _lr_factor(self, step: int) -> float:
         """The learning-rate multiplier after `step` RPO steps: linear warmup, then constant or decayed to 0 at
@@ -242,9 +306,13 @@ class RPOTrainer:
     # ---- stages --------------------------------------------------------------------------------------------
 
     def _sde_steps(self) -> list[int]:
-        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones."""
+        """Which sampling steps are stochastic (and trained): the first ceil(fraction * T), the high-noise ones,
+        without the last step unless `stochastic_last_step`. A deterministic last step is the Euler step to the
+        predicted clean sample x - sigma * v, the image the release decodes, so its noise never reached the image
+        there and it was not trained."""
         t = self.args.num_sampling_steps
-        return list(range(max(1, math.ceil(self.args.train_timestep_fraction * t))))
+        steps = range(max(1, math.ceil(self.args.train_timestep_fraction * t)))
+        return [i for i in steps if self.args.stochastic_last_step or i < t - 1]
 
     @torch.no_grad()
     def sample(self, step: int) -> Rollout:
@@ -278,26 +346,38 @@ class RPOTrainer:
                     sde_steps=self._sde_steps(),
                     generators=gens,
                     shared_noise=args.shared_noise,
+                    reduction=args.logprob_reduction,
+                    convention=args.sde_convention,
                 )
             images = self.policy.decode(traj.final)
             yield Rollout(traj, images, [r for _, r in chunk], args.group_size, [k for k, _ in chunk], step)
 
     @contextlib.contextmanager
     def sampling_policy(self) -> Iterator[None]:
-        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA."""
+        """The weights that sample: the moving average of the LoRA when the objective keeps one, else the LoRA.
+
+        Passes without gradients inside it (an objective's fixed targets) run with the LoRA folded into the weights
+        once for all of them (`FlowMatchingPolicy.folded_lora`), rather than once per velocity call."""
         if self.sampling_params is None:
-            yield
+            with self._folded_lora():
+                yield
             return
         trained = [p.detach().clone() for p in self.params]
         try:
             with torch.no_grad():
                 for p, s in zip(self.params, self.sampling_params, strict=True):
                     p.copy_(s)
-            yield
+            with self._folded_lora():
+                yield
         finally:
             with torch.no_grad():
                 for p, t in zip(self.params, trained, strict=True):
                     p.copy_(t)
+
+    def _folded_lora(self) -> contextlib.AbstractContextManager[None]:
+        if isinstance(self.policy, FlowMatchingPolicy):
+            return self.policy.folded_lora()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def _update_sampling_policy(self) -> None:
@@ -379,9 +459,9 @@ class RPOTrainer:
 
         The batch's groups are split into minibatches by global group index (so one process and many split it the
         same way); each minibatch's gradient is accumulated over its samples (in micro-batches of
-        `train_batch_size`) and every trained timestep, all-reduced once, clipped and applied. From the second
-        minibatch on the policy differs from the one that sampled, so the policy gradient's ratio moves off 1 and
-        clipping acts.
+        `train_batch_size`) and every trained timestep, synchronised over processes once, clipped and applied. From
+        the second minibatch on the policy differs from the one that sampled, so the policy gradient's ratio moves
+        off 1 and clipping acts.
         """
         args = self.args
         group_index = rollout.sample_group_indices()
@@ -393,18 +473,19 @@ class RPOTrainer:
             for epoch in range(args.num_inner_epochs):
                 for m in range(args.num_minibatches):
                     members = torch.nonzero(mask & (group_index % args.num_minibatches == m)).flatten()
-                    n_global = int(self._sum_over_processes(float(len(members))))
+                    n_global, n_micro = self._minibatch_shape(len(members))
                     if n_global == 0:
                         continue
                     order = torch.randperm(
                         len(members),
                         generator=torch.Generator().manual_seed(seed_for(args.seed, rollout.step, epoch, m)),
                     )
-                    # Each sample weighs 1 / global samples: after the all-reduce sum, the gradient is that of
-                    # the mean loss over the whole minibatch, however it is split.
-                    stats = self.backward_batch(rollout, advantages, members[order], 1.0 / n_global)
-                    self._all_reduce_grads()
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, args.max_grad_norm))
+                    # Each sample weighs num_processes / global samples: DDP and FSDP average gradients over
+                    # processes, so the gradient is that of the mean loss over the whole minibatch, however it is
+                    # split.
+                    weight = self.accelerator.num_processes / n_global
+                    stats = self.backward_batch(rollout, advantages, members[order], weight, n_micro)
+                    grad_norm = self._clip_grad_norm()
                     if not self._update_is_finite(stats, grad_norm, m):
                         self.optimizer.zero_grad(set_to_none=True)
                         skipped += 1
@@ -426,24 +507,71 @@ class RPOTrainer:
         out["lr"] = lr
         return out
 
+    def _minibatch_shape(self, num_members: int) -> tuple[int, int]:
+        """(samples of the minibatch over all processes, micro-batches each process runs). A process runs at least
+        one micro-batch, even without samples, to take part in the gradient synchronisation; under FSDP all run as
+        many as the busiest one (every pass gathers weights collectively)."""
+        n_global = int(self._sum_over_processes(float(num_members)))
+        if self.accelerator.num_processes == 1:
+            return n_global, 0
+        if not self.lockstep:
+            return n_global, 1
+        return n_global, int(self._max_over_processes(float(-(-num_members // self.args.train_batch_size))))
+
     def backward_batch(
-        self, rollout: Rollout, advantages: torch.Tensor, members: torch.Tensor, weight: float
+        self,
+        rollout: Rollout,
+        advantages: torch.Tensor,
+        members: torch.Tensor,
+        weight: float,
+        num_micro_batches: int = 0,
     ) -> Statistics:
         """Accumulate the gradient of `weight` x the per-sample loss of samples `members`, averaged over the
-        objective's timesteps, in micro-batches of `train_batch_size`; returns the statistics of those terms.
-        One backward per timestep: the objective yields a timestep's terms only after the last one's backward."""
-        objective = self.objective
+        objective's timesteps, in micro-batches of `train_batch_size` (padded to `num_micro_batches` with
+        zero-weight ones); returns the statistics of those terms.
+
+        One backward per timestep: the objective yields a timestep's terms only after the last one's backward.
+        Gradients are synchronised over processes in the last backward only; the others run under
+        `accelerator.no_sync`, which DDP needs around the forward pass as well, so the trainer asks the objective
+        how many terms come before asking for each one."""
+        objective, size = self.objective, self.args.train_batch_size
         scale = weight / objective.timesteps(rollout)
         stats = Statistics(objective.statistics)
-        for start in range(0, len(members), self.args.train_batch_size):
+        parts = [members[start : start + size] for start in range(0, len(members), size)]
+        real = len(parts)
+        # A padding micro-batch recomputes sample 0 (any sample would do) and backwards it with weight 0.
+        parts += [torch.zeros(1, dtype=torch.long)] * max(0, num_micro_batches - real)
+        for i, part in enumerate(parts):
+            count = objective.num_terms(rollout, part)
+            if count < 1:
+                raise RuntimeError(
+                    f"{type(objective).__name__}.num_terms is {count}: a micro-batch trains >= 1 term"
+                )
+            terms_of = iter(objective.loss_terms(rollout, advantages, part))
             micro = Statistics(objective.statistics)
-            for terms in objective.loss_terms(
-                rollout, advantages, members[start : start + self.args.train_batch_size]
-            ):
-                (terms["loss"].sum() * scale).backward()
-                micro.add(terms)
+            for t in range(count):
+                last = i == len(parts) - 1 and t == count - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(self.network):
+                    terms = next(terms_of, None)
+                    if terms is None:
+                        raise RuntimeError(
+                            f"{type(objective).__name__}.loss_terms yielded {t} terms where num_terms said {count}"
+                        )
+                    self.accelerator.backward(terms["loss"].sum() * (scale if i < real else 0.0))
+                if i < real:
+                    micro.add(terms)
+            if next(terms_of, None) is not None:
+                raise RuntimeError(
+                    f"{type(objective).__name__}.loss_terms yielded more terms than num_terms said ({count})"
+                )
             stats.merge(micro)
         return stats
+
+    def _clip_grad_norm(self) -> float:
+        """Clip the LoRA gradients (synchronised by now) to `max_grad_norm`; returns their norm before clipping."""
+        norm = self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm)
+        full = getattr(norm, "full_tensor", None)  # FSDP: the norm of sharded gradients is a DTensor
+        return float(full() if full is not None else norm)
 
     def _update_is_finite(self, stats: Statistics, grad_norm: float, minibatch: int) -> bool:
         """Whether the minibatch's loss and gradient norm are finite on every process; under `nan_policy: stop` a
@@ -479,20 +607,6 @@ class RPOTrainer:
         """`values` summed over processes, by name (one all-reduce)."""
         return dict(zip(values, self._sum_over_processes(list(values.values())), strict=True))
 
-    def _all_reduce_grads(self) -> None:
-        """Average LoRA gradients over processes in one flat all-reduce (once per optimizer step)."""
-        if self.accelerator.num_processes == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-        # The per-process losses are already shares of the global mean, so the sum is the gradient of the mean.
-        offset = 0
-        for p, g in zip(self.params, grads, strict=True):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out score: ODE samples (fixed seeds) of the eval prompts, scored by the evaluator."""
@@ -501,6 +615,11 @@ class RPOTrainer:
         if not records:
             return {}
         idx = list(range(acc.process_index, len(records), acc.num_processes))
+        mine = len(idx)
+        if (
+            self.lockstep
+        ):  # every process samples as many prompts (repeating its first), and drops the repeats
+            idx += [idx[0] if idx else 0] * (-(-len(records) // acc.num_processes) - mine)
         images: list[Image.Image] = []
         for c in range(0, len(idx), args.sample_batch_size):
             chunk = idx[c : c + args.sample_batch_size]
@@ -522,6 +641,7 @@ class RPOTrainer:
                     generators=gens,
                 )
             images.extend(self.policy.decode(traj.final))
+        idx, images = idx[:mine], images[:mine]
         # Score on the main process over all prompts: per-category figures need every sample, not averages.
         from accelerate.utils import gather_object
 
@@ -549,7 +669,12 @@ class RPOTrainer:
             [ScoreItem(r.prompt, im, r.rubric, r.source_image) for r, im in zip(records, images, strict=True)]
         )
         vals = [s.score for s in scores if s.score is not None]
-        return {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        out: dict[str, Any] = {"eval_score": float(np.mean(vals)) if vals else float("nan")}
+        if len(vals) > 1:
+            out["eval_score_se"] = float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+        if vals and len(vals) == len(scores):  # a failed judgment leaves nothing to pair that prompt with
+            out[PER_PROMPT_SCORES] = [("all", float(v)) for v in vals]
+        return out
 
     # ---- the loop ------------------------------------------------------------------------------------------
 
@@ -565,21 +690,27 @@ class RPOTrainer:
             desc="RPO",
             disable=not acc.is_main_process,
             dynamic_ncols=True,
+            # tqdm's own time left extrapolates the step rate only; the postfix's "left" counts the evaluations.
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
         )
         row: dict[str, Any] = {}
         try:
             while self.step < args.max_steps:
+                start = time.perf_counter()
                 row = self.training_step()
                 self.step += 1
                 row["step"] = self.step
-                last = self.step == args.max_steps
-                if self.eval_records and (last or (args.eval_steps and self.step % args.eval_steps == 0)):
+                evaluated = self.evaluates_at(self.step)
+                if evaluated:
                     row.update(self._evaluate_timed())
                 if acc.is_main_process and (self.step % args.logging_steps == 0 or "eval_score" in row):
                     self._log_row(metrics_path, row)
+                self._iteration_seconds.append(
+                    time.perf_counter() - start - (self._eval_wall_seconds if evaluated else 0.0)
+                )
                 bar.update(1)
                 bar.set_postfix(self._progress(row))
-                if self.step % args.save_steps == 0 or last:
+                if self.step % args.save_steps == 0 or self.step == args.max_steps:
                     self.save_checkpoint()
                 self._stop_if_signalled()
         finally:
@@ -598,6 +729,13 @@ class RPOTrainer:
         self._claim_output_dir()
         if args.resume_from_checkpoint:
             self.load_checkpoint(args.resume_from_checkpoint)
+            acc.wait_for_everyone()  # every process has read its checkpoint before anything is removed
+            if acc.is_main_process:
+                for path in clear_stale(self.checkpoint_dir, self.step):
+                    logger.warning(
+                        "removed %s: left by a killed save, or written after step %d", path, self.step
+                    )
+            acc.wait_for_everyone()
         if acc.is_main_process:
             import yaml
 
@@ -642,11 +780,32 @@ class RPOTrainer:
                 {k: v for k, v in row.items() if isinstance(v, (int, float))}, step=self.step
             )
 
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the held-out evaluation runs after `step` (every `eval_steps`, and after the last step)."""
+        args = self.args
+        if not self.eval_records:
+            return False
+        return step == args.max_steps or bool(args.eval_steps and step % args.eval_steps == 0)
+
+    def remaining_seconds(self) -> float | None:
+        """Estimated wall seconds to `max_steps`: the steps left at the mean time of the steps this process has run
+        so far, plus each evaluation left at the time the last one took (an evaluation of 300 prompts costs several
+        steps, and they come at the start and the end); None before the first step."""
+        if not self._iteration_seconds:
+            return None
+        steps_left = range(self.step + 1, self.args.max_steps + 1)
+        per_step = sum(self._iteration_seconds) / len(self._iteration_seconds)
+        evals_left = sum(self.evaluates_at(s) for s in steps_left)
+        return len(steps_left) * per_step + evals_left * self._eval_wall_seconds
+
     def _progress(self, row: dict[str, Any]) -> dict[str, str]:
         postfix = {"reward": f"{row.get('reward_mean', float('nan')):.3f}"}
         if "reward/tie_rate" in row:  # symmetric pairwise rewards average 0; the tie rate says more
             postfix["ties"] = f"{row['reward/tie_rate']:.2f}"
         postfix["eval"] = f"{self._last_eval_score:.3f}" if self._last_eval_score is not None else "-"
+        left = self.remaining_seconds()
+        if left is not None:
+            postfix["left"] = format_duration(left)
         return postfix
 
     def _stop_if_signalled(self) -> None:
@@ -714,6 +873,7 @@ class RPOTrainer:
             t = time.perf_counter()
             row.update(self._monitor_samples(rollout))
             self.phase_seconds["monitor"] = self.phase_seconds.get("monitor", 0.0) + time.perf_counter() - t
+        row.update(self.reward.health())
         return row
 
     def _monitor_samples(self, rollout: Rollout) -> dict[str, float]:
@@ -770,11 +930,29 @@ class RPOTrainer:
     def _evaluate_timed(self) -> dict[str, float]:
         t = time.perf_counter()
         metrics = self.evaluate()
-        self.phase_seconds["evaluate"] += time.perf_counter() - t
+        self._eval_wall_seconds = time.perf_counter() - t
+        self.phase_seconds["evaluate"] += self._eval_wall_seconds
+        if metrics:  # the main process
+            metrics = {**metrics, "eval_seconds": self._eval_wall_seconds}
+            per_prompt = metrics.pop(PER_PROMPT_SCORES, None)
+            if per_prompt is not None:
+                metrics.update(self._change_since_baseline(per_prompt))
         self._last_eval_score = metrics.get("eval_score")
         if self.accelerator.is_main_process and self.args.sample_steps:
             self._save_eval_grid()
         return metrics
+
+    def _change_since_baseline(self, per_prompt: Sequence[tuple[str, float]]) -> dict[str, float]:
+        """The score's change since the run's first evaluation and its paired standard error; the first
+        evaluation becomes the baseline. Evaluations pair prompt by prompt: the same records, the same seeds."""
+        per_prompt = [(str(stratum), float(score)) for stratum, score in per_prompt]
+        if self._eval_baseline is None:
+            self._eval_baseline = per_prompt
+            return {}
+        if len(self._eval_baseline) != len(per_prompt):  # eval_num_prompts changed on resume: nothing to pair
+            return {}
+        change, se = paired_change_se(self._eval_baseline, per_prompt)
+        return {"eval_change": change, "eval_change_se": se}
 
     def _run_eval(self, metrics_path: Path) -> None:
         row = {"step": 0, **self._evaluate_timed()}
@@ -787,24 +965,42 @@ class RPOTrainer:
     # ---- samples -------------------------------------------------------------------------------------------
 
     def _save_sample_grid(self, rollout: Rollout, rewards: list[float | None]) -> None:
-        from arr.report import image_grid
+        """samples/train_step_N.png: up to GRID_GROUPS groups, each image captioned with its reward, its standing
+        in its group and its prompt; also sent to TensorBoard."""
+        from arr.report import image_grid, reward_captions
 
-        n = min(len(rollout.images), 8 * rollout.group_size)
-        captions = ["-" if r is None else f"{r:+.2f}" for r in rewards[:n]]
-        grid = image_grid(rollout.images[:n], cols=rollout.group_size * 4, captions=captions, scale=2)
+        groups = min(len(rollout.records), GRID_GROUPS)
+        n = groups * rollout.group_size
+        records, images = rollout.records[:groups], rollout.images[:n]
+        self.last_train_samples = (records, images, list(rewards[:n]), rollout.group_size, self.step + 1)
+        captions = reward_captions([r.prompt for r in records], rewards[:n], rollout.group_size)
+        cols = rollout.group_size * max(1, 8 // rollout.group_size)
+        grid = image_grid(images, cols=cols, captions=captions, cell=GRID_CELL, group=rollout.group_size)
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out / f"train_step_{self.step:06d}.png")
+        self._log_grid("samples/train", grid, self.step + 1)
 
     def _save_eval_grid(self) -> None:
+        """samples/eval_step_N.png: the first 32 held-out samples captioned with their prompts; also sent to
+        TensorBoard."""
         from arr.report import image_grid
 
         if self.last_eval_images is None or not self.last_eval_images[2]:
             return
+        records, idx, images = self.last_eval_images
         out = self.output_dir / "samples"
         out.mkdir(parents=True, exist_ok=True)
-        images = self.last_eval_images[2]
-        image_grid(images[:32], cols=8, scale=2).save(out / f"eval_step_{self.step:06d}.png")
+        captions = [records[i].prompt for i in idx[:32]]
+        grid = image_grid(images[:32], cols=8, captions=captions, cell=GRID_CELL)
+        grid.save(out / f"eval_step_{self.step:06d}.png")
+        self._log_grid("samples/eval", grid, self.step)
+
+    def _log_grid(self, tag: str, grid: Image.Image, step: int) -> None:
+        """Send a sample grid to TensorBoard when accelerate tracks to it (at the step its scalars are logged)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({tag: np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 
@@ -813,63 +1009,180 @@ class RPOTrainer:
         return self.output_dir / "checkpoints"
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_N atomically (see arr/rpo/checkpoint.py) and prune old ones."""
+        """Write checkpoints/step_N atomically with `accelerator.save_state` (every process writes its part into a
+        temporary folder, which the main process seals and renames; see arr/rpo/checkpoint.py) and prune old
+        ones."""
         acc = self.accelerator
+        tmp = temporary_path(self.checkpoint_dir, self.step)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            lora = self._lora_tensors()
-            sampling_lora = None
-            if self.sampling_params is not None:
-                with self.sampling_policy():
-                    sampling_lora = self._lora_tensors()
-            write_checkpoint(
-                self.checkpoint_dir,
-                self.step,
-                lora=lora,
-                sampling_lora=sampling_lora,
-                optimizer={
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                },
-                state={
-                    "step": self.step,
-                    "data_position": self.step * self.args.prompts_per_step,
-                    "phase_seconds": self.phase_seconds,
-                    "last_eval_score": self._last_eval_score,
-                    "judge_cache": self.reward.cache_path or "",
-                    "num_processes": acc.num_processes,
-                },
-            )
+            clear_temporary(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {
+                "step": self.step,
+                "data_position": self.step * self.args.prompts_per_step,
+                "phase_seconds": self.phase_seconds,
+                "last_eval_score": self._last_eval_score,
+                "eval_baseline": self._eval_baseline,
+                "judge_cache": self.reward.cache_path or "",
+                "num_processes": acc.num_processes,
+                "distributed_type": str(acc.distributed_type),
+            }
+            finish_checkpoint(self.checkpoint_dir, self.step, tmp, state)
             prune_checkpoints(self.checkpoint_dir, self.args.save_total_limit)
         acc.wait_for_everyone()
         return checkpoint_path(self.checkpoint_dir, self.step)
 
+    def _save_lora_hook(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
+        """accelerate's save hook: the LoRA (and the moving average that samples) as arr's safetensors files, in
+        place of the whole network, whose frozen base is the pretrained model. Under FSDP accelerate has saved the
+        sharded network itself, and `weights` is empty."""
+        from safetensors.torch import save_file
+
+        lora = self._lora_tensors()  # FSDP: gathered on every process
+        sampling_lora = None
+        if self.sampling_params is not None:
+            with self.sampling_policy():
+                sampling_lora = self._lora_tensors()
+        if self.accelerator.is_main_process:
+            save_file(lora, Path(output_dir) / LORA_FILE)
+            if sampling_lora is not None:
+                # Under peft names, so the moving average loads as a LoRA of its own (e.g. with `arr eval --lora`).
+                save_file(sampling_lora, Path(output_dir) / SAMPLING_LORA_FILE)
+            self._export_lora(Path(output_dir), lora, sampling_lora)
+        weights.clear()
+
+    def _load_lora_hook(self, models: list[Any], input_dir: str) -> None:
+        """accelerate's load hook: the LoRA from arr's file (under FSDP accelerate loaded the sharded network, and
+        `models` is empty), and the moving average that samples."""
+        from safetensors.torch import load_file
+
+        lora = load_file(Path(input_dir) / LORA_FILE, device=str(self.policy.device))
+        if self.sampling_params is not None:
+            self._load_sampling_lora(Path(input_dir), lora)
+        elif models:
+            self.policy.load_lora_state_dict(lora)
+        models.clear()
+
+    def _load_sampling_lora(self, path: Path, trained: dict[str, torch.Tensor]) -> None:
+        """Set the moving average from `path`'s sampling LoRA; the network ends with the `trained` LoRA loaded
+        (under FSDP on every process: loading takes each process's shard)."""
+        from safetensors.torch import load_file
+
+        ema = path / SAMPLING_LORA_FILE
+        if not ema.is_file():
+            raise ConfigError(
+                f"{path} has no {SAMPLING_LORA_FILE}: it was saved without forward_ema_decay, so it cannot resume "
+                "a run that samples with a moving average"
+            )
+        self.policy.load_lora_state_dict(load_file(ema, device=str(self.policy.device)))
+        self.sampling_params = [p.detach().clone() for p in self.params]
+        self.policy.load_lora_state_dict(trained)
+
+    def _export_lora(
+        self, folder: Path, lora: dict[str, torch.Tensor], sampling_lora: dict[str, torch.Tensor] | None
+    ) -> None:
+        """The checkpoint's files for use outside arr: the LoRA in diffusers' format (`pipe.load_lora_weights` reads
+        it at full strength), the moving average that sampled in `moving_average/`, and the model card."""
+        base = run_settings(self.run_config).get("model_name_or_path")
+        file = self.policy.save_lora_weights(folder, lora, base_model=base)
+        if file is not None and sampling_lora is not None:
+            self.policy.save_lora_weights(folder / MOVING_AVERAGE_DIR, sampling_lora, base_model=base)
+        metrics = self.output_dir / "metrics.jsonl"
+        evals = [r for r in read_jsonl(metrics) if "eval_score" in r and r.get("step", 0) <= self.step]
+        text = model_card(
+            self.run_config,
+            self.step,
+            evals,
+            str(checkpoint_path(self.checkpoint_dir, self.step)),
+            lora_file=file is not None,
+            moving_average=file is not None and sampling_lora is not None,
+        )
+        write_model_card(folder, text)
+
     def _lora_tensors(self) -> dict[str, torch.Tensor]:
         """The LoRA weights now in the model, copied to CPU (peft's state dict aliases the live parameters,
-        which `sampling_policy()` swaps)."""
+        which `sampling_policy()` swaps). Under FSDP every process must call this: the shards are gathered."""
         return {k: v.detach().cpu().clone() for k, v in self.policy.lora_state_dict().items()}
 
     def load_checkpoint(self, which: str) -> None:
-        """Resume from 'latest' or a checkpoint folder; a checkpoint asked for by name must exist."""
-        path = resolve_checkpoint(self.checkpoint_dir, which)
+        """Resume from 'latest' or a checkpoint folder; a checkpoint asked for by name must exist and be intact."""
+        path = self._agreed_checkpoint(which)
         if path is None:
             return  # nothing to resume: a fresh run (the flag is safe to leave in a launcher)
-        ckpt = read_checkpoint(path, self.policy.device)
-        if self.sampling_params is not None:
-            if ckpt.sampling_lora is None:
+        state = read_state(path)
+        if is_legacy(state):
+            self._load_legacy_checkpoint(path)
+        else:
+            saved = state.get("distributed_type")
+            if ("FSDP" in (saved or "")) != self.lockstep:
                 raise ConfigError(
-                    f"{path} has no sampling_lora.safetensors: it was saved without forward_ema_decay, so it "
-                    "cannot resume a run that samples with a moving average"
+                    f"resume_from_checkpoint: {path} was saved under {saved} and this run is "
+                    f"{self.accelerator.distributed_type}; resume an FSDP checkpoint under FSDP and a DDP or "
+                    "single-process one under DDP or one process"
                 )
-            self.policy.load_lora_state_dict(ckpt.sampling_lora)
-            self.sampling_params = [p.detach().clone() for p in self.params]
-        self.policy.load_lora_state_dict(ckpt.lora)
+            saved_processes = state.get("num_processes")
+            if saved_processes == self.accelerator.num_processes:
+                _check_random_states(path, self.accelerator.process_index)
+            else:  # every process reads the same file, so all take this branch together
+                logger.warning(
+                    "%s was saved by %s processes and this run has %d: the weights and optimizer state resume, the "
+                    "processes' random states do not (the training noise is seeded per group and step, not by them)",
+                    path,
+                    saved_processes,
+                    self.accelerator.num_processes,
+                )
+            self.accelerator.load_state(str(path))
+        self.step = int(state["step"])
+        self.phase_seconds.update(state.get("phase_seconds", {}))
+        self._last_eval_score = state.get("last_eval_score")
+        baseline = state.get("eval_baseline")
+        self._eval_baseline = None if baseline is None else [(str(k), float(v)) for k, v in baseline]
+
+    def _agreed_checkpoint(self, which: str) -> Path | None:
+        """The checkpoint every process resumes from: the main process finds and verifies it (hashing its files once,
+        not once per process) and tells the others, so that all resume the same one, or all stop with its error."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return resolve_checkpoint(self.checkpoint_dir, which)
+        found: list[Any] = [None]
+        if acc.is_main_process:
+            try:
+                path = resolve_checkpoint(self.checkpoint_dir, which)
+                found[0] = ("path", None if path is None else str(path))
+            except ConfigError as e:
+                found[0] = ("error", type(e).__name__, str(e))
+        broadcast_object_list(found)
+        if found[0][0] == "error":
+            raise (CheckpointError if found[0][1] == "CheckpointError" else ConfigError)(found[0][2])
+        path = None if found[0][1] is None else Path(found[0][1])
+        if path is not None and not (path / STATE_FILE).is_file():
+            raise ConfigError(
+                f"resume_from_checkpoint: process {acc.process_index} cannot see {path}, which the main process "
+                "resumes from; output_dir must be on a filesystem every machine sees"
+            )
+        return path
+
+    def _load_legacy_checkpoint(self, path: Path) -> None:
+        """A checkpoint of arr's first layout: LoRA, optimizer.pt and RNG files of one unsharded state."""
+        if self.lockstep:
+            raise ConfigError(
+                f"resume_from_checkpoint: {path} is in arr's first checkpoint layout, which holds unsharded state; "
+                "resume it with DDP or one process, and let that run save a checkpoint that FSDP can resume"
+            )
+        ckpt = read_legacy_checkpoint(path, self.policy.device)
+        if self.sampling_params is not None:
+            self._load_sampling_lora(path, ckpt.lora)
+        else:
+            self.policy.load_lora_state_dict(ckpt.lora)
         self.optimizer.load_state_dict(ckpt.optimizer["optimizer"])
         self.scheduler.load_state_dict(ckpt.optimizer["scheduler"])
-        load_rng_state(path)
-        self.step = int(ckpt.state["step"])
-        self.phase_seconds.update(ckpt.state.get("phase_seconds", {}))
-        self._last_eval_score = ckpt.state.get("last_eval_score")
+        load_legacy_rng_state(path)
 
     # ---- signals -------------------------------------------------------------------------------------------
 
@@ -887,6 +1200,67 @@ class RPOTrainer:
     def _restore_signal_handlers(self) -> None:
         for sig, h in getattr(self, "_previous_handlers", {}).items():
             signal.signal(sig, h)
+
+
+def _make_accelerator(args: RPOConfig) -> Any:
+    """The trainer's Accelerator, as a launcher (`accelerate launch`, its config file) set the engine up."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(
+        cpu=args.cpu,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        # The trainer steps its scheduler once per RPO step, however many processes there are.
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
+
+
+def _check_random_states(path: Path, rank: int) -> None:
+    """Refuse a checkpoint whose RNG file for this process does not load with weights_only=True: accelerate's
+    `load_state` would skip it with a log line, and the run would go on with other random numbers than the run it
+    resumes (or, for a file that carries code, quietly)."""
+    from accelerate.utils.other import load
+
+    file = path / f"random_states_{rank}.pkl"
+    try:
+        load(file)  # torch.load with weights_only=True, numpy's RNG state types allowed
+    except Exception as e:  # a refused global (code in the file), a cut file, a missing one
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint file {file} does not load as plain data ({why}); resume from another checkpoint"
+        ) from None
+
+
+def _check_engine(acc: Any) -> None:
+    """Refuse the engines RPOTrainer does not drive: DeepSpeed, and FSDP's first version."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "RPOTrainer does not run under DeepSpeed (its engine steps the optimizer inside backward, and ZeRO-2 "
+            "shards only LoRA-sized optimizer state); launch with FSDP to shard the frozen base "
+            "(recipes/accelerate/8gpu_fsdp.yaml) or with DDP (recipes/accelerate/8gpu_ddp.yaml)"
+        )
+    if acc.distributed_type == DistributedType.FSDP and not acc.is_fsdp2:
+        raise ConfigError(
+            "RPOTrainer needs FSDP version 2 (fully_shard), which keeps peft's LoRA parameters addressable; set "
+            "fsdp_version: 2 in the accelerate config (recipes/accelerate/8gpu_fsdp.yaml)"
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """'7m05s' (or '45s', '1h02m'): a time for people, to the second under an hour."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _flat_scalars(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

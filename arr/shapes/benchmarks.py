@@ -35,7 +35,7 @@ from arr.images import load_image
 from arr.jsonl import iter_jsonl
 from arr.rubrics import Rubric, as_rubric
 from arr.shapes.edits import EDIT_KINDS, EditSpec, sample_edit, scene_from_dict, scene_to_dict
-from arr.shapes.pairs import PreferencePair, make_pairs
+from arr.shapes.pairs import PreferencePair, make_pairs, pair_labels
 from arr.shapes.prompts import CATEGORIES, RELATIONS, ObjectSpec, PromptSpec, sample_prompts
 from arr.shapes.scene import COLORS, SHAPES, Obj, render
 from arr.suites import read_suite
@@ -282,6 +282,8 @@ def write_preference_pairs(
             "position": p.winner,
             "rubric": p.rubric.to_dict(),
         }
+        if p.labels:
+            record["labels"] = p.labels
         if p.source is not None:
             record["source_image"] = f"images/{p.id}_source.png"
             p.source.save(path.parent / record["source_image"])
@@ -327,6 +329,7 @@ def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
                     winner=winner,
                     rubric=rubric,
                     source=source,
+                    labels=pair_labels(r.get("labels"), rubric, f"{path} pair {i}"),
                 )
             )
         except (KeyError, TypeError) as e:

@@ -2,7 +2,9 @@
 
 The winner is an exact render of a scene that satisfies the prompt (or the edit's target); the loser is the same
 scene corrupted in one named way. Every loser is verified to fail the strict verdict (and every winner to pass
-it) before it is used, so labels are right by construction. Half the pairs put the winner first ("A").
+it) before it is used, so labels are right by construction. Half the pairs put the winner first ("A"). Each pair
+also carries per-criterion labels for both images (`labels`), read from the exact renders, for validating a judge
+criterion by criterion.
 
     pairs = make_pairs(200, seed=0, split="heldout", task="t2i")
     pairs[0].image_a, pairs[0].image_b, pairs[0].winner, pairs[0].corruption
@@ -13,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -21,7 +24,7 @@ from arr.rubrics import Rubric
 from arr.shapes.detect import analyze
 from arr.shapes.edits import EditSpec, edit_correct, rubric_for_edit, sample_edit
 from arr.shapes.prompts import PromptSpec, sample_prompts, scene_for_prompt
-from arr.shapes.rubrics import geneval_correct, rubric_for_prompt
+from arr.shapes.rubrics import evaluate_check, geneval_correct, rubric_for_prompt
 from arr.shapes.scene import COLORS, IMAGE_SIZE, PALETTE, SHAPES, Obj, Scene, render
 
 T2I_CORRUPTIONS: tuple[str, ...] = (
@@ -58,6 +61,8 @@ class PreferencePair:
     winner: str
     rubric: Rubric
     source: Image.Image | None = None  # editing: the source image
+    # Per-criterion labels, {"chosen": {criterion id: True / False}, "rejected": {...}}, where known.
+    labels: dict[str, dict[str, bool | int | None]] | None = None
 
     @property
     def chosen(self) -> Image.Image:
@@ -66,6 +71,34 @@ class PreferencePair:
     @property
     def rejected(self) -> Image.Image:
         return self.image_b if self.winner == "A" else self.image_a
+
+
+def pair_labels(value: Any, rubric: Rubric, where: str) -> dict[str, dict[str, bool | int | None]] | None:
+    """A pair's optional per-criterion labels, {"chosen": {id: label}, "rejected": {...}}, checked against its
+    rubric: a yes/no criterion takes true / false / null, an ordinal one a level or null. A mismatch is a
+    ValueError naming `where`."""
+    if value is None:
+        return None
+    ids = {c.id: c for c in rubric.criteria}
+    if not isinstance(value, dict) or not set(value) <= {"chosen", "rejected"}:
+        raise ValueError(f"{where}: 'labels' must map 'chosen' and/or 'rejected' to {{criterion id: label}}")
+    for side, labels in value.items():
+        for cid, label in (labels or {}).items() if isinstance(labels, dict) else [(None, labels)]:
+            c = ids.get(cid)
+            ok = c is not None and (
+                label is None
+                or (
+                    isinstance(label, bool)
+                    if c.levels is None
+                    else type(label) is int and 1 <= label <= c.levels
+                )
+            )
+            if not ok:
+                raise ValueError(
+                    f"{where}: label {label!r} for criterion {cid!r} ({side}) does not fit the pair's rubric; "
+                    "expected true/false/null for a yes/no criterion, a level 1..levels or null for a rating"
+                )
+    return value
 
 
 def perturb_image(
@@ -196,6 +229,16 @@ def _edit_verdict(edit: EditSpec) -> Callable[[Image.Image], bool]:
     return lambda image: edit_correct(edit, image)
 
 
+def _labels(rubric: Rubric, image: Image.Image, source: Image.Image | None) -> dict[str, bool | int | None]:
+    """Every machine-checkable yes/no criterion evaluated on an exact render, where detection is exact."""
+    report, source_report = analyze(image), analyze(source) if source is not None else None
+    return {
+        c.id: evaluate_check(c.check, report, strict=True, source=source_report).holds
+        for c in rubric.criteria
+        if c.check is not None and c.levels is None
+    }
+
+
 def _make(
     n: int,
     rng: random.Random,
@@ -237,6 +280,7 @@ def _make(
         if not verdict(winner) or verdict(loser):
             continue
         source = render(source_scene) if source_scene is not None else None
+        labels = {"chosen": _labels(rubric, winner, source), "rejected": _labels(rubric, loser, source)}
         if perturb:
             winner, loser = perturb_image(winner, rng), perturb_image(loser, rng)
             source = perturb_image(source, rng) if source is not None else None
@@ -253,6 +297,7 @@ def _make(
                 winner=pos,
                 rubric=rubric,
                 source=source,
+                labels=labels,
             )
         )
     return out
@@ -290,5 +335,6 @@ __all__ = [
     "corrupt_edit",
     "corrupt_t2i",
     "make_pairs",
+    "pair_labels",
     "perturb_image",
 ]

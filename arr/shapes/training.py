@@ -16,9 +16,11 @@ from typing import Any
 from PIL import Image
 
 from arr.data import PromptRecord
+from arr.report import SampleNote
 from arr.shapes.detect import analyze
 from arr.shapes.prompts import CATEGORIES, sample_prompts
 from arr.shapes.rubrics import geneval_correct, rubric_for_prompt
+from arr.stats import PER_PROMPT_SCORES
 
 
 def t2i_records(
@@ -60,13 +62,15 @@ def edit_records(n: int, split: str, seed: int = 0) -> list[PromptRecord]:
     return out
 
 
-def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, float]:
-    """GEdit-style overall (`eval_score`), instruction, preservation and strict correctness, overall and per kind."""
+def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, Any]:
+    """GEdit-style overall (`eval_score`), instruction, preservation and strict correctness, overall and per kind;
+    the per-edit scores under `arr.stats.PER_PROMPT_SCORES`."""
     from arr.backends.pixel import PixelBackend
     from arr.shapes.edits import edit_correct
 
     pixel = PixelBackend()
     rows: dict[str, list[dict[str, float]]] = defaultdict(list)
+    per_prompt: list[tuple[str, float]] = []  # one stratum: the headline score is the plain mean over edits
     for rec, image in zip(records, images, strict=True):
         edit = rec.extra.get("edit")
         if edit is None:
@@ -80,6 +84,7 @@ def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) 
                 "correct": float(edit_correct(edit, image)),
             }
         )
+        per_prompt.append(("all", float(d["score"])))
     everything = [r for kind_rows in rows.values() for r in kind_rows]
 
     def mean(items: list[dict[str, float]], key: str) -> float:
@@ -96,15 +101,18 @@ def edit_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) 
         "eval_correct": mean(everything, "correct"),
     }
     out.update({f"eval/{kind}": mean(r, "score") for kind, r in sorted(rows.items())})
+    out[PER_PROMPT_SCORES] = per_prompt
     return out
 
 
-def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, float]:
-    """Strict GenEval-style accuracy per category, `eval_score` (mean over categories) and the pixel rubric score."""
+def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> dict[str, Any]:
+    """Strict GenEval-style accuracy per category, `eval_score` (mean over categories) and the pixel rubric score;
+    each prompt's (category, correct) under `arr.stats.PER_PROMPT_SCORES`."""
     from arr.backends.pixel import PixelBackend
 
     pixel = PixelBackend()
     hits: dict[str, list[float]] = defaultdict(list)
+    per_prompt: list[tuple[str, float]] = []
     rubric_scores = []
     for rec, image in zip(records, images, strict=True):
         spec = rec.extra.get("spec")
@@ -112,7 +120,9 @@ def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image
             raise ValueError(
                 f"record {rec.prompt!r} has no shapes PromptSpec; build records with t2i_records"
             )
-        hits[spec.category].append(float(geneval_correct(spec, analyze(image))))
+        correct = float(geneval_correct(spec, analyze(image)))
+        hits[spec.category].append(correct)
+        per_prompt.append((spec.category, correct))
         rubric_scores.append(pixel.score_image(image, rec.rubric))
     per_cat = {f"eval/{c}": sum(v) / len(v) for c, v in hits.items()}
     present = [c for c in CATEGORIES if c in hits]
@@ -129,6 +139,44 @@ def geneval_scores(records: Sequence[PromptRecord], images: Sequence[Image.Image
         "eval_accuracy": sum(sum(v) for v in hits.values()) / max(sum(len(v) for v in hits.values()), 1),
     }
     out.update(per_cat)
+    out[PER_PROMPT_SCORES] = per_prompt
+    return out
+
+
+def geneval_notes(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> list[SampleNote]:
+    """Per image, for the report's captions: strictly correct or wrong (what `eval_score` counts) and the pixel
+    judge's rubric score."""
+    from arr.backends.pixel import PixelBackend
+
+    pixel = PixelBackend()
+    out = []
+    for rec, image in zip(records, images, strict=True):
+        spec = rec.extra.get("spec")
+        if spec is None:
+            raise ValueError(
+                f"record {rec.prompt!r} has no shapes PromptSpec; build records with t2i_records"
+            )
+        correct = geneval_correct(spec, analyze(image))
+        rubric = pixel.score_image(image, rec.rubric)
+        out.append(SampleNote("correct" if correct else "wrong", correct, rubric, "rubric"))
+    return out
+
+
+def edit_notes(records: Sequence[PromptRecord], images: Sequence[Image.Image]) -> list[SampleNote]:
+    """Per edit, for the report's captions: strictly correct or wrong (the detected scene is the target) and the
+    pixel judge's score (what `eval_score` averages)."""
+    from arr.backends.pixel import PixelBackend
+    from arr.shapes.edits import edit_correct
+
+    pixel = PixelBackend()
+    out = []
+    for rec, image in zip(records, images, strict=True):
+        edit = rec.extra.get("edit")
+        if edit is None:
+            raise ValueError(f"record {rec.prompt!r} has no shapes EditSpec; build records with edit_records")
+        correct = edit_correct(edit, image)
+        score = float(pixel.score_details(image, rec.rubric, rec.source_image)["score"])
+        out.append(SampleNote("correct" if correct else "wrong", correct, score, "score"))
     return out
 
 

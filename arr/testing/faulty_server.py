@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -162,6 +163,8 @@ class FaultyJudgeServer:
         self.auth_headers: Counter[str] = Counter()
         self._attempts: Counter[str] = Counter()
         self._queue: list[str] = []
+        self._connections: set[socket.socket] = set()
+        self._killed = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
@@ -197,6 +200,17 @@ class FaultyJudgeServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(10)
+
+    def kill(self) -> None:
+        """Stop the way a crashed server stops: every open connection cut at once, no request answered from now
+        on, and no longer listening (`stop` alone leaves kept-alive connections answering)."""
+        self._killed.set()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self.stop()
 
     def __enter__(self) -> FaultyJudgeServer:
         return self.start()
@@ -261,6 +275,27 @@ class FaultyJudgeServer:
             "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": max(1, len(answer) // 4)},
         }
 
+    def _authorized(self, auth: str) -> bool:
+        """Count the Authorization header; False (counted as "unauthorized") where it lacks the API key."""
+        with self._lock:
+            self.auth_headers[auth] += 1
+            if self.api_key is not None and auth != f"Bearer {self.api_key}":
+                self.counts["unauthorized"] += 1
+                return False
+        return True
+
+    def _record(self, raw: bytes, body: dict[str, Any]) -> str:
+        """Choose this attempt's fault and count it (keeping the body and rewriting the counts file where asked)."""
+        fault = self._choose(raw)
+        with self._lock:
+            self.counts[fault] += 1
+            if self.keep_bodies:
+                self.bodies.append(body)
+            if self.counts_file:
+                with open(self.counts_file, "w", encoding="utf-8") as f:
+                    json.dump(dict(self.counts), f)
+        return fault
+
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -269,6 +304,18 @@ class FaultyJudgeServer:
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
                 return  # quiet: tests count requests through `server.counts`
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with server._lock:
+                        server._connections.discard(self.connection)
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
@@ -282,23 +329,28 @@ class FaultyJudgeServer:
             def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
                 self._send(status, json.dumps({"error": {"message": message}}).encode(), headers)
 
+            def _hang_up(self) -> None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.rstrip("/") in ("/health", "/v1/models"):
+                if server._killed.is_set():
+                    self._hang_up()
+                elif self.path.rstrip("/") in ("/health", "/v1/models"):
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "canned"}]}).encode())
                 else:
                     self._error(404, f"no route {self.path}")
 
             def do_POST(self) -> None:  # noqa: N802
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if server._killed.is_set():
+                    self._hang_up()
+                    return
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._error(404, f"no route {self.path}")
                     return
                 auth = self.headers.get("Authorization") or ""
-                with server._lock:
-                    server.auth_headers[auth] += 1
-                if server.api_key is not None and auth != f"Bearer {server.api_key}":
-                    with server._lock:
-                        server.counts["unauthorized"] += 1
+                if not server._authorized(auth):
                     self._error(401, "missing or wrong API key")
                     return
                 try:
@@ -306,14 +358,7 @@ class FaultyJudgeServer:
                 except ValueError:
                     self._error(400, "request body is not JSON")
                     return
-                fault = server._choose(raw)
-                with server._lock:
-                    server.counts[fault] += 1
-                    if server.keep_bodies:
-                        server.bodies.append(body)
-                    if server.counts_file:
-                        with open(server.counts_file, "w", encoding="utf-8") as f:
-                            json.dump(dict(server.counts), f)
+                fault = server._record(raw, body)
                 # A client that gave up (its timeout) has closed the socket: nothing left to answer.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._answer(body, fault, auth)
@@ -321,6 +366,9 @@ class FaultyJudgeServer:
             def _answer(self, body: dict[str, Any], fault: str, auth: str) -> None:
                 if server.latency > 0:
                     time.sleep(server.latency)
+                if server._killed.is_set():  # killed while this request waited
+                    self._hang_up()
+                    return
                 if fault == "timeout":
                     time.sleep(server.hang_seconds)
                     fault = "ok"
@@ -331,8 +379,7 @@ class FaultyJudgeServer:
                 elif fault == LEAKY:
                     self._error(500, f"upstream rejected request with header Authorization: {auth}")
                 elif fault == "drop":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    self._hang_up()
                 elif fault == "no_choices":
                     self._send(200, json.dumps({"id": "x", "object": "chat.completion"}).encode())
                 else:
@@ -340,18 +387,23 @@ class FaultyJudgeServer:
                     if fault == "malformed_json":
                         self._send(200, payload[: len(payload) // 2])
                     elif fault == "truncated_body":
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
-                        self.wfile.write(payload[: len(payload) // 2])
-                        self.wfile.flush()
-                        self.close_connection = True
-                        self.connection.shutdown(2)
+                        _send_truncated(self, payload)
                     else:
                         self._send(200, payload)
 
         return Handler
+
+
+def _send_truncated(handler: BaseHTTPRequestHandler, payload: bytes) -> None:
+    """Promise `payload` in Content-Length, send half of it, and close the connection."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload[: len(payload) // 2])
+    handler.wfile.flush()
+    handler.close_connection = True
+    handler.connection.shutdown(socket.SHUT_RDWR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
