@@ -142,6 +142,27 @@ def test_shared_prefix_batches_equal_full_passes(tiny_judge):
     assert v1.abs().sum() > 0  # the vision tower learns through the shared cache
 
 
+def test_cell_targets_read_each_cell_and_the_vision_tokens_follow_the_cells(tiny_judge):
+    """The cell loss pairs vision token k with grid cell (k // 4, k % 4): true only if the processor orders the
+    merged patches row-major over the cells, which this checks on images lit in a single cell."""
+    from arr.shapes.judge_vision import CELL_LABELS, cell_targets
+    from arr.shapes.scene import Obj, Scene
+
+    targets = cell_targets(render(Scene((Obj("circle", "red", 1, 2), Obj("triangle", "cyan", 3, 0)))))
+    named = {k: {CELL_LABELS[j] for j in range(len(CELL_LABELS)) if targets[k, j]} for k in range(16)}
+    assert named[6] == {"red", "circle"} and named[12] == {"cyan", "triangle"}
+    assert all(not v for k, v in named.items() if k not in (6, 12))
+
+    _, processor, _ = tiny_judge
+    merge = processor.image_processor.merge_size
+    blank = processor.image_processor(images=[render(Scene(()))], return_tensors="pt")["pixel_values"]
+    for row, col in ((0, 0), (1, 2), (3, 1)):
+        image = render(Scene((Obj("square", "yellow", row, col),)))
+        pixels = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        lit = (pixels - blank).abs().sum(-1).reshape(16, merge * merge).sum(-1) > 0
+        assert lit.nonzero().flatten().tolist() == [row * 4 + col]
+
+
 def _tiny_run(out, steps, stop_after=None):
     from arr.shapes.pretrain_judge import JudgePretrainConfig, pretrain_judge
 
@@ -177,6 +198,7 @@ def test_pretraining_resumes_exactly_and_exports_a_loadable_judge(tmp_path):
     assert all(t.dtype == torch.float16 for t in a.values())
     rows = [json.loads(line) for line in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(0.0 <= r["cell_exact"] <= 1.0 and r["cell_loss"] > 0 for r in rows)
     assert any(k.startswith("heldout/criterion_t2i") for k in rows[1])
 
     spec = prompts_for_split("heldout", "colors")[0]
@@ -236,3 +258,32 @@ def test_shipped_judge_accuracy_on_the_fixed_200_matches_its_card():
     assert len(questions) == 200
     measured = criterion_accuracy(load_backend("hf", model="shapes-judge"), questions)["all"]["accuracy"]
     assert measured == pytest.approx(documented, abs=0.03)
+
+
+@needs_shipped_judge
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("arr.testing.serve", fromlist=["x"]).transformers_cli() is None,
+    reason="needs pip install 'transformers[serving]'",
+)
+def test_shipped_judge_gives_the_same_verdicts_in_process_and_through_transformers_serve(tmp_path):
+    """The same weights behind the two serving paths: the hf backend generating in process, and `transformers
+    serve` (started here on 127.0.0.1) asked by the openai backend, both greedy, on 50 held-out pairs."""
+    from arr import load_backend
+    from arr.shapes.judge_data import build_sample_pool, fixed_questions
+    from arr.testing.serve import TransformersServer
+
+    pool = build_sample_pool("heldout", 1, 0, 0, seed=3)
+    pairs = [q.query for q in fixed_questions(pool, "heldout", "pair_t2i", 100, seed=3) if not q.plain][:50]
+    assert len(pairs) == 50
+    local = load_backend("hf", model="shapes-judge", mode="generate", max_new_tokens=48)
+    in_process = [v.prob_first for v in local.judge_pairs(pairs)]
+    with TransformersServer(JUDGE_DIR, log_path=tmp_path / "serve.log") as server:
+        remote = load_backend(
+            "openai", model=str(JUDGE_DIR), base_url=server.base_url, max_tokens=48, timeout=60.0
+        )
+        served = [v.prob_first for v in remote.judge_pairs(pairs)]
+    agree = sum(a == b for a, b in zip(in_process, served, strict=True))
+    print(f"in process and served verdicts agree on {agree} of 50 pairs")
+    assert all(v is not None for v in in_process), "the judge's own answers must parse"
+    assert agree >= 48, f"only {agree} of 50 verdicts agree"

@@ -133,7 +133,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"arr demo: training with {n} CPU processes (--num_processes 1 for one)", flush=True)
         code = launch_cpu_processes(
-            n, ["demo", "--judge", args.judge, "--output_dir", args.output_dir, "--num_processes", str(n), *args.overrides]
+            n,
+            [
+                "demo",
+                "--judge",
+                args.judge,
+                "--output_dir",
+                args.output_dir,
+                "--num_processes",
+                str(n),
+                *args.overrides,
+            ],
         )
     if code == 0:
         from arr.rpo.trainer import format_duration

@@ -57,6 +57,7 @@ class JudgeBatch:
         tuple[list[int], ...]
     ]  # per row: token ids of each choice (variants), as the hf backend reads
     questions: Sequence[Question]
+    images: Sequence[Any] = ()  # the prefixes' images, in the order of pixel_values
 
 
 def _tokens_per_image(image_processor: Any) -> int:
@@ -192,6 +193,7 @@ class JudgeBatcher:
             rest_target=rest_target,
             choice_ids=[self.choice_ids(q.request.choices) for q in questions],
             questions=questions,
+            images=images,
         )
 
 

@@ -51,6 +51,7 @@ from arr.shapes.judge_model import (
     load_judge_processor,
     save_judge,
 )
+from arr.shapes.judge_vision import CELL_LABELS, VisionTap, batch_cell_targets, cell_loss
 
 CKPT_DIR = "checkpoints"
 PROCESSOR_DIR = "processor"
@@ -69,6 +70,9 @@ class JudgePretrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.998
     rest_weight: float = 0.3  # loss weight of the answer's other tokens (reason, end), see judge_batch
+    cell_weight: float = (
+        1.0  # weight of the vision tower's per-cell loss (arr/shapes/judge_vision.py); 0: off
+    )
     mix: dict[str, float] = field(
         default_factory=lambda: {
             "criterion_t2i": 0.45,
@@ -175,6 +179,7 @@ class _Training:
 
     model: Any
     ema: Any
+    cell_head: torch.nn.Linear  # reads the vision tower's tokens for the cell loss; not part of the judge
     opt: torch.optim.Optimizer
     step: int = 0
 
@@ -182,11 +187,17 @@ class _Training:
     def fresh(cls, processor: Any, cfg: JudgePretrainConfig) -> _Training:
         model = build_judge_model(processor.tokenizer, cfg.model, seed=cfg.seed)
         model.train()
+        torch.manual_seed(seed_of(cfg.seed, "cell_head"))
+        head = torch.nn.Linear(model.config.text_config.hidden_size, len(CELL_LABELS))
         return cls(
             model=model,
             ema=copy.deepcopy(model).requires_grad_(False).eval(),
+            cell_head=head,
             opt=torch.optim.AdamW(
-                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
+                [*model.parameters(), *head.parameters()],
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                betas=(0.9, 0.98),
             ),
         )
 
@@ -197,16 +208,29 @@ class _Training:
             raise ValueError(f"checkpoint {checkpoint} holds a different model config; use another --out")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
+        self.cell_head.load_state_dict(state["cell_head"])
         self.opt.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
 
     def train_step(self, batcher: JudgeBatcher, questions: list[Question], cfg: JudgePretrainConfig) -> dict:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, cfg)
-        loss, stats = judge_loss(self.model, batcher.encode(questions))
+        batch = batcher.encode(questions)
+        tap = VisionTap(self.model) if cfg.cell_weight and batch.images else None
+        try:
+            loss, stats = judge_loss(self.model, batch)
+            if tap is not None:
+                cells, cell_stats = cell_loss(self.cell_head, tap.take(), batch_cell_targets(batch.images))
+                loss = loss + cfg.cell_weight * cells
+                stats.update(cell_stats)
+        finally:
+            if tap is not None:
+                tap.remove()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [*self.model.parameters(), *self.cell_head.parameters()], cfg.grad_clip
+        )
         self.opt.step()
         # EMA warm-up: early averages would otherwise be dominated by the random initialisation.
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step))
@@ -229,6 +253,7 @@ class _Training:
                 "step": self.step,
                 "model": self.model.state_dict(),
                 "ema": self.ema.state_dict(),
+                "cell_head": self.cell_head.state_dict(),
                 "optimizer": self.opt.state_dict(),
                 "model_config": cfg.model.to_dict(),
                 "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
@@ -320,7 +345,11 @@ def pretrain_judge(
             step_cpu_s=time.process_time() - c0,
         )
         bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['decisive_acc']:.2f}")
+        bar.set_postfix(
+            loss=f"{row['loss']:.3f}",
+            acc=f"{row['decisive_acc']:.2f}",
+            cells=f"{row.get('cell_exact', float('nan')):.2f}",
+        )
         if run.step % cfg.eval_every == 0 or run.step == end:
             for qs in evals.values():
                 row.update({f"heldout/{k}": v for k, v in accuracy(run.ema, batcher, qs).items()})
