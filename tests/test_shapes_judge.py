@@ -88,6 +88,10 @@ def test_questions_carry_the_pixel_judges_verdicts():
     for kind in QUESTION_KINDS:
         for _ in range(6):
             qs = factory.questions(rng, kind)
+            if kind == "describe_t2i":
+                (q,) = qs
+                assert q.request.images and q.token_weight > 0
+                continue
             if kind.startswith("criterion"):
                 verdicts = pixel.judge_criteria([q.query for q in qs])
                 for q, v in zip(qs, verdicts, strict=True):
@@ -109,6 +113,27 @@ def test_questions_carry_the_pixel_judges_verdicts():
                 assert rank == {1.0: [1, 2], 0.0: [2, 1], 0.5: tie}[rubric_q.label]
 
 
+def test_describe_answers_list_what_the_image_shows_and_weigh_every_token(tiny_judge):
+    from arr.shapes.judge_batch import JudgeBatcher
+    from arr.shapes.judge_data import describe_answer
+    from arr.shapes.scene import Obj, Scene
+
+    scene = Scene((Obj("circle", "red", 0, 3), Obj("square", "blue", 2, 1)))
+    assert describe_answer(render(scene)) == "red circle at (1, 4); blue square at (3, 2)"
+    assert describe_answer(render(Scene(()))) == "nothing"
+
+    _, processor, factory = tiny_judge
+    rng = random.Random(0)
+    questions = factory.questions(rng, "describe_t2i") + factory.questions(rng, "criterion_t2i")
+    batch = JudgeBatcher(processor, rest_weight=0.3).encode(questions)
+    weights = batch.rest_weight_mask.sum(1)
+    answer_tokens = len(
+        processor.tokenizer.encode(questions[0].answer + "<|im_end|>", add_special_tokens=False)
+    )
+    assert weights[0] == pytest.approx(answer_tokens - 1)  # every token after the first, weight 1 each
+    assert all(w == pytest.approx(0.3) for w in weights[1:].tolist())  # a criterion answer's rest: 0.3 in all
+
+
 def test_shared_prefix_batches_equal_full_passes(tiny_judge):
     """Probabilities equal the hf backend's full passes; the loss and its gradient equal one question per group."""
     from arr.backends.hf import HFBackend
@@ -116,7 +141,8 @@ def test_shared_prefix_batches_equal_full_passes(tiny_judge):
 
     model, processor, factory = tiny_judge
     rng = random.Random(7)
-    questions = [q for kind in QUESTION_KINDS for q in factory.questions(rng, kind)]
+    judged = [k for k in QUESTION_KINDS if not k.startswith("describe")]  # describe questions are not judging
+    questions = [q for kind in judged for q in factory.questions(rng, kind)]
     batcher = JudgeBatcher(processor)
     shared = batcher.encode(questions, with_answers=False)
     assert shared.prefix_ids.shape[0] == 4  # one prefix per group

@@ -171,8 +171,10 @@ class JudgeBatcher:
             if len(full[r]) > decisive_len[r]:
                 decisive_id[r] = full[r][decisive_len[r]]
                 rest = [k for k in range(len(prompt_ids[r]), len(full[r])) if k != decisive_len[r]]
+                q = questions[r]
+                weight = self.rest_weight / len(rest) if q.token_weight is None else q.token_weight
                 for k in rest:  # token k of the full sequence is predicted from suffix position k - 1 - cut
-                    rest_mask[r, k - 1 - cut] = self.rest_weight / len(rest)
+                    rest_mask[r, k - 1 - cut] = weight
                     rest_target[r, k - 1 - cut] = full[r][k]
         pixel = None
         if images:

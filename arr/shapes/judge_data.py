@@ -37,9 +37,16 @@ from arr.shapes.edits import EditSpec, rubric_for_edit, sample_edit
 from arr.shapes.pairs import EDIT_CORRUPTIONS, T2I_CORRUPTIONS, add_fragments, corrupt_edit, corrupt_t2i
 from arr.shapes.pairs import perturb_image as _perturb
 from arr.shapes.prompts import CATEGORY_WEIGHTS, PromptSpec, prompts_for_split, scene_for_prompt
-from arr.shapes.scene import render
+from arr.shapes.scene import SHAPES, render
 
-QUESTION_KINDS: tuple[str, ...] = ("criterion_t2i", "criterion_edit", "pair_t2i", "pair_edit")
+QUESTION_KINDS: tuple[str, ...] = ("criterion_t2i", "criterion_edit", "pair_t2i", "pair_edit", "describe_t2i")
+# A pretraining-only question: list what the image shows, object by object with its grid cell, as the pixel
+# detector reads it. Every token of the answer depends on the image, which teaches the language model to read the
+# image tokens; yes/no answers alone give it one bit per question, and their text priors are found first.
+DESCRIBE_QUESTION = (
+    "Which objects does this image show? Name each with its colour, shape and grid cell (row, column)."
+)
+DESCRIBE_WEIGHT = 1.0  # loss weight of each answer token of a describe question
 IMAGE_SOURCES: tuple[str, ...] = ("model", "render", "corrupt")
 # How a question's image is drawn: a model sample most often (what RPO shows the judge), else an exact render of
 # a correct scene or a corrupted one (the cases a policy may find that its base model rarely draws).
@@ -84,6 +91,9 @@ class Question:
     image_source: str = ""
     query: CriterionQuery | PairQuery | None = None  # what a judge backend is asked (`request` renders it)
     meta: dict[str, Any] = field(default_factory=dict)
+    token_weight: float | None = (
+        None  # loss weight of each answer token after the first (None: the batcher's)
+    )
 
 
 # ---- pools of model samples ---------------------------------------------------------------------------------------
@@ -367,10 +377,43 @@ class QuestionFactory:
             query=query,
         )
 
+    def describe_questions(self, rng: random.Random) -> list[Question]:
+        """One image of a text-to-image item, asked what it shows (`DESCRIBE_QUESTION`); one group."""
+        item, spec = self.t2i_item(rng)
+        judged = self.t2i_image(rng, item, spec)
+        request = ChatRequest(
+            "text",
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": judged.image},
+                        {"type": "text", "text": DESCRIBE_QUESTION},
+                    ],
+                }
+            ],
+            (),
+            "",
+        )
+        return [
+            Question(
+                kind="describe_t2i",
+                request=request,
+                answer=describe_answer(judged.image),
+                label=float("nan"),
+                group=self._next_group(),
+                category=item.category,
+                image_source=judged.source,
+                token_weight=DESCRIBE_WEIGHT,
+            )
+        ]
+
     def questions(self, rng: random.Random, kind: str) -> list[Question]:
         """One group of questions of `kind` (one of `QUESTION_KINDS`)."""
         if kind not in QUESTION_KINDS:
             raise ValueError(f"unknown question kind {kind!r}; expected one of {QUESTION_KINDS}")
+        if kind == "describe_t2i":
+            return self.describe_questions(rng)
         what, task = kind.split("_")
         return self.criterion_questions(rng, task) if what == "criterion" else self.pair_questions(rng, task)
 
@@ -381,6 +424,20 @@ class QuestionFactory:
     def _next_group(self) -> int:
         self._groups += 1
         return self._groups
+
+
+def describe_answer(image: Image.Image) -> str:
+    """What the pixel detector reads in `image`: "red circle at (1, 3); blue square at (4, 2)" (rows and columns
+    counted from 1, objects in reading order), "unclear shape" for a blob of no clear shape, "nothing" if empty."""
+    from arr.shapes.detect import analyze
+
+    parts = []
+    for det in analyze(image).detections:
+        shape = det.shape if det.shape in SHAPES else "unclear shape"
+        if det.shape == "fragment":
+            shape = "fragment"
+        parts.append(f"{det.color} {shape} at ({det.cell[0] + 1}, {det.cell[1] + 1})")
+    return "; ".join(parts) or "nothing"
 
 
 def _category_size(category: str, split: str) -> int:
@@ -420,8 +477,10 @@ def fixed_questions(pool: SamplePool, split: str, kind: str, n: int, seed: int =
 
 
 __all__ = [
+    "DESCRIBE_QUESTION",
     "IMAGE_SOURCES",
     "QUESTION_KINDS",
+    "describe_answer",
     "Item",
     "JudgedImage",
     "Question",

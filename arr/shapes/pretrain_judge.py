@@ -75,10 +75,11 @@ class JudgePretrainConfig:
     )
     mix: dict[str, float] = field(
         default_factory=lambda: {
-            "criterion_t2i": 0.45,
-            "pair_t2i": 0.4,
+            "criterion_t2i": 0.35,
+            "pair_t2i": 0.3,
             "criterion_edit": 0.07,
             "pair_edit": 0.08,
+            "describe_t2i": 0.2,
         }
     )
     seed: int = 0
@@ -324,7 +325,11 @@ def pretrain_judge(
     factory = QuestionFactory(train_pool, "train")
     processor = _processor(out_dir, factory, cfg)
     batcher = JudgeBatcher(processor, rest_weight=cfg.rest_weight)
-    evals = {k: fixed_questions(heldout_pool, "heldout", k, cfg.eval_questions) for k in sorted(cfg.mix)}
+    evals = {  # describe questions teach; what is measured is the judging
+        k: fixed_questions(heldout_pool, "heldout", k, cfg.eval_questions)
+        for k in sorted(cfg.mix)
+        if not k.startswith("describe")
+    }
     run = _Training.fresh(processor, cfg)
     checkpoints = _checkpoints(out_dir) if resume else []
     if checkpoints:
