@@ -218,7 +218,13 @@ def test_pretraining_resumes_exactly_and_exports_a_loadable_judge(tmp_path):
 
     once = _tiny_run(tmp_path / "once", steps=4)
     _tiny_run(tmp_path / "twice", steps=4, stop_after=2)
+    with open(
+        tmp_path / "twice" / "metrics.jsonl", "a"
+    ) as f:  # a row logged after the checkpoint, then killed
+        f.write(json.dumps({"step": 3, "loss": 123.0}) + "\n")
     twice = _tiny_run(tmp_path / "twice", steps=4)
+    resumed = [json.loads(line) for line in (tmp_path / "twice" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4] and resumed[2]["loss"] != 123.0
     a, b = load_file(once / "model.safetensors"), load_file(twice / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(t.dtype == torch.float16 for t in a.values())

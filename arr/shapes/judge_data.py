@@ -8,7 +8,9 @@ very text the hf and openai backends send), so the judge learns the questions it
   twice per pair: with the prompt's rubric and plainly, without one ("- (no criteria: judge by the prompt alone)",
   as `PlainJudgeReward` asks). Both are labelled by the pixel judge's rubric score; equal scores are a tie, answered
   [1, 1] when both images satisfy the whole rubric and [2, 2] when both fall short (the release's rank rewards
-  tell these apart).
+  tell these apart);
+- `describe_t2i` (pretraining only): which objects an image shows, with their grid cells, as the pixel detector
+  reads them. It is not a judging question; it teaches the language model to read the image tokens.
 
 Images are what the judge meets while training policies: the shipped models' own samples at the RPO recipes'
 settings (`SamplePool`, drawn once per split), exact renders of scenes that satisfy the prompt (the edit), the

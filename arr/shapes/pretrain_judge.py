@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from arr.jsonl import append_jsonl
+from arr.rpo.checkpoint import truncate_metrics
 from arr.shapes.judge_batch import JudgeBatcher, choice_probs, judge_loss, prompt_text
 from arr.shapes.judge_data import (
     QUESTION_KINDS,
@@ -334,6 +335,8 @@ def pretrain_judge(
     checkpoints = _checkpoints(out_dir) if resume else []
     if checkpoints:
         run.restore(checkpoints[-1], cfg)
+    # Rows after the checkpoint (a run killed between checkpoints) are logged again: drop them, as RPO runs do.
+    truncate_metrics(out_dir / "metrics.jsonl", run.step)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     t_start = time.monotonic()
     bar = tqdm(total=end, initial=run.step, disable=not progress, desc="pretrain judge")
