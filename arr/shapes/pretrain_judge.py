@@ -8,6 +8,12 @@ image processor and chat template), `checkpoints/step_N/` (model, EMA, optimizer
 `metrics.jsonl` (training loss and, every `eval_every` steps, held-out accuracy per question kind) and `final/`
 (the EMA weights in fp16 with the processor: a judge folder `load_backend("hf", model=...)` loads).
 
+Two objectives besides the answers teach the judge to read its images. Trained on answers alone, a judge learns
+their text priors and never the pictures (held-out accuracy stayed at the majority rate for 2,500 steps while
+training accuracy rose, and replacing every image by a black one changed P(yes) by 2e-7). So the vision tower's
+tokens also predict what each grid cell holds (`cell_weight`, arr/shapes/judge_vision.py), and `describe_t2i`
+questions ask the language model to list the objects with their cells (judge_data.py).
+
 Each step draws one question kind (`mix`) and whole question groups of it until `batch_size` questions, from an RNG
 seeded by (seed, step): the data of a step does not depend on what ran before, so a resumed run continues exactly
 (same seed, steps and threads -> the same weights). Export a checkpoint with
