@@ -93,9 +93,8 @@ class Question:
     image_source: str = ""
     query: CriterionQuery | PairQuery | None = None  # what a judge backend is asked (`request` renders it)
     meta: dict[str, Any] = field(default_factory=dict)
-    token_weight: float | None = (
-        None  # loss weight of each answer token after the first (None: the batcher's)
-    )
+    # Loss weight of each answer token after the first (None: the batcher's `rest_weight`, shared out).
+    token_weight: float | None = None
 
 
 # ---- pools of model samples ---------------------------------------------------------------------------------------
@@ -430,14 +429,13 @@ class QuestionFactory:
 
 def describe_answer(image: Image.Image) -> str:
     """What the pixel detector reads in `image`: "red circle at (1, 3); blue square at (4, 2)" (rows and columns
-    counted from 1, objects in reading order), "unclear shape" for a blob of no clear shape, "nothing" if empty."""
+    counted from 1, objects in reading order), "fragment" for a piece too small to be an object, "unclear shape"
+    for a blob of no clear shape, "nothing" if empty."""
     from arr.shapes.detect import analyze
 
     parts = []
     for det in analyze(image).detections:
-        shape = det.shape if det.shape in SHAPES else "unclear shape"
-        if det.shape == "fragment":
-            shape = "fragment"
+        shape = det.shape if det.shape in (*SHAPES, "fragment") else "unclear shape"
         parts.append(f"{det.color} {shape} at ({det.cell[0] + 1}, {det.cell[1] + 1})")
     return "; ".join(parts) or "nothing"
 

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from arr.shapes.detect import analyze, classify_pixels, image_array
+from arr.shapes.detect import CELL, analyze, classify_pixels, image_array
 from arr.shapes.scene import COLORS, GRID, IMAGE_SIZE, SHAPES
 
 CELL_LABELS: tuple[str, ...] = (*COLORS, *SHAPES, "other")
 MIN_COLOR_PIXELS = 6  # of a cell's 144: a colour smaller than this is a speck or a neighbour's blurred edge
-CELL = IMAGE_SIZE // GRID
 
 
 def cell_targets(image: Image.Image) -> np.ndarray:

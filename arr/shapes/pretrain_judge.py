@@ -77,9 +77,8 @@ class JudgePretrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.998
     rest_weight: float = 0.3  # loss weight of the answer's other tokens (reason, end), see judge_batch
-    cell_weight: float = (
-        1.0  # weight of the vision tower's per-cell loss (arr/shapes/judge_vision.py); 0: off
-    )
+    # Weight of the vision tower's per-cell loss (arr/shapes/judge_vision.py); 0: off.
+    cell_weight: float = 1.0
     mix: dict[str, float] = field(
         default_factory=lambda: {
             "criterion_t2i": 0.35,
