@@ -1,14 +1,19 @@
-"""Head-to-head in the shapes world: rubric RPO vs pointwise rubric scores vs a Bradley-Terry reward model vs a plain judge.
+"""Head-to-head in the shapes world: which reward makes RPO train the best model, judged by the exact pixel judge?
 
     OMP_NUM_THREADS=1 python bench/head_to_head.py --steps 60 --seeds 0,1,2 --eval-prompts 300
 
 Every method trains the shipped shapes text-to-image model with the same recipe (arr/recipes/shapes_t2i_rpo.yaml,
-read at run time), the same budget and the same seeds; only the reward (and the advantage rule it needs) changes:
-- `rubric_pairwise`: RPO, the pixel judge compares each pair against the prompt's rubric (+1 / -0.1, ties 0);
-- `rubric_pointwise`: the pixel judge's rubric score per image, normalised within each group (GRPO-style);
-- `bt_reward_model`: a `PairwiseRewardModel` trained with the Bradley-Terry loss on `--bt-pairs` (100) shapes
+read at run time), the same budget and the same seeds; only the reward (and the advantage rule it needs) changes.
+The five rows (`--methods`, default all five):
+- `vlm_rubric_pairwise` (a): RPO with the shipped VLM judge (shapes-judge, hf backend in process) comparing each
+  pair against the prompt's rubric in both orders (swap-consistent: a flip is a tie);
+- `vlm_plain_pairwise` (b): the same judge and pairs, asked without a rubric ("judge by the prompt alone");
+- `bt_reward_model` (c): a `PairwiseRewardModel` trained with the Bradley-Terry loss on `--bt-pairs` (100) shapes
   preference pairs (training split, generation-like perturbations), its score normalised within each group;
-- `plain_judge`: the pairwise reward with no rubric (`HolisticShapesBackend`: one strict yes/no per image).
+- `rubric_pairwise` (d): RPO with the exact pixel judge as the rubric judge (the oracle);
+- `vlm_rubric_pointwise` (e): the VLM judge's rubric score per image, normalised within each group (GRPO-style).
+Two pixel-judge rows of an older table can be named too: `rubric_pointwise` (the pixel judge's rubric score) and
+`plain_judge` (`HolisticShapesBackend`, one strict yes/no per image: an exact but sparse stand-in for a plain judge).
 Each run is evaluated on the same held-out prompts (strict shapes-GenEval per category) every `--eval-every`
 steps; besides the held-out score, every evaluation also scores the held-out samples with the BT model and the
 rubric, so reward hacking shows as a proxy rising while the strict held-out score falls.
@@ -30,12 +35,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = ("rubric_pairwise", "rubric_pointwise", "bt_reward_model", "plain_judge")
+# The paper's five rewards, in its order; two pixel-judge variants of the older table can be asked for by name.
+METHODS = (
+    "vlm_rubric_pairwise",
+    "vlm_plain_pairwise",
+    "bt_reward_model",
+    "rubric_pairwise",
+    "vlm_rubric_pointwise",
+)
+EXTRA_METHODS = ("rubric_pointwise", "plain_judge")
+ALL_METHODS = METHODS + EXTRA_METHODS
 LABELS = {
-    "rubric_pairwise": "(a) rubric pairwise (RPO)",
-    "rubric_pointwise": "(b) rubric pointwise",
+    "vlm_rubric_pairwise": "(a) rubric pairwise, VLM judge",
+    "vlm_plain_pairwise": "(b) plain pairwise, VLM judge",
     "bt_reward_model": "(c) Bradley-Terry RM",
-    "plain_judge": "(d) plain judge",
+    "rubric_pairwise": "(d) rubric pairwise, pixel oracle",
+    "vlm_rubric_pointwise": "(e) rubric pointwise, VLM judge",
+    "rubric_pointwise": "rubric pointwise, pixel oracle",
+    "plain_judge": "plain judge, pixel stand-in",
 }
 
 
@@ -86,19 +103,38 @@ def make_evaluator(bt_model):
     return evaluate
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root: Path) -> dict[str, Any]:
-    import torch
-
+def make_reward(method: str, rpo, bt_model):
+    """The training reward of `method`: the VLM rows ask the shipped shapes judge (hf backend, in process)."""
+    from arr import load_backend
     from arr.backends.pixel import PixelBackend
     from arr.judge import RubricJudge
     from arr.reward_models.plain_judge import HolisticShapesBackend, PlainJudgeReward
     from arr.reward_models.rewards import RewardModelReward
     from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
+
+    if method == "bt_reward_model":
+        return RewardModelReward(bt_model)
+    if method.startswith("vlm_"):
+        judge = RubricJudge(load_backend("hf", model="shapes-judge"))
+    elif method == "plain_judge":
+        judge = RubricJudge(HolisticShapesBackend())
+    else:
+        judge = RubricJudge(PixelBackend())
+    if method.endswith("pointwise"):
+        return RubricPointwiseReward(judge)
+    if method in ("vlm_plain_pairwise", "plain_judge"):
+        return PlainJudgeReward(judge, rpo.win_reward, rpo.lose_reward)
+    return RubricPairwiseReward(judge, rpo.win_reward, rpo.lose_reward)
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root: Path) -> dict[str, Any]:
+    import torch
+
     from arr.rpo.build import build_data, build_policy
     from arr.rpo.recipe import parse_recipe
     from arr.rpo.trainer import RPOTrainer
 
-    mode = "pointwise" if method in ("rubric_pointwise", "bt_reward_model") else "pairwise"
+    mode = "pointwise" if method.endswith("pointwise") or method == "bt_reward_model" else "pairwise"
     out_dir = out_root / f"{method}_seed{seed}"
     overrides = {
         "output_dir": str(out_dir),
@@ -120,14 +156,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
     policy = build_policy(recipe.policy, recipe)
     train, evals, _ = build_data(recipe.data, recipe)
     rpo = recipe.rpo
-    if method == "rubric_pairwise":
-        reward = RubricPairwiseReward(RubricJudge(PixelBackend()), rpo.win_reward, rpo.lose_reward)
-    elif method == "rubric_pointwise":
-        reward = RubricPointwiseReward(RubricJudge(PixelBackend()))
-    elif method == "bt_reward_model":
-        reward = RewardModelReward(bt_model)
-    else:
-        reward = PlainJudgeReward(RubricJudge(HolisticShapesBackend()), rpo.win_reward, rpo.lose_reward)
+    reward = make_reward(method, rpo, bt_model)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
     trainer = RPOTrainer(
         policy,
@@ -159,31 +188,36 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
     }
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error over seeds (0 for one seed)."""
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), se
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per method: mean +- sd over seeds of the final held-out figures and of the change from the base model."""
+    """Per method: mean +- standard error over seeds of the final held-out figures and of the change from the base model."""
     out: dict[str, Any] = {}
-    for method in METHODS:
+    for method in ALL_METHODS:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
         keys = sorted(k for k in mine[0]["after"] if k.startswith("eval"))
         row: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
         for k in keys:
-            row[k] = _mean_sd([r["after"][k] for r in mine])
-            row[f"delta/{k}"] = _mean_sd([r["after"][k] - r["before"][k] for r in mine])
+            row[k] = _mean_se([r["after"][k] for r in mine])
+            row[f"delta/{k}"] = _mean_se([r["after"][k] - r["before"][k] for r in mine])
         out[method] = row
     return out
 
 
 # The unit of each method's own training reward (they differ, so each gets its own panel and axis).
 REWARD_UNITS = {
-    "rubric_pairwise": "mean pairwise reward",
-    "rubric_pointwise": "mean rubric score (0-1)",
+    "vlm_rubric_pairwise": "mean pairwise reward",
+    "vlm_plain_pairwise": "mean pairwise reward",
     "bt_reward_model": "mean BT score",
+    "rubric_pairwise": "mean pairwise reward",
+    "vlm_rubric_pointwise": "mean rubric score (0-1)",
+    "rubric_pointwise": "mean rubric score (0-1)",
     "plain_judge": "mean pairwise reward",
 }
 
@@ -213,8 +247,8 @@ def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
     samples (the proxies a policy can hack). Bottom row: each method's own training reward, in its own units."""
     from arr.plots import COLORS, Panel, panel_figure, save_figure
 
-    methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
-    colors = {LABELS[m]: COLORS[i] for i, m in enumerate(METHODS)}
+    methods = [m for m in ALL_METHODS if any(r["method"] == m for r in runs)]
+    colors = {LABELS[m]: COLORS[i % len(COLORS)] for i, m in enumerate(ALL_METHODS)}
     held_out = [
         ("eval_score", "Held-out strict shapes-GenEval", "fraction of prompts correct"),
         ("eval_rubric_score", "Held-out rubric score", "pixel-judge rubric score (0-1)"),
@@ -249,13 +283,13 @@ def markdown(result: dict[str, Any]) -> str:
     summary, cfg, bt = result["summary"], result["config"], result["bt"]
     lines = [
         f"Budget: {cfg['steps']} steps, seeds {cfg['seeds']}, {cfg['eval_prompts']} held-out prompts, recipe "
-        f"`{_rel(cfg['recipe'])}`. Mean ± sd over seeds of the final held-out figures; Δ is the change from the base "
+        f"`{_rel(cfg['recipe'])}`. Mean ± standard error over seeds of the final held-out figures; Δ is the change from the base "
         f"model on the same prompts and seeds.",
         "",
         "| reward | overall | Δ overall | " + " | ".join(CATEGORIES) + " | rubric score | BT score |",
         "|---|---|---|" + "---|" * len(CATEGORIES) + "---|---|",
     ]
-    for m in METHODS:
+    for m in ALL_METHODS:
         if m not in summary:
             continue
         s = summary[m]
@@ -334,9 +368,9 @@ def main() -> None:
         print(json.dumps(result["summary"], indent=1, default=float))
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
-        p.error(f"unknown methods {bad}; choose from {list(METHODS)}")
+        p.error(f"unknown methods {bad}; choose from {list(ALL_METHODS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out_root = Path(args.runs_dir)
     out = Path(args.out)
