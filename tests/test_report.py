@@ -128,6 +128,23 @@ def test_training_panels_follow_the_objectives_keys():
     assert any("kl is 0 at every step" in n for n in notes)
 
 
+def test_monitor_curves_are_running_means_and_coinciding_verdicts_are_one_line():
+    rows = rows_for("forward", steps=12)
+    for r in rows[1:]:
+        s = r["step"]
+        r.update({"train/pixel_score": float(s), "train/judge_score": 1.0, "reward/inconsistent_rate": 0.2})
+    panels, notes = training_panels(rows)
+    by_title = {p.title: p for p in panels}
+    monitor = by_title["Training samples, both judges"]
+    assert set(monitor.series) == {"pixel_score", "judge_score"}
+    # 10-point running mean: steps 1..10 average to 5.5, steps 3..12 to 7.5; fewer points at the start.
+    pixel = dict(monitor.series["pixel_score"])
+    assert pixel[1] == 1.0 and pixel[2] == 1.5 and pixel[10] == 5.5 and pixel[12] == 7.5
+    assert any("judge_score rises and pixel_score does not" in n for n in notes)
+    # Every tie order-inconsistent (swap-consistent judging): one line, named for both.
+    assert set(by_title["Judge verdicts on training pairs"].series) == {"ties (all order-inconsistent)"}
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """Two RPO steps of a tiny shapes policy judged by the pixel judge, evaluated before and after, logging to

@@ -28,6 +28,8 @@ from arr.rpo.trainer import RPOTrainer, TrainerCallback
 # Held-out prompts shown before/after, and training groups shown, in the report.
 GRID_PROMPTS = 16
 TRAIN_GROUPS = 4
+# The training-sample monitor scores a few samples per step: its curves are drawn as running means of this many points.
+MONITOR_WINDOW = 10
 
 #: (records, images) -> one note (verdict, score) per image, for the captions under the report's samples.
 SampleNotes = Callable[[Sequence[PromptRecord], Sequence[Image.Image]], list[SampleNote]]
@@ -153,11 +155,15 @@ def training_panels(rows: list[dict[str, Any]]) -> tuple[list[Panel], list[str]]
     if monitored:
         panels.append(
             Panel(
-                "Training samples: the training judge's score and the exact judge's",
-                {k[6:]: _series(rows, k) for k in monitored},
-                "score of training samples",
-                note="if the policy games the training judge, judge_score rises and pixel_score does not",
+                "Training samples, both judges",
+                {k[6:]: running_mean(_series(rows, k), MONITOR_WINDOW) for k in monitored},
+                f"score ({MONITOR_WINDOW}-point running mean)",
             )
+        )
+        notes.append(
+            "Training samples, both judges: one sample per group, scored by the training judge (judge_score) and the "
+            "exact judge (pixel_score, pixel_accuracy). If the policy games the training judge, judge_score rises "
+            "and pixel_score does not"
         )
     verdicts = {
         name: _series(rows, f"reward/{key}")
@@ -168,6 +174,10 @@ def training_panels(rows: list[dict[str, Any]]) -> tuple[list[Panel], list[str]]
         )
     }
     verdicts = {k: v for k, v in verdicts.items() if v}
+    if "ties" in verdicts and _same_curve(verdicts["ties"], verdicts.get("order-inconsistent", [])):
+        # Swap-consistent judging: every tie is a pair whose verdict flipped with the order; one line says both.
+        verdicts["ties (all order-inconsistent)"] = verdicts.pop("ties")
+        del verdicts["order-inconsistent"]
     if verdicts:
         panels.append(
             Panel("Judge verdicts on training pairs", verdicts, "fraction of pairs", ylim=(0, None))
@@ -207,6 +217,15 @@ def training_panels(rows: list[dict[str, Any]]) -> tuple[list[Panel], list[str]]
             )
         )
     return panels, notes
+
+
+def running_mean(points: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """Each point's value averaged with the `window - 1` points before it (fewer at the start)."""
+    out = []
+    for i, (x, _) in enumerate(points):
+        ys = [y for _, y in points[max(0, i - window + 1) : i + 1]]
+        out.append((x, sum(ys) / len(ys)))
+    return out
 
 
 def _same_curve(a: list[tuple[float, float]], b: list[tuple[float, float]], rtol: float = 1e-2) -> bool:
