@@ -244,17 +244,7 @@ class QuestionFactory:
             image = rng.choice(self.pool.t2i[spec.text])
         else:
             scene = scene_for_prompt(spec, rng)
-            fragments = False
-            if source == "corrupt":
-                for corruption in rng.sample(T2I_CORRUPTIONS, len(T2I_CORRUPTIONS)):
-                    if (bad := corrupt_t2i(spec, scene, corruption, rng)) is not None:
-                        scene, fragments = bad, corruption == "fragments"
-                        break
-            image = render(scene)
-            if fragments:
-                image = add_fragments(image, scene, rng)
-            if rng.random() < PERTURB_PROB:
-                image = _perturb(image, rng)
+            image = _drawn(scene, source, T2I_CORRUPTIONS, lambda c: corrupt_t2i(spec, scene, c, rng), rng)
         return self._judged(image, source, item)
 
     def edit_item(self, rng: random.Random) -> tuple[Item, EditSpec, list[Image.Image]]:
@@ -278,18 +268,7 @@ class QuestionFactory:
             image = rng.choice(samples)
         else:
             source = "render" if source == "model" else source
-            scene = edit.target
-            fragments = False
-            if source == "corrupt":
-                for corruption in rng.sample(EDIT_CORRUPTIONS, len(EDIT_CORRUPTIONS)):
-                    if (bad := corrupt_edit(edit, corruption, rng)) is not None:
-                        scene, fragments = bad, corruption == "fragments"
-                        break
-            image = render(scene)
-            if fragments:
-                image = add_fragments(image, scene, rng)
-            if rng.random() < PERTURB_PROB:
-                image = _perturb(image, rng)
+            image = _drawn(edit.target, source, EDIT_CORRUPTIONS, lambda c: corrupt_edit(edit, c, rng), rng)
         return self._judged(image, source, item)
 
     def _judged(self, image: Image.Image, source: str, item: Item) -> JudgedImage:
@@ -446,6 +425,23 @@ def _category_size(category: str, split: str) -> int:
 
 def _pick_source(rng: random.Random) -> str:
     return rng.choices(IMAGE_SOURCES, [SOURCE_WEIGHTS[s] for s in IMAGE_SOURCES])[0]
+
+
+def _drawn(scene, source: str, corruptions, corrupt, rng: random.Random) -> Image.Image:
+    """The image of `scene` ("render"), or of the first of `corruptions`, tried in random order, that applies to it
+    ("corrupt"; `corrupt(name)` returns the corrupted scene or None); then a generation-like perturbation at times."""
+    fragments = False
+    if source == "corrupt":
+        for corruption in rng.sample(corruptions, len(corruptions)):
+            if (bad := corrupt(corruption)) is not None:
+                scene, fragments = bad, corruption == "fragments"
+                break
+    image = render(scene)
+    if fragments:
+        image = add_fragments(image, scene, rng)
+    if rng.random() < PERTURB_PROB:
+        image = _perturb(image, rng)
+    return image
 
 
 def _pair_reason(rubric: Rubric, first: JudgedImage, second: JudgedImage, plain: bool, edit: bool) -> str:

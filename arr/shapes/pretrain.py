@@ -292,16 +292,22 @@ class _Training:
             tmp / "state.pt",
         )
         save_pretrained(self.ema, tmp / "ema", dtype=torch.float32)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # atomic on one filesystem: a crash leaves either the old or the new checkpoint
-        for old in _checkpoints(out_dir)[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+        return commit_checkpoint(tmp, final, cfg.keep_checkpoints)
 
 
-def _checkpoints(out_dir: Path) -> list[Path]:
+def step_checkpoints(out_dir: Path) -> list[Path]:
     """OUT/checkpoints/step_N folders, oldest first."""
     return sorted((out_dir / CKPT_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int) -> Path:
+    """Move a fully written checkpoint folder `tmp` to `final` (OUT/checkpoints/step_N) and drop all but the newest
+    `keep`. The rename is atomic on one filesystem: a crash leaves either the old or the new checkpoint."""
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in step_checkpoints(final.parent.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def pretrain(
@@ -335,7 +341,7 @@ def pretrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Training.fresh(cfg)
-    checkpoints = _checkpoints(out_dir) if resume else []
+    checkpoints = step_checkpoints(out_dir) if resume else []
     if checkpoints:
         run.restore(checkpoints[-1], cfg)
     elif cfg.init_from:

@@ -59,8 +59,8 @@ from arr.shapes.judge_model import (
     save_judge,
 )
 from arr.shapes.judge_vision import CELL_LABELS, VisionTap, batch_cell_targets, cell_loss
+from arr.shapes.pretrain import CKPT_DIR, commit_checkpoint, step_checkpoints
 
-CKPT_DIR = "checkpoints"
 PROCESSOR_DIR = "processor"
 
 
@@ -267,16 +267,7 @@ class _Training:
             },
             tmp / "state.pt",
         )
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # atomic on one filesystem: a crash leaves either the old or the new checkpoint
-        for old in _checkpoints(out_dir)[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    """OUT/checkpoints/step_N folders, oldest first."""
-    return sorted((out_dir / CKPT_DIR).glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        return commit_checkpoint(tmp, final, cfg.keep_checkpoints)
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------------------
@@ -337,7 +328,7 @@ def pretrain_judge(
         if not k.startswith("describe")
     }
     run = _Training.fresh(processor, cfg)
-    checkpoints = _checkpoints(out_dir) if resume else []
+    checkpoints = step_checkpoints(out_dir) if resume else []
     if checkpoints:
         run.restore(checkpoints[-1], cfg)
     # Rows after the checkpoint (a run killed between checkpoints) are logged again: drop them, as RPO runs do.

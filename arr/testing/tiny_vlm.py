@@ -12,17 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Qwen2-VL's special tokens, in the roles the model and processor look them up by.
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+# The Qwen chat format and special tokens, as the shapes judge uses them.
+from arr.shapes.judge_model import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 # Merges that make the judge's answer words single tokens (with and without a leading space, "Ġ" in
 # byte-level BPE), so the token-probability paths see real single-token choices; digits are bytes already.
@@ -46,19 +37,6 @@ _MERGES = [
     ("Ġ", "unknown"),
 ]
 
-# The Qwen chat format: <|im_start|>role\n...<|im_end|>\n, one vision block per image part.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or part['type'] == 'image_url' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 # Vision patches of 4 px merged 2x2: one image token per 8x8 pixels; images are resized to at most 16x16 pixels,
 # so every image costs 4 tokens.
 _PATCH = 4
@@ -78,7 +56,7 @@ def build_tiny_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=list(_MERGES)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
