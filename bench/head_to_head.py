@@ -103,23 +103,29 @@ def make_evaluator(bt_model):
     return evaluate
 
 
-def make_reward(method: str, rpo, bt_model):
-    """The training reward of `method`: the VLM rows ask the shipped shapes judge (hf backend, in process)."""
+def make_judge(method: str):
+    """The rubric judge of `method`: the shipped shapes VLM (hf backend, in process) for the VLM rows, the holistic
+    stand-in for `plain_judge`, else the exact pixel judge (the BT row's monitor uses it too)."""
     from arr import load_backend
     from arr.backends.pixel import PixelBackend
     from arr.judge import RubricJudge
-    from arr.reward_models.plain_judge import HolisticShapesBackend, PlainJudgeReward
+    from arr.reward_models.plain_judge import HolisticShapesBackend
+
+    if method.startswith("vlm_"):
+        return RubricJudge(load_backend("hf", model="shapes-judge"))
+    if method == "plain_judge":
+        return RubricJudge(HolisticShapesBackend())
+    return RubricJudge(PixelBackend())
+
+
+def make_reward(method: str, rpo, bt_model, judge):
+    """The training reward of `method`, asking `judge` (`make_judge`) where it needs a judge."""
+    from arr.reward_models.plain_judge import PlainJudgeReward
     from arr.reward_models.rewards import RewardModelReward
     from arr.rewards import RubricPairwiseReward, RubricPointwiseReward
 
     if method == "bt_reward_model":
         return RewardModelReward(bt_model)
-    if method.startswith("vlm_"):
-        judge = RubricJudge(load_backend("hf", model="shapes-judge"))
-    elif method == "plain_judge":
-        judge = RubricJudge(HolisticShapesBackend())
-    else:
-        judge = RubricJudge(PixelBackend())
     if method.endswith("pointwise"):
         return RubricPointwiseReward(judge)
     if method in ("vlm_plain_pairwise", "plain_judge"):
@@ -133,6 +139,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
     from arr.rpo.build import build_data, build_policy
     from arr.rpo.recipe import parse_recipe
     from arr.rpo.trainer import RPOTrainer
+    from arr.shapes.training import sample_monitor
 
     mode = "pointwise" if method.endswith("pointwise") or method == "bt_reward_model" else "pairwise"
     out_dir = out_root / f"{method}_seed{seed}"
@@ -147,6 +154,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
         "sample_steps": 10**6,
         "report_to": "none",
         "align_every": 0,
+        "monitor_steps": 1,  # one training sample per group scored by the pixel judge and the method's judge
     }
     argv = [args.recipe]
     for k, v in overrides.items():
@@ -156,7 +164,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
     policy = build_policy(recipe.policy, recipe)
     train, evals, _ = build_data(recipe.data, recipe)
     rpo = recipe.rpo
-    reward = make_reward(method, rpo, bt_model)
+    judge = make_judge(method)
+    reward = make_reward(method, rpo, bt_model, judge)
     targets = [t.strip() for t in recipe.policy.lora_target_modules.split(",") if t.strip()]
     trainer = RPOTrainer(
         policy,
@@ -165,13 +174,18 @@ def run_one(method: str, seed: int, args: argparse.Namespace, bt_model, out_root
         train_dataset=train,
         eval_dataset=evals,
         evaluator=make_evaluator(bt_model),
+        monitor=sample_monitor(judge),
         lora_target_modules=targets or None,
         run_config=recipe.to_dict(),
     )
     t = time.perf_counter()
     trainer.train()
     rows = trainer.history
-    train_curve = [{"step": r["step"], "reward_mean": r["reward_mean"]} for r in rows if "reward_mean" in r]
+    kept = ("reward_mean", "train/pixel_score", "train/judge_score")
+    train_curve = [{k: r[k] for k in ("step", *kept) if k in r} for r in rows if "reward_mean" in r]
+    if method == "bt_reward_model":  # its monitor's judge is the pixel judge: judge_score repeats pixel_score
+        for c in train_curve:
+            c.pop("train/judge_score", None)
     eval_curve = [
         {k: v for k, v in r.items() if k == "step" or k.startswith("eval")} for r in rows if "eval_score" in r
     ]
@@ -201,7 +215,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
-        keys = sorted(k for k in mine[0]["after"] if k.startswith("eval"))
+        # Figures of both evaluations (later ones also carry the paired change, eval_change*, which has no "before").
+        keys = sorted(k for k in mine[0]["after"] if k.startswith("eval") and k in mine[0]["before"])
         row: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
         for k in keys:
             row[k] = _mean_se([r["after"][k] for r in mine])
@@ -210,30 +225,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# The unit of each method's own training reward (they differ, so each gets its own panel and axis).
-REWARD_UNITS = {
-    "vlm_rubric_pairwise": "mean pairwise reward",
-    "vlm_plain_pairwise": "mean pairwise reward",
-    "bt_reward_model": "mean BT score",
-    "rubric_pairwise": "mean pairwise reward",
-    "vlm_rubric_pointwise": "mean rubric score (0-1)",
-    "rubric_pointwise": "mean rubric score (0-1)",
-    "plain_judge": "mean pairwise reward",
-}
+# Short names for the per-method panels.
+SHORT = {m: LABELS[m].split(" ")[0] if LABELS[m].startswith("(") else m for m in ALL_METHODS}
 
 
 def _mean_curve(runs: list[dict[str, Any]], method: str, key: str) -> list[tuple[int, float]]:
-    """A method's curve of `key`, the mean over seeds at each step; the training reward as a 10-step running mean
-    (single-step rewards are noisy: 8 prompts per step)."""
+    """A method's curve of `key`, the mean over seeds at each step; training-sample figures (`train/...`) as 10-step
+    running means (8 prompts per step make single steps noisy)."""
     by: dict[int, list[float]] = {}
     for r in runs:
         if r["method"] != method:
             continue
-        if key == "reward":
-            vals = [c["reward_mean"] for c in r["train_curve"]]
-            for i, c in enumerate(r["train_curve"]):
-                window = vals[max(0, i - 9) : i + 1]
-                by.setdefault(c["step"], []).append(sum(window) / len(window))
+        if key.startswith("train/"):
+            points = [(c["step"], c[key]) for c in r["train_curve"] if key in c]
+            for i, (step, _) in enumerate(points):
+                window = [v for _, v in points[max(0, i - 9) : i + 1]]
+                by.setdefault(step, []).append(sum(window) / len(window))
         else:
             for c in r["eval_curve"]:
                 if key in c:
@@ -243,12 +250,15 @@ def _mean_curve(runs: list[dict[str, Any]], method: str, key: str) -> list[tuple
 
 def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
     """Means over seeds against the step. Top row, comparable across methods (one scale per panel): the held-out
-    strict shapes-GenEval score, the pixel judge's rubric score and the BT model's score of the same held-out
-    samples (the proxies a policy can hack). Bottom row: each method's own training reward, in its own units."""
+        strict shapes-GenEval score, the pixel judge's rubric score and the BT model's score of the same held-out
+        samples (the proxies a policy can hack). Bottom row, one panel per method: its training samples (one per group) as
+    the pixel judge and the method's own judge score them; a hacked judge rises above the pixel judge's curve."""
     from arr.plots import COLORS, Panel, panel_figure, save_figure
 
     methods = [m for m in ALL_METHODS if any(r["method"] == m for r in runs)]
     colors = {LABELS[m]: COLORS[i % len(COLORS)] for i, m in enumerate(ALL_METHODS)}
+    judges = {"pixel judge": "#222222", "training judge": "#9a9a9a"}  # the bottom row's two curves
+    colors.update(judges)
     held_out = [
         ("eval_score", "Held-out strict shapes-GenEval", "fraction of prompts correct"),
         ("eval_rubric_score", "Held-out rubric score", "pixel-judge rubric score (0-1)"),
@@ -261,11 +271,26 @@ def svg_curves(runs: list[dict[str, Any]], path: Path) -> None:
     cols = max(len(held_out), len(methods))
     panels += [None] * (cols - len(held_out))
     panels += [
-        Panel(f"Training reward: {LABELS[m]}", {LABELS[m]: _mean_curve(runs, m, "reward")}, REWARD_UNITS[m])
+        Panel(
+            f"Training samples {SHORT[m]}",
+            {
+                name: curve
+                for name, key in (
+                    ("pixel judge", "train/pixel_score"),
+                    ("training judge", "train/judge_score"),
+                )
+                if (curve := _mean_curve(runs, m, key))
+            },
+            "rubric score of training samples",
+        )
         for m in methods
     ]
     fig = panel_figure(
-        panels, cols=cols, panel_size=(3.6, 2.7), colors=colors, legend=[LABELS[m] for m in methods]
+        panels,
+        cols=cols,
+        panel_size=(3.6, 2.7),
+        colors=colors,
+        legend=[*(LABELS[m] for m in methods), *judges],
     )
     save_figure(fig, path)
 
@@ -304,7 +329,12 @@ def markdown(result: dict[str, Any]) -> str:
         r["before"] for r in result["runs"]
     ]
     if base:
-        cells = [f"{statistics.fmean(b[f'eval/{c}'] for b in base):.3f}" for c in CATEGORIES]
+        cells = [
+            f"{statistics.fmean(b[f'eval/{c}'] for b in base):.3f}"
+            if all(f"eval/{c}" in b for b in base)
+            else "-"
+            for c in CATEGORIES
+        ]
         lines.append(
             f"| base model | {statistics.fmean(b['eval_score'] for b in base):.3f} | | "
             + " | ".join(cells)
