@@ -52,7 +52,7 @@ def test_readme_first_steps_run_as_printed(run_cli, tmp_path, monkeypatch):
     commands = first_steps_commands()
     assert [c[:2] for c in commands] == [
         ["shapes", "sample"], ["rubric", "show"], ["judge", "--prompt"], ["judge", "--prompt"],
-        ["shapes", "edit"], ["judge", "--prompt"], ["rubric", "generate"],
+        ["shapes", "edit"], ["judge", "--prompt"], ["rubric", "generate"], ["judge", "--backend"],
     ]  # fmt: skip
     (tmp_path / "examples").symlink_to(EXAMPLES)
     monkeypatch.chdir(tmp_path)
@@ -62,7 +62,7 @@ def test_readme_first_steps_run_as_printed(run_cli, tmp_path, monkeypatch):
         assert code == 0, (argv, err[-2000:])
         assert "error" not in err and "deprecated" not in err, (argv, err)
         results.append(out)
-    sample, show, pair, bad, edit, edited, guide = results
+    sample, show, pair, bad, edit, edited, guide, vlm_pair = results
     sample = json.loads(sample)
     assert sample["scored"] and sample["n"] == 8 and len(sample["scores"]) == 8 and Path("grid.png").is_file()
     assert "c1  w=+1  There is exactly one red circle." in show
@@ -72,3 +72,6 @@ def test_readme_first_steps_run_as_printed(run_cli, tmp_path, monkeypatch):
     assert json.loads(edit)["n"] == 8 and Path("edits.png").is_file()
     guide = json.loads(guide)
     assert guide["categories"] and Path(guide["out"]).is_file()
+    # The shipped VLM judge gets this colour swap wrong, as the README says: no order-consistent preference.
+    vlm_pair = json.loads(vlm_pair)
+    assert vlm_pair["mode"] == "compare" and vlm_pair["preferred"] is None and not vlm_pair["consistent"]
