@@ -232,15 +232,16 @@ SHORT = {m: LABELS[m].split(" ")[0] if LABELS[m].startswith("(") else m for m in
 def _mean_curve(runs: list[dict[str, Any]], method: str, key: str) -> list[tuple[int, float]]:
     """A method's curve of `key`, the mean over seeds at each step; training-sample figures (`train/...`) as 10-step
     running means (8 prompts per step make single steps noisy)."""
+    from arr.rpo.report import running_mean
+
     by: dict[int, list[float]] = {}
     for r in runs:
         if r["method"] != method:
             continue
         if key.startswith("train/"):
             points = [(c["step"], c[key]) for c in r["train_curve"] if key in c]
-            for i, (step, _) in enumerate(points):
-                window = [v for _, v in points[max(0, i - 9) : i + 1]]
-                by.setdefault(step, []).append(sum(window) / len(window))
+            for step, value in running_mean(points, 10):
+                by.setdefault(step, []).append(value)
         else:
             for c in r["eval_curve"]:
                 if key in c:
